@@ -1,1 +1,34 @@
+//! media-relay: relays Twilio Media Streams calls to voice agents (ElevenLabs Conversational
+//! AI today; AssemblyAI and OpenAI Realtime fit the same agent-leg shape), forwarding μ-law
+//! audio both ways byte-exact with no transcoding.
+//!
+//! # Layout
+//! - [`server`]: HTTP (hyper 1) accept loop, routes, admission, drain.
+//! - [`call`]: the per-call supervisor: both legs, early-audio buffer, barge-in, marks.
+//! - [`twilio::codec`]: sans-IO Twilio Media Streams decode/encode (simd-json, base64-simd).
+//! - [`agent`]: the dialect-neutral [`agent::AgentEvent`], the ElevenLabs codec, connecting,
+//!   and the built-in echo agent.
+//! - [`ws`]: cancel-safe message streams and buffered writers over fastwebsockets halves.
+//! - [`playout`], [`latency`], [`metrics`]: playback accounting, per-call latency
+//!   histograms, Prometheus metrics.
+//! - [`config`], [`twiml`], [`net`], [`audio`], [`json`]: configuration, TwiML, outbound
+//!   TCP/TLS/HTTP, audio constants, JSON helpers.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod audio;
+pub mod call;
+pub mod config;
+pub mod json;
+pub mod latency;
+pub mod metrics;
+pub mod net;
+pub mod playout;
+pub mod server;
+pub mod twilio;
+pub mod twiml;
+pub mod ws;
+
+pub use server::Relay;

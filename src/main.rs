@@ -1,1 +1,70 @@
-fn main() {}
+//! `media-relay` binary: parse configuration, set up logging, bind, serve until SIGTERM/SIGINT.
+
+use clap::Parser;
+use media_relay::config::{Cli, Command};
+use media_relay::Relay;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for bad configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let Command::Serve(args) = cli.command;
+    if let Err(e) = args.call_settings() {
+        eprintln!("media-relay: {e}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit raised"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("media-relay: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        let relay = Relay::bind(args).await?;
+        relay.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("media-relay: {e:#}");
+        std::process::exit(if e.is::<media_relay::config::ConfigError>() {
+            EXIT_CONFIG
+        } else {
+            1
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; using Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

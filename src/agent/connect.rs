@@ -1,0 +1,257 @@
+//! Connecting the agent leg: the ElevenLabs signed-URL fetch (protocols.md §2.1) and the
+//! client WebSocket handshake over TCP or TLS, ending in split halves.
+//!
+//! Owns URL derivation, the `xi-api-key` request, `Sec-WebSocket-Accept` verification
+//! (fastwebsockets' client does not check it, stack.md) and recovering the raw stream from
+//! hyper's upgrade. Does not own what is said on the socket (see `elevenlabs`, `call`).
+
+use crate::config::Secret;
+use crate::net::{self, BoxIo, NetError};
+use crate::ws::Prefixed;
+use bytes::Bytes;
+use fastwebsockets::{Role, WebSocketRead, WebSocketWrite};
+use http_body_util::{Empty, Full};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+
+/// Largest agent message accepted, in bytes. ElevenLabs' own SDK accepts 16 MiB because a
+/// first audio event can be large (§2.6).
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Read half of an agent socket.
+pub type AgentRead = WebSocketRead<Prefixed<ReadHalf<BoxIo>>>;
+/// Write half of an agent socket (buffered; see `ws::WsWriter`).
+pub type AgentWrite = WebSocketWrite<BufWriter<WriteHalf<BoxIo>>>;
+
+/// ElevenLabs settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct ElevenLabsSettings {
+    /// API key: when set the relay fetches a signed URL (private agents); `Debug` redacts it.
+    pub api_key: Option<Secret>,
+    /// The agent id.
+    pub agent_id: String,
+    /// REST origin, e.g. `https://api.elevenlabs.io`; the WebSocket origin follows from it
+    /// (`https` → `wss`, `http` → `ws`).
+    pub api_base: String,
+}
+
+/// Why the agent could not be connected; [`ConnectError::kind`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Network-level failure (URL, TCP, TLS, HTTP).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The signed-URL endpoint answered a non-200 status.
+    #[error("get-signed-url answered HTTP {0}")]
+    SignedUrlStatus(StatusCode),
+    /// The signed-URL response had no usable `signed_url`.
+    #[error("get-signed-url response has no valid signed_url")]
+    SignedUrlBody,
+    /// The WebSocket handshake failed (non-101 answer or I/O).
+    #[error("WebSocket handshake failed: {0}")]
+    Handshake(String),
+    /// The server's `Sec-WebSocket-Accept` did not match our key.
+    #[error("Sec-WebSocket-Accept mismatch")]
+    BadAccept,
+    /// Connecting took longer than the configured timeout.
+    #[error("agent connect timed out")]
+    Timeout,
+}
+
+impl ConnectError {
+    /// Stable snake_case name for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::Net(e) => e.kind(),
+            ConnectError::SignedUrlStatus(_) => "signed_url_status",
+            ConnectError::SignedUrlBody => "signed_url_body",
+            ConnectError::Handshake(_) => "handshake",
+            ConnectError::BadAccept => "bad_accept",
+            ConnectError::Timeout => "connect_timeout",
+        }
+    }
+}
+
+/// Derives the public conversation URL from the REST origin (§2.1):
+/// `{ws(s) origin}/v1/convai/conversation?agent_id={id}`.
+///
+/// # Errors
+/// [`NetError::InvalidUrl`] for an origin that is not `http(s)://host[:port]`.
+pub fn public_conversation_url(api_base: &str, agent_id: &str) -> Result<String, NetError> {
+    let base = api_base.trim_end_matches('/');
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        return Err(NetError::InvalidUrl(format!(
+            "ELEVENLABS_API_BASE must start with http:// or https://: {base}"
+        )));
+    };
+    Ok(format!(
+        "{ws_base}/v1/convai/conversation?agent_id={}",
+        encode_query(agent_id)
+    ))
+}
+
+fn encode_query(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// Fetches a signed conversation URL: `GET {base}/v1/convai/conversation/get-signed-url
+/// ?agent_id=` with header `xi-api-key` (§2.1). The URL is treated as opaque.
+///
+/// # Errors
+/// [`ConnectError::SignedUrlStatus`], [`ConnectError::SignedUrlBody`], or a network error.
+pub async fn fetch_signed_url(
+    s: &ElevenLabsSettings,
+    api_key: &Secret,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<String, ConnectError> {
+    let url = format!(
+        "{}/v1/convai/conversation/get-signed-url?agent_id={}",
+        s.api_base.trim_end_matches('/'),
+        encode_query(&s.agent_id)
+    );
+    let req = Request::get(url.as_str())
+        .header("xi-api-key", api_key.expose())
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| NetError::InvalidUrl(e.to_string()))?;
+    let (status, body) = net::request(tls, req, 64 * 1024).await?;
+    if status != StatusCode::OK {
+        return Err(ConnectError::SignedUrlStatus(status));
+    }
+    #[derive(serde::Deserialize)]
+    struct SignedUrl {
+        signed_url: String,
+    }
+    let parsed: SignedUrl =
+        serde_json::from_slice(&body).map_err(|_| ConnectError::SignedUrlBody)?;
+    if !(parsed.signed_url.starts_with("wss://") || parsed.signed_url.starts_with("ws://")) {
+        return Err(ConnectError::SignedUrlBody);
+    }
+    Ok(parsed.signed_url)
+}
+
+/// Resolves the conversation URL (signed if an API key is configured) and opens the
+/// WebSocket. Returns the split halves.
+///
+/// # Errors
+/// Any [`ConnectError`] (the caller applies the timeout).
+pub async fn connect_elevenlabs(
+    s: &ElevenLabsSettings,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(AgentRead, AgentWrite), ConnectError> {
+    let url = match &s.api_key {
+        Some(key) => fetch_signed_url(s, key, tls).await?,
+        None => public_conversation_url(&s.api_base, &s.agent_id)?,
+    };
+    connect_ws(&url, tls).await
+}
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+/// Opens a client WebSocket to `url` (`ws://` or `wss://`), verifies the handshake, and
+/// splits it. The write half is buffered (flush explicitly).
+///
+/// # Errors
+/// Network errors, [`ConnectError::Handshake`], [`ConnectError::BadAccept`].
+pub async fn connect_ws(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(AgentRead, AgentWrite), ConnectError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| NetError::InvalidUrl(e.to_string()))?;
+    let io = net::open_stream(&uri, tls).await?;
+    let key = fastwebsockets::handshake::generate_key();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let req = Request::get(path)
+        .header(hyper::header::HOST, net::authority(&uri)?)
+        .header(hyper::header::UPGRADE, "websocket")
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header("Sec-WebSocket-Key", &key)
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| NetError::InvalidUrl(e.to_string()))?;
+    let (ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, io)
+        .await
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    let accept = resp
+        .headers()
+        .get("Sec-WebSocket-Accept")
+        .map(|v| v.as_bytes().to_vec());
+    if accept.as_deref() != Some(expected_accept(&key).as_bytes()) {
+        return Err(ConnectError::BadAccept);
+    }
+    let upgraded = ws.into_inner().into_inner();
+    let parts = upgraded
+        .downcast::<TokioIo<BoxIo>>()
+        .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;
+    let (r, w) = tokio::io::split(parts.io.into_inner());
+    let (reader, writer) = fastwebsockets::after_handshake_split(
+        Prefixed::new(parts.read_buf, r),
+        BufWriter::with_capacity(crate::ws::WRITE_BUFFER_BYTES, w),
+        Role::Client,
+    );
+    Ok((reader, writer))
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn expected_accept(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64_simd::STANDARD.encode_to_string(h.finalize())
+}
+
+/// A boxed connect future, so the call loop can hold it across `select!` iterations.
+pub type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<(AgentRead, AgentWrite), ConnectError>> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_public_url() {
+        assert_eq!(
+            public_conversation_url("https://api.elevenlabs.io/", "agent 1").unwrap(),
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent+1"
+        );
+        assert_eq!(
+            public_conversation_url("http://127.0.0.1:9000", "a").unwrap(),
+            "ws://127.0.0.1:9000/v1/convai/conversation?agent_id=a"
+        );
+        assert!(public_conversation_url("ftp://x", "a").is_err());
+    }
+
+    #[test]
+    fn accept_matches_rfc_example() {
+        // RFC 6455 §1.3 example.
+        assert_eq!(
+            expected_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

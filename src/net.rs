@@ -1,0 +1,171 @@
+//! Outbound connections: TCP or TLS streams to `http(s)://` / `ws(s)://` URLs, the shared
+//! rustls client configuration, and a small HTTP/1 request helper (hyper client) for the
+//! setup calls around a call (ElevenLabs signed URL; Twilio REST later).
+//!
+//! Owns: name resolution + connect, TLS (one `Arc<ClientConfig>` for the process, so
+//! session resumption works across calls, stack.md "TLS"), body size limits. Does not own
+//! WebSocket framing (see `ws`) or any protocol.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A bidirectional byte stream (plain TCP or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed [`Io`]: one type for TCP and TLS streams.
+pub type BoxIo = Box<dyn Io>;
+
+/// Why an outbound connection or request failed; [`NetError::kind`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The URL has no host, or an unsupported scheme.
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    /// DNS or TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// TLS handshake failed (or the host is not a valid server name).
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The HTTP exchange failed.
+    #[error("HTTP error: {0}")]
+    Http(String),
+    /// The response body exceeded the limit.
+    #[error("response body over {0} bytes")]
+    BodyTooLarge(usize),
+}
+
+impl NetError {
+    /// Stable snake_case name for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NetError::InvalidUrl(_) => "invalid_url",
+            NetError::Connect(_) => "connect",
+            NetError::Tls(_) => "tls",
+            NetError::Http(_) => "http",
+            NetError::BodyTooLarge(_) => "body_too_large",
+        }
+    }
+}
+
+/// The process-wide TLS client configuration: ring provider, webpki roots, TLS 1.2 + 1.3.
+///
+/// # Errors
+/// Only if the ring provider rejects its own default protocol versions (never in practice).
+pub fn tls_client_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Whether a URL scheme needs TLS (`https`, `wss`) or not (`http`, `ws`).
+pub fn scheme_is_tls(uri: &Uri) -> Result<bool, NetError> {
+    match uri.scheme_str() {
+        Some("https") | Some("wss") => Ok(true),
+        Some("http") | Some("ws") => Ok(false),
+        other => Err(NetError::InvalidUrl(format!(
+            "unsupported scheme {other:?}"
+        ))),
+    }
+}
+
+/// Opens a TCP (and, for `https`/`wss`, TLS) stream to the URL's host and port
+/// (default 443 with TLS, 80 without). TCP_NODELAY is set: these are latency-sensitive.
+///
+/// # Errors
+/// [`NetError::InvalidUrl`], [`NetError::Connect`], [`NetError::Tls`].
+pub async fn open_stream(uri: &Uri, tls: &Arc<rustls::ClientConfig>) -> Result<BoxIo, NetError> {
+    let is_tls = scheme_is_tls(uri)?;
+    let host = uri
+        .host()
+        .ok_or_else(|| NetError::InvalidUrl("no host".into()))?;
+    let port = uri.port_u16().unwrap_or(if is_tls { 443 } else { 80 });
+    let host_for_connect = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host_for_connect, port))
+        .await
+        .map_err(NetError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    if !is_tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host_for_connect.to_owned())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    Ok(Box::new(stream))
+}
+
+/// `host[:port]` of a URL, for the `Host` header.
+pub fn authority(uri: &Uri) -> Result<String, NetError> {
+    uri.authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| NetError::InvalidUrl("no authority".into()))
+}
+
+/// One HTTP/1.1 request on a fresh connection. `req`'s URI must be absolute; it is rewritten
+/// to origin form and a `Host` header is added. Returns the status and a body of at most
+/// `max_body_bytes`.
+///
+/// # Errors
+/// Any [`NetError`].
+pub async fn request(
+    tls: &Arc<rustls::ClientConfig>,
+    mut req: Request<Full<Bytes>>,
+    max_body_bytes: usize,
+) -> Result<(StatusCode, Bytes), NetError> {
+    let uri = req.uri().clone();
+    let io = open_stream(&uri, tls).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| NetError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
+        }
+    });
+    let host = authority(&uri)?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = path
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| NetError::InvalidUrl(e.to_string()))?;
+    req.headers_mut().insert(
+        hyper::header::HOST,
+        host.parse()
+            .map_err(|e: hyper::header::InvalidHeaderValue| NetError::InvalidUrl(e.to_string()))?,
+    );
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| NetError::Http(e.to_string()))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                NetError::BodyTooLarge(max_body_bytes)
+            } else {
+                NetError::Http(e.to_string())
+            }
+        })?
+        .to_bytes();
+    Ok((status, body))
+}

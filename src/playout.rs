@@ -1,0 +1,157 @@
+//! Playout accounting for agent audio sent to Twilio (protocols.md §1.4, §5.4).
+//!
+//! The relay names every mark after the cumulative milliseconds of agent audio it had sent
+//! when the mark was queued (`"ms-1340"`). Twilio echoes a mark when the audio before it has
+//! played, and also echoes every pending mark at once when a `clear` flushes its buffer, so
+//! marks echoed after a clear that were sent before it count as *flushed*, not played.
+//! Sans-IO: no clock, no sockets; the call feeds sends, clears and echoes in order.
+
+/// Prefix of mark names the relay generates.
+pub const MARK_PREFIX: &str = "ms-";
+
+/// What an echoed mark meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkOutcome {
+    /// The audio up to the mark played; carries the newly played ms.
+    Played(u64),
+    /// The audio up to the mark was flushed by a `clear`; carries the flushed ms.
+    Flushed(u64),
+    /// Not one of ours (or a repeat): ignored.
+    Unknown,
+}
+
+/// Per-call playout state.
+#[derive(Debug, Default, Clone)]
+pub struct Playout {
+    /// μ-law bytes of agent audio written to Twilio.
+    sent_bytes: u64,
+    /// `sent_ms` at the last mark queued (marks are only sent when audio was sent since).
+    last_mark_ms: u64,
+    /// Offset (ms) of the newest echoed mark.
+    acked_ms: u64,
+    /// Highest mark offset sent before the most recent `clear`.
+    cleared_through_ms: u64,
+    /// Totals.
+    played_ms: u64,
+    flushed_ms: u64,
+    marks_played: u64,
+    marks_flushed: u64,
+}
+
+impl Playout {
+    /// Records `bytes` of agent audio handed to Twilio.
+    #[inline]
+    pub fn on_audio_sent(&mut self, bytes: usize) {
+        self.sent_bytes += bytes as u64;
+    }
+
+    /// Milliseconds of agent audio sent so far.
+    pub fn sent_ms(&self) -> u64 {
+        crate::audio::bytes_to_ms(self.sent_bytes)
+    }
+
+    /// If audio was sent since the last mark, returns the name of the mark to send now
+    /// (cumulative ms) and remembers it; otherwise `None`.
+    pub fn take_mark(&mut self) -> Option<u64> {
+        let ms = self.sent_ms();
+        (ms > self.last_mark_ms).then(|| {
+            self.last_mark_ms = ms;
+            ms
+        })
+    }
+
+    /// Records that a `clear` was sent: every mark already sent is flushed, not played.
+    pub fn on_clear(&mut self) {
+        self.cleared_through_ms = self.last_mark_ms;
+    }
+
+    /// Upper bound on the ms of audio Twilio still holds (§5.4 `queued_ms`).
+    pub fn queued_ms(&self) -> u64 {
+        self.last_mark_ms
+            .saturating_sub(self.acked_ms.max(self.cleared_through_ms))
+            + self.sent_ms().saturating_sub(self.last_mark_ms)
+    }
+
+    /// Handles a mark echoed by Twilio.
+    pub fn on_mark_echo(&mut self, name: &str) -> MarkOutcome {
+        let Some(ms) = name
+            .strip_prefix(MARK_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return MarkOutcome::Unknown;
+        };
+        if ms <= self.acked_ms || ms > self.last_mark_ms {
+            return MarkOutcome::Unknown;
+        }
+        let delta = ms - self.acked_ms;
+        self.acked_ms = ms;
+        if ms <= self.cleared_through_ms {
+            self.flushed_ms += delta;
+            self.marks_flushed += 1;
+            MarkOutcome::Flushed(delta)
+        } else {
+            self.played_ms += delta;
+            self.marks_played += 1;
+            MarkOutcome::Played(delta)
+        }
+    }
+
+    /// (played ms, flushed ms, marks played, marks flushed) so far.
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.played_ms,
+            self.flushed_ms,
+            self.marks_played,
+            self.marks_flushed,
+        )
+    }
+}
+
+/// Formats a mark name for `ms` into `out` (cleared first).
+pub fn mark_name(ms: u64, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(out, "{MARK_PREFIX}{ms}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn played_then_flushed_after_clear() {
+        let mut p = Playout::default();
+        p.on_audio_sent(1600); // 200 ms
+        assert_eq!(p.take_mark(), Some(200));
+        assert_eq!(p.take_mark(), None);
+        p.on_audio_sent(800);
+        assert_eq!(p.take_mark(), Some(300));
+        assert_eq!(p.queued_ms(), 300);
+        assert_eq!(p.on_mark_echo("ms-200"), MarkOutcome::Played(200));
+        assert_eq!(p.queued_ms(), 100);
+        p.on_clear();
+        assert_eq!(p.queued_ms(), 0);
+        // Twilio echoes the pending mark at once after clear: flushed, not played.
+        assert_eq!(p.on_mark_echo("ms-300"), MarkOutcome::Flushed(100));
+        // New audio after the clear plays normally.
+        p.on_audio_sent(400);
+        assert_eq!(p.take_mark(), Some(350));
+        assert_eq!(p.on_mark_echo("ms-350"), MarkOutcome::Played(50));
+        assert_eq!(p.totals(), (250, 100, 2, 1));
+    }
+
+    #[test]
+    fn foreign_repeated_and_future_marks_are_ignored() {
+        let mut p = Playout::default();
+        p.on_audio_sent(160);
+        p.take_mark();
+        assert_eq!(p.on_mark_echo("someone-else"), MarkOutcome::Unknown);
+        assert_eq!(p.on_mark_echo("ms-x"), MarkOutcome::Unknown);
+        assert_eq!(p.on_mark_echo("ms-999"), MarkOutcome::Unknown);
+        assert_eq!(p.on_mark_echo("ms-20"), MarkOutcome::Played(20));
+        assert_eq!(p.on_mark_echo("ms-20"), MarkOutcome::Unknown);
+        let mut s = String::new();
+        mark_name(20, &mut s);
+        assert_eq!(s, "ms-20");
+    }
+}

@@ -1,0 +1,340 @@
+//! The HTTP server: accept loop, hyper http1 connections with upgrades, routing, call
+//! admission, and drain on shutdown.
+//!
+//! Routes: `GET /media` (Twilio Media Streams WebSocket, upgraded by hand with
+//! fastwebsockets), `POST /twiml` (incoming-call webhook → TwiML), `GET /metrics`,
+//! `GET /healthz`, `GET /readyz`. Calls are tracked by a `TaskTracker` of our own because
+//! upgraded sockets leave hyper's view (style.md §3). Owns admission (`--max-calls`, 503),
+//! not call behaviour (see `call`).
+
+use crate::call::{self, CallContext};
+use crate::config::{ConfigError, ServeArgs};
+use crate::metrics::{Metrics, UpgradeResult};
+use crate::ws::Prefixed;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::BufWriter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Largest webhook body accepted, in bytes.
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 64 * 1024;
+
+/// How long closing calls may take after the drain timeout cancelled them.
+pub const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Shared server state.
+struct State {
+    ctx: Arc<CallContext>,
+    args: ServeArgs,
+    active: AtomicUsize,
+    draining: AtomicBool,
+    tracker: TaskTracker,
+    /// Cancelled when the drain timeout passes: calls close with 1001.
+    calls_cancel: CancellationToken,
+}
+
+/// A bound relay, ready to [`Relay::run`].
+pub struct Relay {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+impl Relay {
+    /// Validates `args`, builds metrics and TLS, and binds the listener.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for bad configuration (before binding), or the bind error.
+    pub async fn bind(args: ServeArgs) -> anyhow::Result<Relay> {
+        let settings = args.call_settings()?;
+        let tls = crate::net::tls_client_config()
+            .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
+        let metrics = Metrics::new();
+        let listener = TcpListener::bind(args.listen).await?;
+        let state = Arc::new(State {
+            ctx: Arc::new(CallContext {
+                settings,
+                metrics,
+                tls,
+            }),
+            args,
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+            calls_cancel: CancellationToken::new(),
+        });
+        Ok(Relay { listener, state })
+    }
+
+    /// The bound address (useful with port 0).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503 and new calls are
+    /// refused with 503 while existing calls run on for up to `--drain-timeout-secs`; calls
+    /// still running then are closed with 1001. Returns when every call has ended (or the
+    /// hard-stop timeout passed).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Relay { listener, state } = self;
+        let upkeep_state = state.clone();
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep_state.ctx.metrics.run_upkeep();
+            }
+        });
+        info!(
+            agent = state.ctx.settings.agent.as_str(),
+            addr = ?listener.local_addr().ok(),
+            "media-relay listening"
+        );
+        let stop_accepting = CancellationToken::new();
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), stop_accepting.clone()));
+        shutdown.await;
+
+        state.draining.store(true, Ordering::SeqCst);
+        let drain = Duration::from_secs(state.args.drain_timeout_secs);
+        info!(
+            active_calls = state.active.load(Ordering::SeqCst),
+            drain_timeout_secs = drain.as_secs(),
+            "shutdown requested: draining calls"
+        );
+        state.tracker.close();
+        if tokio::time::timeout(drain, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                active_calls = state.active.load(Ordering::SeqCst),
+                "drain timeout passed: closing remaining calls with 1001"
+            );
+            state.calls_cancel.cancel();
+            if tokio::time::timeout(HARD_STOP_TIMEOUT, state.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!("some calls did not close in time");
+            }
+        }
+        stop_accepting.cancel();
+        let _ = accept.await;
+        upkeep.abort();
+        info!("media-relay stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE under load: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(req, state.clone(), peer));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await
+            {
+                debug!(error = %e, %peer, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+async fn route(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    peer: SocketAddr,
+) -> Result<Resp, std::convert::Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/media") => media(req, &state, peer),
+        (&Method::POST, "/twiml") => twiml(req, &state).await,
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp)
+}
+
+/// Decrements the active-call count and gauge when a call task ends.
+struct Admission(Arc<State>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.ctx.metrics.calls_active.decrement(1.0);
+    }
+}
+
+fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Resp {
+    let m = &state.ctx.metrics;
+    if state.draining.load(Ordering::SeqCst) {
+        m.upgrade(UpgradeResult::RejectedDraining);
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        m.upgrade(UpgradeResult::BadRequest);
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    }
+    let max = state.args.max_calls;
+    if state
+        .active
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_err()
+    {
+        m.upgrade(UpgradeResult::RejectedCapacity);
+        warn!(max_calls = max, "refused a call: at capacity");
+        return text(StatusCode::SERVICE_UNAVAILABLE, "at capacity\n");
+    }
+    m.calls_active.increment(1.0);
+    let admission = Admission(state.clone());
+    let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => {
+            m.upgrade(UpgradeResult::BadRequest);
+            debug!(error = %e, "bad upgrade request");
+            return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n");
+        }
+    };
+    m.upgrade(UpgradeResult::Accepted);
+    m.streams_unauthenticated.increment(1);
+    let ctx = state.ctx.clone();
+    let cancel = state.calls_cancel.child_token();
+    state.tracker.spawn(async move {
+        let _admission = admission;
+        let ws = match upgrade.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(error = %e, %peer, "upgrade did not complete");
+                return;
+            }
+        };
+        let Ok(parts) = ws
+            .into_inner()
+            .into_inner()
+            .downcast::<TokioIo<TcpStream>>()
+        else {
+            ctx.metrics
+                .error(crate::metrics::Leg::Internal, "upgrade_downcast");
+            warn!("upgraded connection is not a TCP stream");
+            return;
+        };
+        let (r, w) = parts.io.into_inner().into_split();
+        let (reader, writer) = fastwebsockets::after_handshake_split(
+            Prefixed::new(parts.read_buf, r),
+            BufWriter::with_capacity(crate::ws::WRITE_BUFFER_BYTES, w),
+            fastwebsockets::Role::Server,
+        );
+        call::run(reader, writer, ctx, cancel).await;
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
+    let host = state.args.public_host.clone().or_else(|| {
+        req.headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+    };
+    let Some(host) = host else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "no public host configured and no Host header\n",
+        );
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let mut params: Vec<(&str, &str)> = Vec::new();
+    for k in ["From", "To", "CallSid"] {
+        if let Some(v) = get(k) {
+            params.push((k, v));
+        }
+    }
+    let agent_params = state.args.agent_parameters();
+    for (k, v) in &agent_params {
+        params.push((k, v.as_str()));
+    }
+    match crate::twiml::connect_stream(&host, &params) {
+        Ok(xml) => {
+            info!(
+                call_sid = get("CallSid").unwrap_or(""),
+                "answered incoming call with TwiML"
+            );
+            let mut r = Response::new(Full::new(Bytes::from(xml)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/xml"),
+            );
+            r
+        }
+        Err(e) => {
+            warn!(error = %e, "refused to emit TwiML");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a stream parameter is too long\n",
+            )
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The Twilio leg: Media Streams wire codec (sans-IO) and request signatures.
+
+pub mod codec;

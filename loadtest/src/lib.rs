@@ -1,1 +1,32 @@
+//! Simulated peers for testing and load-testing `media-relay`.
+//!
+//! This crate is an *independent* implementation of the two peers the relay talks to, written
+//! from the wire documentation rather than from the relay's code, so that tests cross-check the
+//! relay instead of agreeing with it by construction:
+//!
+//! - [`twilio_sim`]: a simulated Twilio Media Streams caller. Twilio is the WebSocket **client**
+//!   on this leg (its frames are masked). It sends `connected`/`start`/`media`/`mark`/`dtmf`/`stop`
+//!   exactly as Twilio does, and validates what the relay sends back as strictly as Twilio does
+//!   (only `media`/`mark`/`clear`, no extra fields, valid base64).
+//! - [`agent_sim`]: a mock ElevenLabs Conversational AI server (signed-URL endpoint plus the
+//!   conversation WebSocket) with scripted behaviours (echo, silent, reply with interruption,
+//!   garbage) and handles for tests to drive and inspect each conversation.
+//! - [`fixtures`]: loaders for the speech fixtures in `tests/fixtures/` (8 kHz mono μ-law WAV).
+//!
+//! Audio everywhere in this crate is headerless G.711 μ-law at 8000 samples/s, mono:
+//! 1 byte per sample, 8 bytes per millisecond, 160 bytes per 20 ms frame.
+//!
+//! All network traffic is plain `ws://`/`http://` and meant for loopback (`127.0.0.1`).
 
+#![warn(missing_docs)]
+
+pub mod agent_sim;
+pub mod fixtures;
+pub mod twilio_sim;
+mod ws;
+
+/// μ-law bytes per millisecond of audio (8000 samples/s × 1 byte per sample ÷ 1000).
+pub const MULAW_BYTES_PER_MS: usize = 8;
+
+/// μ-law bytes in one 20 ms Twilio frame.
+pub const MULAW_FRAME_BYTES: usize = 160;

@@ -174,7 +174,10 @@ fn ours_agent_decode(frame: &mut [u8], scratch: &mut simd_json::Buffers, out: &m
 
 // === groups ===
 
-fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(1))
         .measurement_time(Duration::from_secs(3))

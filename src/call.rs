@@ -333,17 +333,42 @@ async fn run_inner(
         }
     };
 
-    // Best effort: deliver what is queued, then close both legs.
+    // Best effort: deliver what is queued, then close both legs (RFC 6455 §7: send Close,
+    // then read until the peer's Close or EOF so unread bytes do not turn into a TCP reset).
     let _ = call.flush_dirty().await;
     let (code, reason) = end.twilio_close();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, call.t_tx.close(code, reason)).await;
-    if let Some(a_tx) = call.a_tx.as_mut() {
-        let (code, reason) = end.agent_close();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, a_tx.close(code, reason)).await;
-    }
+    let (a_code, a_reason) = end.agent_close();
+    let twilio_open = !matches!(end, EndReason::TwilioClosed);
+    let agent_open = !matches!(end, EndReason::AgentClosed(_));
+    let close_twilio = async {
+        if twilio_open && call.t_tx.close(code, reason).await.is_ok() {
+            linger(&mut t_rx).await;
+        }
+    };
+    let close_agent = async {
+        if let (Some(a_tx), Some(a_rx)) = (call.a_tx.as_mut(), a_rx.as_mut()) {
+            if agent_open && a_tx.close(a_code, a_reason).await.is_ok() {
+                linger(a_rx).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        futures_util::future::join(close_twilio, close_agent),
+    )
+    .await;
     drop(t_rx);
     drop(a_rx);
     call.finish(&end, started);
+}
+
+/// Reads and discards until the peer's Close, EOF or an error (the caller bounds the time).
+async fn linger(rx: &mut MessageStream) {
+    while let Some(msg) = rx.next().await {
+        if matches!(msg, Ok(Message::Close { .. }) | Err(ReadError::Eof)) {
+            return;
+        }
+    }
 }
 
 /// Awaits one write on the Twilio leg under [`WRITE_TIMEOUT`].

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 /// Buckets per power of two (resolution ~19 %).
 const SUB_BUCKETS: u32 = 4;
-/// Number of buckets: 1 µs · 2^(i/4) for i in 0..BUCKETS covers 1 µs … ~1 s; larger values
-/// land in the last bucket.
+/// Number of buckets: edges 1 µs · 2^(i/4) cover 1 µs … ~0.92 s; larger values land in the
+/// last bucket.
 const BUCKETS: usize = 80;
 
 /// Log-scale latency counts for one direction of one call (640 bytes).
@@ -132,7 +132,9 @@ mod tests {
             let b = bucket_of(us);
             assert!(b >= last, "{us}");
             last = b;
-            assert!(upper_micros(b) >= us as f64, "{us} -> {}", upper_micros(b));
+            if b < BUCKETS - 1 {
+                assert!(upper_micros(b) >= us as f64, "{us} -> {}", upper_micros(b));
+            }
             if b > 0 && b < BUCKETS - 1 {
                 assert!(upper_micros(b - 1) < us as f64, "{us}");
             }

@@ -42,6 +42,8 @@ pub enum ReadError {
     TooLarge {
         /// The limit in bytes.
         limit: usize,
+        /// True when the oversized message was consumed and the stream can go on.
+        in_sync: bool,
     },
     /// The peer closed TCP without a close frame.
     #[error("connection closed without a close frame")]
@@ -75,15 +77,26 @@ struct ReadState<R> {
     partial: Option<(OpCode, BytesMut)>,
 }
 
+/// Frames up to this size are read whole even when over a leg's message limit, so the
+/// stream stays in sync and the peer can still be sent a close and answer it; a single
+/// frame beyond it is refused before its payload is read and ends the stream.
+pub const MAX_FRAME_READ_BYTES: usize = 1 << 20;
+
 /// Wraps a read half into a [`MessageStream`]. `max_message_bytes` caps each message,
-/// fragmented or not (a single frame over the cap is refused before its payload is read).
+/// fragmented or not: an over-limit message yields [`ReadError::TooLarge`] and is skipped
+/// (the stream continues); a frame over `max(max_message_bytes, MAX_FRAME_READ_BYTES)`
+/// ends the stream.
 pub fn message_stream<R>(mut reader: WebSocketRead<R>, max_message_bytes: usize) -> MessageStream
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     reader.set_auto_pong(false);
     reader.set_auto_close(false);
-    reader.set_max_message_size(max_message_bytes.saturating_add(1));
+    reader.set_max_message_size(
+        max_message_bytes
+            .max(MAX_FRAME_READ_BYTES)
+            .saturating_add(1),
+    );
     let state = ReadState {
         reader,
         max_message_bytes,
@@ -95,7 +108,8 @@ where
             return None;
         }
         let item = read_message(&mut st).await;
-        if matches!(item, Err(_) | Ok(Message::Close { .. })) {
+        let recoverable = matches!(item, Err(ReadError::TooLarge { in_sync: true, .. }));
+        if matches!(item, Err(_) | Ok(Message::Close { .. })) && !recoverable {
             st.done = true;
         }
         Some((item, st))
@@ -113,6 +127,7 @@ async fn read_message<R: AsyncRead + Unpin>(st: &mut ReadState<R>) -> Result<Mes
             Err(WebSocketError::FrameTooLarge) => {
                 return Err(ReadError::TooLarge {
                     limit: st.max_message_bytes,
+                    in_sync: false,
                 })
             }
             Err(e) => return Err(e.into()),
@@ -136,6 +151,16 @@ async fn read_message<R: AsyncRead + Unpin>(st: &mut ReadState<R>) -> Result<Mes
                 if st.partial.is_some() {
                     return Err(WebSocketError::InvalidFragment.into());
                 }
+                if frame.payload.len() > st.max_message_bytes {
+                    if !frame.fin {
+                        // Skip the continuation frames of this message too.
+                        st.partial = Some((OpCode::Continuation, BytesMut::new()));
+                    }
+                    return Err(ReadError::TooLarge {
+                        limit: st.max_message_bytes,
+                        in_sync: true,
+                    });
+                }
                 if frame.fin {
                     return Ok(finish(frame.opcode, into_bytes_mut(frame.payload)));
                 }
@@ -145,9 +170,19 @@ async fn read_message<R: AsyncRead + Unpin>(st: &mut ReadState<R>) -> Result<Mes
                 let Some((op, buf)) = st.partial.as_mut() else {
                     return Err(WebSocketError::InvalidContinuationFrame.into());
                 };
+                if *op == OpCode::Continuation {
+                    // Remainder of an oversized message already reported: discard.
+                    if frame.fin {
+                        st.partial = None;
+                    }
+                    continue;
+                }
                 if buf.len() + frame.payload.len() > st.max_message_bytes {
+                    let fin = frame.fin;
+                    st.partial = (!fin).then(|| (OpCode::Continuation, BytesMut::new()));
                     return Err(ReadError::TooLarge {
                         limit: st.max_message_bytes,
+                        in_sync: true,
                     });
                 }
                 buf.extend_from_slice(&frame.payload);
@@ -328,13 +363,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn caps_single_and_fragmented_messages() {
-        let got = messages(client_frame(1, true, &[b'a'; 200]), 100, 7).await;
-        assert_eq!(got, vec!["err:message_too_large"]);
-        let mut wire = client_frame(1, false, &[b'a'; 60]);
-        wire.extend(client_frame(0, true, &[b'a'; 60]));
+    async fn caps_single_and_fragmented_messages_and_stays_in_sync() {
+        let mut wire = client_frame(1, true, &[b'a'; 200]);
+        wire.extend(client_frame(1, true, b"ok1"));
         let got = messages(wire, 100, 7).await;
-        assert_eq!(got, vec!["err:message_too_large"]);
+        assert_eq!(got, vec!["err:message_too_large", "text:ok1", "err:eof"]);
+        let mut wire = client_frame(1, false, &[b'a'; 60]);
+        wire.extend(client_frame(0, false, &[b'a'; 60]));
+        wire.extend(client_frame(0, true, &[b'a'; 60]));
+        wire.extend(client_frame(1, true, b"ok2"));
+        let got = messages(wire, 100, 7).await;
+        assert_eq!(got, vec!["err:message_too_large", "text:ok2", "err:eof"]);
     }
 
     #[tokio::test]

@@ -239,7 +239,9 @@ impl ConversationHandle {
                 if let Some(v) = &s.init {
                     return Some(Ok(v.clone()));
                 }
-                if s.messages_seen > 0 {
+                // `messages_seen` is bumped just before `init` is stored: only a recorded
+                // protocol error proves the first message was something else.
+                if s.messages_seen > 0 && !s.protocol_errors.is_empty() {
                     return Some(Err(anyhow!(
                         "first client message was not conversation_initiation_client_data: {:?}",
                         s.protocol_errors

@@ -1,0 +1,134 @@
+//! Shared helpers for integration tests: an in-process relay on 127.0.0.1:0, plain HTTP
+//! requests, and a small Prometheus text matcher. All traffic stays on loopback.
+
+#![allow(dead_code)]
+
+use media_relay::config::ServeArgs;
+use media_relay::Relay;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl TestRelay {
+    pub fn media_url(&self) -> String {
+        format!("ws://{}/media", self.addr)
+    }
+
+    /// Triggers shutdown (drain) as SIGTERM would.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Default args with the listener on an ephemeral loopback port.
+pub fn args() -> ServeArgs {
+    let mut a = ServeArgs::defaults();
+    a.listen = "127.0.0.1:0".parse().unwrap();
+    a
+}
+
+/// Args pointing the relay at a mock ElevenLabs server.
+pub fn elevenlabs_args(api_base: &str, agent_id: &str, api_key: Option<&str>) -> ServeArgs {
+    let mut a = args();
+    a.agent = Some(media_relay::agent::AgentKind::Elevenlabs);
+    a.elevenlabs_agent_id = Some(agent_id.into());
+    a.elevenlabs_api_base = api_base.into();
+    a.elevenlabs_api_key = api_key.map(media_relay::config::Secret::new);
+    a
+}
+
+pub async fn start_relay(args: ServeArgs) -> TestRelay {
+    let relay = Relay::bind(args).await.expect("relay binds");
+    let addr = relay.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(relay.run(async move {
+        let _ = rx.await;
+    }));
+    TestRelay {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+/// Value of the sample `series` (name plus labels exactly as rendered, e.g.
+/// `relay_errors_total{leg="twilio",kind="binary_frame"}`) in Prometheus text; 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// Waits until `series` reaches at least `want` (metrics fold at call end, asynchronously).
+pub async fn wait_metric(addr: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(addr).await;
+        if metric(&m, series) >= want || tokio::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `count` frames of 160 bytes: fixture audio with the first bytes tagged (call, sequence)
+/// so any cross-talk or reordering shows.
+pub fn tagged_audio(call: u8, count: usize, fixture: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * 160);
+    for seq in 0..count {
+        let start = (seq * 160) % fixture.len().saturating_sub(160).max(1);
+        let mut frame = fixture[start..start + 160].to_vec();
+        frame[0] = call;
+        frame[1] = (seq & 0xff) as u8;
+        frame[2] = (seq >> 8) as u8;
+        out.extend_from_slice(&frame);
+    }
+    out
+}

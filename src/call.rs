@@ -12,7 +12,7 @@
 //! Not owned here: HTTP and admission (`server`), wire formats (`twilio::codec`,
 //! `agent::elevenlabs`), connecting (`agent::connect`).
 
-use crate::agent::connect::{self, AgentRead, AgentWrite, ConnectError, MAX_AGENT_MESSAGE_BYTES};
+use crate::agent::connect::{self, ConnectError, MAX_AGENT_MESSAGE_BYTES};
 use crate::agent::echo::EchoAgent;
 use crate::agent::{elevenlabs, AgentEvent, AgentKind};
 use crate::config::CallSettings;
@@ -198,11 +198,7 @@ async fn run_inner(
     let started = Instant::now();
     let mut t_rx: MessageStream = ws::message_stream(t_read, MAX_TWILIO_MESSAGE_BYTES);
     let mut a_rx: Option<MessageStream> = None;
-    let mut connecting: Option<
-        std::pin::Pin<
-            Box<dyn Future<Output = Result<(AgentRead, AgentWrite), ConnectError>> + Send>,
-        >,
-    > = None;
+    let mut connecting: Option<connect::ConnectFuture> = None;
     let mut connect_started = started;
     let s = &ctx.settings;
     let mut call = Call {

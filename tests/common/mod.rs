@@ -132,3 +132,20 @@ pub fn tagged_audio(call: u8, count: usize, fixture: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Status of `GET path`, or `None` if nothing answers.
+pub async fn try_http(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

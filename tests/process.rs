@@ -1,0 +1,116 @@
+//! Tests of the real `media-relay` binary: SIGTERM drain and configuration errors.
+
+mod common;
+
+use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn relay_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_media-relay"));
+    for var in [
+        "RELAY_AGENT",
+        "ELEVENLABS_AGENT_ID",
+        "ELEVENLABS_API_KEY",
+        "RELAY_LISTEN",
+    ] {
+        c.env_remove(var);
+    }
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    let out = relay_command()
+        .args(["serve", "--agent", "elevenlabs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ELEVENLABS_AGENT_ID"), "{err}");
+
+    let out = relay_command()
+        .args(["serve", "--max-calls", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_calls_then_exits() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = relay_command()
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--drain-timeout-secs",
+            "20",
+            "--echo-delay-ms",
+            "20",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while common::try_http(addr, "/healthz").await != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("ws://{addr}/media");
+    let mut client = TwilioClient::connect(&url, &[]).await.unwrap();
+    client.send_connected().await.unwrap();
+    client.send_start(&StartParams::for_call(1)).await.unwrap();
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    while common::try_http(addr, "/readyz").await != Some(503) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never went 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match TwilioClient::try_connect(&url, &[]).await.unwrap() {
+        Err(status) => assert_eq!(status, 503),
+        Ok(_) => panic!("new call admitted while draining"),
+    }
+    // The call in progress is still relayed: the echo agent plays a frame back.
+    client.send_media(&[0x42; 160]).await.unwrap();
+    let echoed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), client.recv())
+            .await
+            .expect("echo in time")
+            .unwrap()
+        {
+            Some(TwilioInbound::Media { payload, .. }) => break payload,
+            Some(_) => continue,
+            None => panic!("closed while draining"),
+        }
+    };
+    assert_eq!(echoed, vec![0x42; 160]);
+    // Ending the call lets the process exit on its own, long before the drain timeout.
+    client.send_stop().await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(tokio::time::Instant::now() < deadline);
+}

@@ -126,6 +126,20 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_TWILIO_CHUNK_MS", default_value_t = 100)]
     pub twilio_chunk_ms: u64,
 
+    /// Twilio account auth token: when set, `X-Twilio-Signature` is required and checked on
+    /// `/twiml` and on the `/media` upgrade against `--public-host` (protocols.md §1.6).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<Secret>,
+
+    /// Run a vendor agent without Twilio signature checks (anyone who finds the URL can open a
+    /// media stream to your agent). Without a token the built-in echo agent runs regardless.
+    #[arg(
+        long,
+        env = "RELAY_INSECURE_SKIP_TWILIO_SIGNATURE",
+        default_value_t = false
+    )]
+    pub insecure_skip_twilio_signature: bool,
+
     /// Agent system prompt sent as a `prompt` stream parameter by `/twiml`.
     #[arg(long, env = "RELAY_AGENT_PROMPT")]
     pub agent_prompt: Option<String>,
@@ -239,6 +253,20 @@ impl ServeArgs {
                 ));
             }
         }
+        let token = self
+            .twilio_auth_token
+            .as_ref()
+            .filter(|t| !t.expose().is_empty());
+        if token.is_some() && self.public_host.is_none() {
+            return Err(ConfigError(
+                "TWILIO_AUTH_TOKEN needs --public-host (signatures are checked against the public origin, never the Host header)".into(),
+            ));
+        }
+        if token.is_none() && agent != AgentKind::Echo && !self.insecure_skip_twilio_signature {
+            return Err(ConfigError(
+                "a vendor agent needs TWILIO_AUTH_TOKEN (Twilio signature checks), or --insecure-skip-twilio-signature to run without them".into(),
+            ));
+        }
         for (name, value) in self.agent_parameters() {
             if name.chars().count() + value.chars().count() >= MAX_PARAMETER_CHARS {
                 return Err(ConfigError(format!(
@@ -300,10 +328,15 @@ mod tests {
             "sk_live_123",
             "--elevenlabs-agent-id",
             "a",
+            "--twilio-auth-token",
+            "twilio_secret_456",
+            "--public-host",
+            "relay.example.com",
         ])
         .unwrap();
         let dbg = format!("{a:?} {:?}", a.call_settings().unwrap());
         assert!(!dbg.contains("sk_live_123"), "{dbg}");
+        assert!(!dbg.contains("twilio_secret_456"), "{dbg}");
         assert!(dbg.contains("[redacted]"));
     }
 
@@ -313,11 +346,30 @@ mod tests {
             args(&[]).unwrap().call_settings().unwrap().agent,
             AgentKind::Echo
         );
-        let s = args(&["--elevenlabs-agent-id", "x"])
+        let s = args(&[
+            "--elevenlabs-agent-id",
+            "x",
+            "--insecure-skip-twilio-signature",
+        ])
+        .unwrap()
+        .call_settings()
+        .unwrap();
+        assert_eq!(s.agent, AgentKind::Elevenlabs);
+        // A vendor agent without signature checks must be asked for explicitly.
+        assert!(args(&["--elevenlabs-agent-id", "x"])
             .unwrap()
             .call_settings()
-            .unwrap();
-        assert_eq!(s.agent, AgentKind::Elevenlabs);
+            .is_err());
+        let signed = [
+            "--elevenlabs-agent-id",
+            "x",
+            "--twilio-auth-token",
+            "tok",
+            "--public-host",
+            "relay.example.com",
+        ];
+        assert!(args(&signed).unwrap().call_settings().is_ok());
+        assert!(args(&signed[..4]).unwrap().call_settings().is_err());
         assert!(args(&["--agent", "elevenlabs"])
             .unwrap()
             .call_settings()

@@ -10,6 +10,7 @@
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
 use crate::metrics::{Metrics, UpgradeResult};
+use crate::twilio::signature::SignatureValidator;
 use crate::ws::Prefixed;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -44,6 +45,8 @@ struct State {
     tracker: TaskTracker,
     /// Cancelled when the drain timeout passes: calls close with 1001.
     calls_cancel: CancellationToken,
+    /// Twilio signature validation, when `TWILIO_AUTH_TOKEN` is configured.
+    signatures: Option<SignatureValidator>,
 }
 
 /// A bound relay, ready to [`Relay::run`].
@@ -62,6 +65,15 @@ impl Relay {
         let tls = crate::net::tls_client_config()
             .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
         let metrics = Metrics::new();
+        let signatures = match (&args.twilio_auth_token, &args.public_host) {
+            (Some(token), Some(host)) if !token.expose().is_empty() => {
+                Some(SignatureValidator::new(token.expose(), host))
+            }
+            _ => None,
+        };
+        if signatures.is_none() {
+            warn!("TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total");
+        }
         let listener = TcpListener::bind(args.listen).await?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
@@ -74,6 +86,7 @@ impl Relay {
             draining: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             calls_cancel: CancellationToken::new(),
+            signatures,
         });
         Ok(Relay { listener, state })
     }
@@ -227,6 +240,15 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
         m.upgrade(UpgradeResult::BadRequest);
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     }
+    if let Some(v) = &state.signatures {
+        let sig = header_str(&req, "x-twilio-signature");
+        if let Err(e) = v.validate_upgrade(req.uri().path(), sig) {
+            m.upgrade(UpgradeResult::RejectedSignature);
+            m.error(crate::metrics::Leg::Twilio, e.kind());
+            warn!(%peer, kind = e.kind(), "refused a media stream: bad Twilio signature");
+            return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
+        }
+    }
     let max = state.args.max_calls;
     if state
         .active
@@ -250,7 +272,9 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
         }
     };
     m.upgrade(UpgradeResult::Accepted);
-    m.streams_unauthenticated.increment(1);
+    if state.signatures.is_none() {
+        m.streams_unauthenticated.increment(1);
+    }
     let ctx = state.ctx.clone();
     let cancel = state.calls_cancel.child_token();
     state.tracker.spawn(async move {
@@ -284,7 +308,20 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
+fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> &'a str {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
+    let signature = header_str(&req, "x-twilio-signature").to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/twiml".into());
     let host = state.args.public_host.clone().or_else(|| {
         req.headers()
             .get(hyper::header::HOST)
@@ -298,6 +335,16 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
         Ok(b) => b.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
     };
+    if let Some(v) = &state.signatures {
+        if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
+            state
+                .ctx
+                .metrics
+                .error(crate::metrics::Leg::Twilio, e.kind());
+            warn!(kind = e.kind(), "refused /twiml: bad Twilio signature");
+            return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
+        }
+    }
     let Some(host) = host else {
         return text(
             StatusCode::BAD_REQUEST,

@@ -1,5 +1,5 @@
 //! The Twilio leg: Media Streams wire codec (sans-IO) and request signatures (X-Twilio-Signature
-//! validation and per-call tokens; not yet enforced by the server).
+//! validation, enforced by `server` when `TWILIO_AUTH_TOKEN` is set; per-call tokens, not yet used).
 
 pub mod codec;
 pub mod signature;

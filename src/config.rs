@@ -140,6 +140,35 @@ pub struct ServeArgs {
     )]
     pub insecure_skip_twilio_signature: bool,
 
+    /// Secret for per-call stream tokens (`relay_token` parameter). Default: derived from
+    /// TWILIO_AUTH_TOKEN. Set the same value on every relay behind one load balancer.
+    #[arg(long, env = "RELAY_TOKEN_SECRET", hide_env_values = true)]
+    pub relay_token_secret: Option<Secret>,
+
+    /// Twilio account SID (`AC…`), for placing outbound calls.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    /// Default caller ID (E.164) for outbound calls.
+    #[arg(long, env = "TWILIO_PHONE_NUMBER")]
+    pub twilio_phone_number: Option<String>,
+
+    /// Twilio REST origin (tests point it at a local mock).
+    #[arg(
+        long,
+        env = "TWILIO_API_BASE",
+        default_value = "https://api.twilio.com"
+    )]
+    pub twilio_api_base: String,
+
+    /// Bearer token required on `POST /outbound-call`; without it that route answers 404.
+    #[arg(long, env = "RELAY_API_TOKEN", hide_env_values = true)]
+    pub relay_api_token: Option<Secret>,
+
+    /// Outbound calls each client (IP address) may place per minute; more get 429.
+    #[arg(long, env = "RELAY_OUTBOUND_CALLS_PER_MINUTE", default_value_t = 30)]
+    pub outbound_calls_per_minute: u32,
+
     /// Agent system prompt sent as a `prompt` stream parameter by `/twiml`.
     #[arg(long, env = "RELAY_AGENT_PROMPT")]
     pub agent_prompt: Option<String>,
@@ -192,6 +221,10 @@ impl ServeArgs {
     /// # Errors
     /// [`ConfigError`] naming the offending flag.
     pub fn call_settings(&self) -> Result<CallSettings, ConfigError> {
+        let token = self
+            .twilio_auth_token
+            .as_ref()
+            .filter(|t| !t.expose().is_empty());
         let agent = self.agent.unwrap_or(if self.elevenlabs_agent_id.is_some() {
             AgentKind::Elevenlabs
         } else {
@@ -222,6 +255,18 @@ impl ServeArgs {
             }
             AgentKind::Echo => None,
         };
+        if self.outbound_calls_per_minute == 0 {
+            return Err(ConfigError(
+                "--outbound-calls-per-minute must be at least 1".into(),
+            ));
+        }
+        if self.relay_api_token.is_some()
+            && (self.twilio_account_sid.is_none() || token.is_none() || self.public_host.is_none())
+        {
+            return Err(ConfigError(
+                "RELAY_API_TOKEN (outbound calls) needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and --public-host".into(),
+            ));
+        }
         if self.max_calls == 0 {
             return Err(ConfigError("--max-calls must be at least 1".into()));
         }
@@ -253,10 +298,6 @@ impl ServeArgs {
                 ));
             }
         }
-        let token = self
-            .twilio_auth_token
-            .as_ref()
-            .filter(|t| !t.expose().is_empty());
         if token.is_some() && self.public_host.is_none() {
             return Err(ConfigError(
                 "TWILIO_AUTH_TOKEN needs --public-host (signatures are checked against the public origin, never the Host header)".into(),

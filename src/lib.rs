@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod playout;
 pub mod server;
+pub mod tokens;
 pub mod twilio;
 pub mod twiml;
 pub mod ws;

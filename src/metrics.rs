@@ -295,9 +295,15 @@ impl Metrics {
 
     /// Counts a finished call: `relay_calls_total{outcome}`.
     pub fn call_ended(&self, outcome: &'static str) {
+        self.count("relay_calls_total", &[("outcome", outcome)], 1);
+    }
+
+    /// Adds `n` to the counter `name{labels}` (registry lookup: for events, not frames).
+    /// Label values must come from closed sets.
+    pub fn count(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
         self.recorder
-            .register_counter(&key("relay_calls_total", &[("outcome", outcome)]), &META)
-            .increment(1);
+            .register_counter(&key(name, labels), &META)
+            .increment(n);
     }
 
     /// Prometheus text exposition of everything registered.

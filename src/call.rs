@@ -59,6 +59,10 @@ pub struct CallContext {
     pub metrics: Arc<Metrics>,
     /// The shared TLS client configuration for agent connections.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Stream token checks; `Some` only in the authenticated mode (TWILIO_AUTH_TOKEN set).
+    pub tokens: Option<Arc<crate::tokens::StreamTokens>>,
+    /// Live streams by call SID (duplicate policy: the newest stream replaces the older).
+    pub live: Arc<crate::tokens::LiveStreams>,
 }
 
 /// Why a call ended: a normal ending is not an error. [`EndReason::outcome`] is the
@@ -85,6 +89,10 @@ pub enum EndReason {
     Shutdown,
     /// The call reached `--max-call-duration-secs`.
     MaxDuration,
+    /// The stream's `relay_token` was missing or wrong (authenticated mode); carries the kind.
+    TokenRejected(&'static str),
+    /// A newer stream for the same call SID replaced this one.
+    Replaced,
 }
 
 impl EndReason {
@@ -101,6 +109,8 @@ impl EndReason {
             EndReason::StartTimeout => "start_timeout",
             EndReason::Shutdown => "shutdown",
             EndReason::MaxDuration => "max_duration",
+            EndReason::TokenRejected(_) => "token_rejected",
+            EndReason::Replaced => "replaced",
         }
     }
 
@@ -114,6 +124,8 @@ impl EndReason {
                 (1011, "agent unavailable")
             }
             EndReason::AgentError(_) => (1011, "agent error"),
+            EndReason::TokenRejected(_) => (1008, "invalid stream token"),
+            EndReason::Replaced => (1000, "replaced by a newer stream"),
             _ => (1000, "call ended"),
         }
     }
@@ -175,6 +187,10 @@ struct Call {
     mark: String,
     t_scratch: simd_json::Buffers,
     a_scratch: simd_json::Buffers,
+    /// Cancelled when a newer stream for the same call SID arrives.
+    replaced: CancellationToken,
+    /// This stream's id in the live-stream registry, once registered.
+    live_id: Option<u64>,
     /// Writers with frames queued since the last flush.
     twilio_dirty: bool,
     agent_dirty: bool,
@@ -222,6 +238,8 @@ async fn run_inner(
         mark: String::new(),
         t_scratch: simd_json::Buffers::new(512),
         a_scratch: simd_json::Buffers::new(512),
+        replaced: CancellationToken::new(),
+        live_id: None,
         twilio_dirty: false,
         agent_dirty: false,
         barge_ins: 0,
@@ -235,6 +253,8 @@ async fn run_inner(
     let mut setup_deadline = pin!(tokio::time::sleep(s.start_timeout));
     let mut echo_timer = pin!(tokio::time::sleep_until(far));
     let mut cancelled = pin!(shutdown.cancelled());
+    let replaced = call.replaced.clone();
+    let mut replaced_fut = pin!(replaced.cancelled());
 
     let end: EndReason = loop {
         if let Err(end) = call.flush_dirty().await {
@@ -248,6 +268,7 @@ async fn run_inner(
         let step: Result<(), EndReason> = tokio::select! {
             _ = &mut cancelled => Err(EndReason::Shutdown),
             _ = &mut max_duration => Err(EndReason::MaxDuration),
+            _ = &mut replaced_fut => Err(EndReason::Replaced),
             _ = &mut setup_deadline, if setup_pending => Err(if call.stream_sid.is_empty() {
                 EndReason::StartTimeout
             } else {
@@ -276,9 +297,17 @@ async fn run_inner(
                             AgentKind::Elevenlabs => {
                                 connect_started = Instant::now();
                                 let ctx2 = ctx.clone();
+                                let agent_override = call.agent_id_override();
                                 connecting = Some(Box::pin(async move {
                                     match ctx2.settings.elevenlabs.as_ref() {
-                                        Some(el) => connect::connect_elevenlabs(el, &ctx2.tls).await,
+                                        Some(el) => match agent_override {
+                                            Some(id) => {
+                                                let mut el = el.clone();
+                                                el.agent_id = id;
+                                                connect::connect_elevenlabs(&el, &ctx2.tls).await
+                                            }
+                                            None => connect::connect_elevenlabs(el, &ctx2.tls).await,
+                                        },
                                         None => Err(ConnectError::Handshake("ElevenLabs is not configured".into())),
                                     }
                                 }));
@@ -499,6 +528,18 @@ impl Call {
                     parameters = st.custom_parameters.len(),
                     "stream started"
                 );
+                self.check_stream_token()?;
+                let (id, replaced_older) = self
+                    .ctx
+                    .live
+                    .register(&self.call_sid, self.replaced.clone());
+                self.live_id = Some(id);
+                if replaced_older {
+                    self.ctx
+                        .metrics
+                        .count("relay_duplicate_streams_total", &[], 1);
+                    warn!("a second stream for this call arrived: it replaces the older one (policy: keep the newest)");
+                }
                 return Ok(Flow::StartAgent);
             }
             TwilioEvent::Mark { name } => {
@@ -532,6 +573,53 @@ impl Call {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.custom_parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Authenticated mode: the stream's `relay_token` must match its call SID (or its
+    /// single-use outbound nonce) before any audio reaches an agent.
+    fn check_stream_token(&self) -> Result<(), EndReason> {
+        let Some(tokens) = self.ctx.tokens.as_ref() else {
+            return Ok(());
+        };
+        let m = &self.ctx.metrics;
+        match tokens.check(
+            &self.call_sid,
+            self.param("relay_token"),
+            self.param("relay_nonce"),
+            Instant::now(),
+        ) {
+            Ok(()) => {
+                m.count("relay_stream_tokens_total", &[("result", "valid")], 1);
+                Ok(())
+            }
+            Err(e) => {
+                m.count("relay_stream_tokens_total", &[("result", e.kind())], 1);
+                m.error(Leg::Twilio, e.kind());
+                warn!(reason = %e, "refused stream: bad relay_token");
+                Err(EndReason::TokenRejected(e.kind()))
+            }
+        }
+    }
+
+    /// A per-call ElevenLabs agent id from the `relay_agent_id` parameter (set by
+    /// `/outbound-call`), if present and well-formed.
+    fn agent_id_override(&self) -> Option<String> {
+        self.param("relay_agent_id")
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .map(str::to_owned)
     }
 
     /// Routes the caller frame in `self.audio` (read at `read_at`) to the echo agent, the
@@ -809,6 +897,9 @@ impl Call {
 
     /// Folds metrics and writes the one summary line of the call.
     fn finish(mut self, end: &EndReason, started: Instant) {
+        if let Some(id) = self.live_id {
+            self.ctx.live.remove(&self.call_sid, id);
+        }
         let m = self.ctx.metrics.clone();
         self.cm.fold(&m);
         let duration = started.elapsed();
@@ -827,6 +918,7 @@ impl Call {
                 | EndReason::AgentConnectFailed(_)
                 | EndReason::AudioFormatMismatch
                 | EndReason::StartTimeout
+                | EndReason::TokenRejected(_)
         );
         macro_rules! summary {
             ($lvl:ident) => {

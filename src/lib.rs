@@ -21,6 +21,7 @@ pub mod agent;
 pub mod audio;
 pub mod call;
 pub mod config;
+pub mod control;
 pub mod json;
 pub mod latency;
 pub mod metrics;

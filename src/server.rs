@@ -10,6 +10,7 @@
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
 use crate::metrics::{Metrics, UpgradeResult};
+use crate::tokens::{LiveStreams, StreamTokens};
 use crate::twilio::signature::SignatureValidator;
 use crate::ws::Prefixed;
 use bytes::Bytes;
@@ -65,11 +66,19 @@ impl Relay {
         let tls = crate::net::tls_client_config()
             .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
         let metrics = Metrics::new();
-        let signatures = match (&args.twilio_auth_token, &args.public_host) {
+        // Authenticated mode: signatures checked, streams bound to calls by relay_token.
+        let (signatures, tokens) = match (&args.twilio_auth_token, &args.public_host) {
             (Some(token), Some(host)) if !token.expose().is_empty() => {
-                Some(SignatureValidator::new(token.expose(), host))
+                let tokens = match &args.relay_token_secret {
+                    Some(secret) => StreamTokens::new(secret.expose().as_bytes()),
+                    None => StreamTokens::from_auth_token(token.expose()),
+                };
+                (
+                    Some(SignatureValidator::new(token.expose(), host)),
+                    Some(Arc::new(tokens)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         if signatures.is_none() {
             warn!("TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total");
@@ -80,6 +89,8 @@ impl Relay {
                 settings,
                 metrics,
                 tls,
+                tokens,
+                live: Arc::new(LiveStreams::default()),
             }),
             args,
             active: AtomicUsize::new(0),
@@ -111,6 +122,9 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
+                if let Some(t) = &upkeep_state.ctx.tokens {
+                    t.prune(std::time::Instant::now());
+                }
             }
         });
         info!(
@@ -362,6 +376,14 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
     let agent_params = state.args.agent_parameters();
     for (k, v) in &agent_params {
         params.push((k, v.as_str()));
+    }
+    let token;
+    if let Some(tokens) = &state.ctx.tokens {
+        let Some(call_sid) = get("CallSid").filter(|s| !s.is_empty()) else {
+            return text(StatusCode::BAD_REQUEST, "CallSid is required\n");
+        };
+        token = tokens.token_for_call(call_sid);
+        params.push(("relay_token", token.as_str()));
     }
     match crate::twiml::connect_stream(&host, &params) {
         Ok(xml) => {

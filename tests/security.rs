@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use loadtest::twilio_sim::{StartParams, TwilioClient};
+use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
 use media_relay::config::Secret;
 use media_relay::twilio::signature::compute_signature;
 
@@ -15,6 +15,55 @@ fn signed_args() -> media_relay::config::ServeArgs {
     a.twilio_auth_token = Some(Secret::new("12345"));
     a.public_host = Some("relay.example.com".into());
     a
+}
+
+fn start_with(n: u64, params: &[(&str, &str)]) -> StartParams {
+    let mut s = StartParams::for_call(n);
+    s.custom_parameters = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s
+}
+
+/// Asks the relay's signed `/twiml` for call `call_sid` and returns its `relay_token`.
+async fn relay_token_for(addr: std::net::SocketAddr, call_sid: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!("CallSid={call_sid}&From=%2B15551230000");
+    let sig = compute_signature(
+        b"12345",
+        "https://relay.example.com/twiml",
+        &[("CallSid", call_sid), ("From", "+15551230000")],
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /twiml HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nX-Twilio-Signature: {sig}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let after = out
+        .split("<Parameter name=\"relay_token\" value=\"")
+        .nth(1)
+        .expect("TwiML carries relay_token");
+    after.split('"').next().unwrap().to_owned()
+}
+
+/// Reads until the relay closes; returns the close code.
+async fn close_code(client: &mut TwilioClient) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), client.recv())
+            .await
+            .expect("closed in time")
+            .unwrap()
+        {
+            Some(TwilioInbound::Close { code, .. }) => return code,
+            None => return None,
+            Some(_) => continue,
+        }
+    }
 }
 
 fn sig_header(v: &str) -> Vec<(String, String)> {
@@ -109,4 +158,100 @@ async fn without_a_token_streams_are_admitted_and_counted() {
     )
     .await;
     assert_eq!(metric(&m, "relay_streams_unauthenticated_total"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_tokens_bind_streams_to_their_call() {
+    let mut a = signed_args();
+    a.echo_delay_ms = 20;
+    let relay = start_relay(a).await;
+    let url = relay.media_url();
+    let call_a = "CA00000000000000000000000000000001";
+    let call_b = "CA00000000000000000000000000000002";
+    let token_a = relay_token_for(relay.addr, call_a).await;
+    let token_b = relay_token_for(relay.addr, call_b).await;
+    assert_ne!(token_a, token_b);
+
+    // Wrong token, another call's token, no token: closed with 1008 before any audio flows.
+    for params in [
+        vec![("relay_token", "forged")],
+        vec![("relay_token", token_b.as_str())],
+        vec![],
+    ] {
+        let mut c = TwilioClient::connect(&url, &sig_header(MEDIA_SIGNATURE))
+            .await
+            .unwrap();
+        c.send_connected().await.unwrap();
+        c.send_start(&start_with(1, &params)).await.unwrap(); // call SID = call_a
+        let _ = c.send_media(&[0x42; 160]).await;
+        assert_eq!(close_code(&mut c).await, Some(1008), "{params:?}");
+    }
+
+    // The right token: audio flows (the echo agent plays it back).
+    let mut good = TwilioClient::connect(&url, &sig_header(MEDIA_SIGNATURE))
+        .await
+        .unwrap();
+    good.send_connected().await.unwrap();
+    good.send_start(&start_with(1, &[("relay_token", &token_a)]))
+        .await
+        .unwrap();
+    good.send_media(&[0x42; 160]).await.unwrap();
+    loop {
+        match good.recv().await.unwrap() {
+            Some(TwilioInbound::Media { payload, .. }) => {
+                assert_eq!(payload, vec![0x42; 160]);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+
+    // A second stream for the same call replaces the first (keep the newest).
+    let mut second = TwilioClient::connect(&url, &sig_header(MEDIA_SIGNATURE))
+        .await
+        .unwrap();
+    second.send_connected().await.unwrap();
+    second
+        .send_start(&start_with(1, &[("relay_token", &token_a)]))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut good).await, Some(1000));
+    second.send_media(&[0x43; 160]).await.unwrap();
+    loop {
+        match second.recv().await.unwrap() {
+            Some(TwilioInbound::Media { payload, .. }) => {
+                assert_eq!(payload, vec![0x43; 160]);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("newest stream was closed"),
+        }
+    }
+    second.send_stop().await.unwrap();
+
+    let m = wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"twilio_stop\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&m, "relay_calls_total{outcome=\"token_rejected\"}"),
+        3.0
+    );
+    assert_eq!(metric(&m, "relay_calls_total{outcome=\"replaced\"}"), 1.0);
+    assert_eq!(metric(&m, "relay_duplicate_streams_total"), 1.0);
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"token_invalid\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"token_missing\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"valid\"}"),
+        2.0
+    );
 }

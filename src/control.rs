@@ -1,0 +1,1 @@
+//! Call control endpoints (outbound calls, status callbacks). Being written.

@@ -157,7 +157,7 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
         metric(&m, "relay_agent_connect_duration_seconds_count"),
         1.0
     );
-    assert_eq!(metric(&m, "relay_calls_active"), 0.0);
+    assert_eq!(wait_metric_eq(relay.addr, "relay_calls_active", 0.0).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

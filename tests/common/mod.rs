@@ -120,6 +120,18 @@ pub async fn wait_metric(addr: SocketAddr, series: &str, want: f64) -> String {
     }
 }
 
+/// Waits until `series` equals `want` (e.g. a gauge settling after a call ends).
+pub async fn wait_metric_eq(addr: SocketAddr, series: &str, want: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(&metrics(addr).await, series);
+        if v == want || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `count` frames of 160 bytes: fixture audio with the first bytes tagged (call, sequence)
 /// so any cross-talk or reordering shows.
 pub fn tagged_audio(call: u8, count: usize, fixture: &[u8]) -> Vec<u8> {

@@ -13,6 +13,12 @@
 //!   garbage) and handles for tests to drive and inspect each conversation.
 //! - [`fixtures`]: loaders for the speech fixtures in `tests/fixtures/` (8 kHz mono μ-law WAV).
 //!
+//! The load harness (issue 3, binary `loadtest`) is built on them: [`harness`] (callers and
+//! run orchestration), [`bench_agent`] (a lean, tag-aware mock ElevenLabs agent), [`tag`]
+//! (per-frame tags inside the audio), [`floor`] (the fastwebsockets echo cost floor),
+//! [`procstat`] (CPU/RSS from `/proc`), [`procs`] (spawning the relay and the floor) and
+//! [`report`] (summary table, JSON, SVG).
+//!
 //! Audio everywhere in this crate is headerless G.711 μ-law at 8000 samples/s, mono:
 //! 1 byte per sample, 8 bytes per millisecond, 160 bytes per 20 ms frame.
 //!
@@ -21,7 +27,14 @@
 #![warn(missing_docs)]
 
 pub mod agent_sim;
+pub mod bench_agent;
 pub mod fixtures;
+pub mod floor;
+pub mod harness;
+pub mod procs;
+pub mod procstat;
+pub mod report;
+pub mod tag;
 pub mod twilio_sim;
 mod ws;
 

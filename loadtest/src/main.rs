@@ -1,14 +1,366 @@
-//! `loadtest` command-line entry point. The load harness itself is not written yet (issue 3);
-//! the simulators live in the library (`loadtest::twilio_sim`, `loadtest::agent_sim`).
+//! `loadtest`: the media-relay load harness (issue 3).
+//!
+//! ```text
+//! loadtest --spawn [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
+//!          [--barge-in] [--floor] [--find-capacity] [--json FILE] [--svg FILE]
+//! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
+//! loadtest floor-server --listen ADDR
+//! ```
+//!
+//! See the crate docs of `loadtest::harness` for what is measured and how.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Load generator for media-relay (placeholder).
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use loadtest::bench_agent::BenchAgent;
+use loadtest::harness::{self, LoadConfig, LoadResult, Progress};
+use loadtest::report::{self, Capacity, CapacityStep, Report};
+use loadtest::{fixtures, procs};
+
+/// Load harness for media-relay: simulated Twilio callers ↔ relay ↔ mock ElevenLabs agent.
 #[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {}
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    println!("loadtest: the load harness is not implemented yet, see issue 3");
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the floor: a minimal fastwebsockets echo server (one read + one write per frame).
+    /// Prints `listening on ADDR` on stdout once bound.
+    FloorServer {
+        /// Address to listen on (port 0 = any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The mock agent echoes every caller frame at once: per-frame round trips.
+    Echo,
+    /// Scripted turns with the speech fixtures (caller utterance, agent reply).
+    Conversation,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Start the release relay binary (target/release/media-relay) pointed at an in-process
+    /// mock agent.
+    #[arg(long, conflicts_with = "target")]
+    spawn: bool,
+    /// Drive a relay running elsewhere (`ws://host:port/media`).
+    #[arg(long)]
+    target: Option<String>,
+    /// With --target: start the mock agent on this address (point the relay's
+    /// --elevenlabs-api-base at it, agent id `loadtest`).
+    #[arg(long)]
+    mock_agent_listen: Option<String>,
+    /// With --target: sample this process's CPU/RSS.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// Relay binary for --spawn (default: <workspace>/target/release/media-relay, built if
+    /// missing).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Run `cargo build --release -p media-relay` before spawning even if the binary exists.
+    #[arg(long)]
+    build_relay: bool,
+    /// RUST_LOG for the spawned relay.
+    #[arg(long, default_value = "warn")]
+    relay_log: String,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 200)]
+    calls: usize,
+    /// Calls started per second.
+    #[arg(long, default_value_t = 50.0)]
+    ramp_per_sec: f64,
+    /// Steady window (all calls up), seconds.
+    #[arg(long, default_value_t = 20)]
+    duration_secs: u64,
+    /// Pause between the ramp's end and the steady window, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    settle_secs: f64,
+    /// Echo (per-frame round trips) or conversation (turns).
+    #[arg(long, value_enum, default_value = "echo")]
+    mode: Mode,
+    /// Conversation mode: the caller talks over the agent's reply (agent interrupts itself).
+    #[arg(long)]
+    barge_in: bool,
+    /// Conversation mode: agent think time, ms.
+    #[arg(long, default_value_t = 500)]
+    think_ms: u64,
+    /// Send every call's frame on the same tick (worst-case bursts) instead of spreading the
+    /// calls over the 20 ms period.
+    #[arg(long)]
+    aligned: bool,
+    /// Also run the same caller load against the fastwebsockets echo floor (child process)
+    /// and report relay ÷ floor CPU per frame.
+    #[arg(long)]
+    floor: bool,
+    /// Raise the call count (×1.5 per step, from --calls) until the SLO breaks.
+    #[arg(long)]
+    find_capacity: bool,
+    /// SLO for --find-capacity: relay-added one-way p99 limit, µs.
+    #[arg(long, default_value_t = 2000.0)]
+    slo_p99_us: f64,
+    /// Upper bound of --find-capacity.
+    #[arg(long, default_value_t = 5000)]
+    max_calls: usize,
+    /// Write every number as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG latency plot.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn tick(&self, elapsed_s: f64, total_s: f64, active: usize, media_rx: u64) {
+        self.0.set_length((total_s * 10.0) as u64);
+        self.0
+            .set_position(((elapsed_s * 10.0) as u64).min((total_s * 10.0) as u64));
+        self.0
+            .set_message(format!("{active} calls active, {media_rx} media received"));
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Some(Cmd::FloorServer { listen }) => rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            println!("listening on {}", listener.local_addr()?);
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            loadtest::floor::serve(listener).await
+        }),
+        None => rt.block_on(run(cli.run)),
+    }
+}
+
+fn progress_bar(label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(1);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_owned());
+    pb
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    if !a.spawn && a.target.is_none() {
+        bail!("give --spawn or --target ws://HOST:PORT/media");
+    }
+    if a.calls == 0 {
+        bail!("--calls must be > 0");
+    }
+    let caller = Arc::new(fixtures::caller_utterance()?);
+    let reply = Arc::new(fixtures::agent_reply()?);
+    let (plan, mode) = match a.mode {
+        Mode::Echo => harness::echo_setup(caller.clone()),
+        Mode::Conversation => harness::conversation_setup(
+            caller.clone(),
+            reply,
+            Duration::from_millis(a.think_ms),
+            a.barge_in,
+        ),
+    };
+
+    // Agent side and relay.
+    let (agent, relay, url, pid) = if a.spawn {
+        let agent = BenchAgent::start("127.0.0.1:0").await?;
+        let bin = match &a.relay_bin {
+            Some(b) => b.clone(),
+            None => procs::relay_binary("release", a.build_relay)?,
+        };
+        let relay = procs::spawn_relay(&bin, &agent.api_base(), &a.relay_log).await?;
+        eprintln!(
+            "relay {} (pid {}) on {}, mock agent on {}, relay log {}",
+            bin.display(),
+            relay.proc.pid(),
+            relay.addr,
+            agent.addr(),
+            relay.log.display()
+        );
+        let url = relay.media_url();
+        let pid = relay.proc.pid();
+        (Some(agent), Some(relay), url, Some(pid))
+    } else {
+        let agent = match &a.mock_agent_listen {
+            Some(l) => {
+                let ag = BenchAgent::start(l).await?;
+                eprintln!("mock agent on {} (agent id: any)", ag.addr());
+                Some(ag)
+            }
+            None => None,
+        };
+        (
+            agent,
+            None,
+            a.target.clone().unwrap_or_default(),
+            a.relay_pid,
+        )
+    };
+    // Let the relay's startup settle before sampling idle RSS.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let base = LoadConfig {
+        url: url.clone(),
+        floor: false,
+        calls: a.calls,
+        ramp_per_sec: a.ramp_per_sec,
+        duration: Duration::from_secs(a.duration_secs),
+        settle: Duration::from_secs_f64(a.settle_secs),
+        plan: plan.clone(),
+        mode: mode.clone(),
+        aligned: a.aligned,
+        monitor_pid: pid,
+    };
+    let mut rep = Report {
+        relay: None,
+        floor: None,
+        cpu_ratio_relay_over_floor: None,
+        capacity: None,
+        notes: notes(),
+    };
+
+    if a.find_capacity {
+        let mut steps = Vec::new();
+        let mut calls = a.calls;
+        let mut last_pass: Option<(usize, Option<f64>)> = None;
+        let mut last_result: Option<LoadResult> = None;
+        loop {
+            let pb = progress_bar(&format!("{calls}"));
+            let cfg = LoadConfig {
+                calls,
+                ..base.clone()
+            };
+            let r = harness::run_load(cfg, agent.as_ref(), Some(&Bar(pb.clone()))).await?;
+            pb.finish_and_clear();
+            let p99 = [&r.caller_to_agent, &r.agent_to_caller]
+                .iter()
+                .filter_map(|p| p.as_ref().map(|p| p.p99_us))
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let pass = r.clean() && p99.is_none_or(|p| p <= a.slo_p99_us);
+            let cores_per_call = r.resources.as_ref().map(|x| x.cores / calls as f64);
+            let step = CapacityStep {
+                calls,
+                p99_us: p99,
+                lost: r.lost(),
+                pass,
+                cpu_us_per_frame: r.resources.as_ref().map(|x| x.cpu_us_per_frame),
+                cores_per_call,
+            };
+            eprintln!(
+                "capacity step: {calls} calls: p99 {:?} µs, lost {}, {}",
+                p99.map(|v| v.round()),
+                step.lost,
+                if pass { "pass" } else { "FAIL" }
+            );
+            steps.push(step);
+            if pass {
+                last_pass = Some((calls, cores_per_call));
+                last_result = Some(r);
+            } else {
+                if last_result.is_none() {
+                    last_result = Some(r);
+                }
+                break;
+            }
+            if calls >= a.max_calls {
+                break;
+            }
+            calls = (((calls as f64 * 1.5) / 10.0).ceil() as usize * 10).min(a.max_calls);
+            // Let the previous calls' sockets drain.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        rep.capacity = Some(Capacity {
+            slo_p99_us: a.slo_p99_us,
+            steps,
+            last_passing_calls: last_pass.map(|x| x.0),
+            last_passing_cores_per_call: last_pass.and_then(|x| x.1),
+        });
+        rep.relay = last_result;
+    } else {
+        let pb = progress_bar("relay");
+        let r = harness::run_load(base.clone(), agent.as_ref(), Some(&Bar(pb.clone()))).await?;
+        pb.finish_and_clear();
+        rep.relay = Some(r);
+    }
+    drop(relay);
+
+    if a.floor {
+        let exe = std::env::current_exe().context("locating the loadtest binary")?;
+        let (floor_proc, floor_url) = procs::spawn_floor(&exe)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let calls = rep.relay.as_ref().map_or(a.calls, |r| r.calls);
+        let (fplan, fmode) = harness::echo_setup(caller.clone());
+        let cfg = LoadConfig {
+            url: floor_url,
+            floor: true,
+            calls,
+            plan: fplan,
+            mode: fmode,
+            monitor_pid: Some(floor_proc.pid()),
+            ..base.clone()
+        };
+        let pb = progress_bar("floor");
+        let r = harness::run_load(cfg, None, Some(&Bar(pb.clone()))).await?;
+        pb.finish_and_clear();
+        rep.floor = Some(r);
+        drop(floor_proc);
+    }
+    rep.compute_ratio();
+
+    print!("{}", report::summarize_report(&rep));
+    if let Some(p) = &a.json {
+        rep.write_json(p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.svg {
+        report::write_svg(&rep, p)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn notes() -> Vec<String> {
+    vec![
+        "All latencies are on one clock (the harness process, which also hosts the mock agent). \
+         One-way numbers are 'relay + 2 loopback hops + both simulators' scheduling': \
+         caller→agent = mock receive − caller send; agent→caller = caller receive − mock send \
+         (the mock re-tags echoed frames with its send time). Recorded for frames sent in the \
+         steady window."
+            .into(),
+        "CPU = utime+stime of the relay (or floor) process from /proc/<pid>/stat between the \
+         window's start and end; frames = frames the mock received + media messages the callers \
+         received in the window (each one read + one write by the relay); for the floor, frames \
+         echoed. RSS per call = (VmRSS at window end − VmRSS before the first call) ÷ calls."
+            .into(),
+        "Caller load: one 160-byte frame per call per 20 ms on a shared grid (calls spread over \
+         the period by index mod 20 ms unless --aligned); Twilio playback is emulated, so the \
+         relay's marks are echoed when 'played'."
+            .into(),
+    ]
 }

@@ -496,6 +496,33 @@ impl TwilioReceiver {
     }
 }
 
+impl TwilioReceiver {
+    /// The next text message exactly as received, **without** Twilio validation (the load
+    /// harness validates with [`parse_server_message`] itself, or — against the floor echo
+    /// server, which reflects the caller's own messages — not at all). Binary frames are
+    /// skipped. `Ok(None)` once the connection is over (Close received or TCP ended).
+    /// Not cancel-safe, like [`recv`](Self::recv).
+    pub async fn recv_raw(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            match self.reader.next().await {
+                Ok(WsMessage::Text(t)) => return Ok(Some(t)),
+                Ok(WsMessage::Binary(_)) => continue,
+                Ok(WsMessage::Close { .. } | WsMessage::Eof) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Err(anyhow!("WebSocket error reading from the relay: {e}"));
+                }
+            }
+        }
+    }
+}
+
 /// A connected simulated Twilio caller: a [`TwilioSender`] and a [`TwilioReceiver`] in one.
 /// Use [`split`](Self::split) to send and receive from different tasks.
 pub struct TwilioClient {

@@ -1,0 +1,965 @@
+//! The load harness's caller side and run orchestration.
+//!
+//! [`run_load`] drives `calls` simulated Twilio calls ([`crate::twilio_sim`]) against a relay
+//! (or against the floor echo server, [`crate::floor`]), ramped at `ramp_per_sec`, every call
+//! sending one tagged 160-byte frame ([`crate::tag`]) per 20 ms tick of a shared clock: each
+//! call's ticks lie on the grid `epoch + k·20 ms + phase`, with `phase = call index mod 20` ms
+//! (spreading the calls evenly over the 20 ms period) or 0 for all with `aligned`.
+//!
+//! Timeline (all from one epoch, `std::time::Instant`):
+//! `0.2 s` first call → ramp → `ramp_end` → `settle` → **steady window** of `duration` →
+//! callers linger 0.5 s, send `stop`, wait for the relay to close.
+//! Latencies are recorded for frames *sent* inside the steady window; counts and checks cover
+//! every frame of the run. Resource samples of the monitored process are taken before the
+//! first call (idle RSS) and at the window's start and end.
+//!
+//! Latency definitions (nanoseconds on the harness clock; the mock agent runs in this process):
+//! - *caller → agent*: mock receive time − caller send time (relay + 2 loopback hops +
+//!   both simulators' scheduling);
+//! - *agent → caller* (echo mode): caller receive time − the mock's send time, which the mock
+//!   wrote into the echoed frame (bytes 16..24);
+//! - *round trip*: caller receive − caller send (the only latency for the floor echo server);
+//! - *turn* (conversation): send time of the caller's last speech frame → first agent audio at
+//!   the caller; *barge-in*: mock sends `interruption` → caller receives `clear`;
+//!   *call setup*: WebSocket open at the caller → `conversation_initiation_client_data` at the
+//!   mock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{Instant as TInstant, MissedTickBehavior};
+
+use crate::bench_agent::{self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent};
+use crate::procstat::{self, ProcSample};
+use crate::tag::{self, FramePlan, FrameTag};
+use crate::twilio_sim::{parse_server_message, StartParams, TwilioClient, TwilioInbound};
+use crate::MULAW_FRAME_BYTES;
+
+/// 20 ms frame period.
+pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
+
+/// Configuration of one load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// `ws://host:port/path` of the relay's Twilio endpoint (or the floor server).
+    pub url: String,
+    /// The target is the floor echo server: it reflects the caller's own messages, so replies
+    /// are not validated as Twilio messages and frames come back un-re-tagged.
+    pub floor: bool,
+    /// Concurrent calls.
+    pub calls: usize,
+    /// Calls started per second during the ramp.
+    pub ramp_per_sec: f64,
+    /// Length of the steady window (all calls up).
+    pub duration: Duration,
+    /// Pause between the last call starting and the steady window (agent connects settle).
+    pub settle: Duration,
+    /// What the callers send under their tags (echo or conversation turns).
+    pub plan: FramePlan,
+    /// The agent's behaviour (must match `plan`: `turns` set iff conversation).
+    pub mode: AgentMode,
+    /// All calls tick at the same instant instead of being spread over the 20 ms period.
+    pub aligned: bool,
+    /// Process to sample for CPU/RSS (the relay or the floor server), if any.
+    pub monitor_pid: Option<u32>,
+}
+
+/// Latency percentiles of one series, microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// 50th percentile, µs.
+    pub p50_us: f64,
+    /// 90th percentile, µs.
+    pub p90_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
+    /// Maximum, µs.
+    pub max_us: f64,
+    /// Percentile curve for plots: (percentile 0..100, µs), log-spaced towards the tail.
+    pub curve: Vec<(f64, f64)>,
+}
+
+impl Percentiles {
+    /// Summarises a nanosecond histogram; `None` if it is empty.
+    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+        if h.is_empty() {
+            return None;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let mut curve = Vec::new();
+        // x = -log10(1 - p): 0 → p0, 1 → p90, 2 → p99, 3 → p99.9, 4 → p99.99.
+        let mut x = 0.0f64;
+        while x <= 4.0001 {
+            let p = 100.0 * (1.0 - 10f64.powf(-x));
+            curve.push((p, us(h.value_at_quantile(p / 100.0))));
+            x += 0.05;
+        }
+        Some(Percentiles {
+            count: h.len(),
+            mean_us: h.mean() / 1000.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            curve,
+        })
+    }
+}
+
+/// Caller-side counters (what the simulated Twilio callers saw), summed over calls.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallerStats {
+    /// Calls whose WebSocket upgrade succeeded.
+    pub connected: u64,
+    /// Calls that could not connect or start.
+    pub connect_failures: u64,
+    /// Tagged media frames sent.
+    pub frames_sent: u64,
+    /// `media` messages received.
+    pub media_received: u64,
+    /// Tagged frames received back (echo/floor).
+    pub frames_received: u64,
+    /// Distinct tagged frames received back.
+    pub unique: u64,
+    /// Tagged frames received more than once.
+    pub duplicates: u64,
+    /// Tagged frames received after a later one.
+    pub reordered: u64,
+    /// Frames tagged with another call's index.
+    pub cross_talk: u64,
+    /// Frames whose bytes differ from what was sent (or untaggable/odd-sized payloads).
+    pub corrupt: u64,
+    /// `mark` messages received.
+    pub marks_received: u64,
+    /// Marks echoed back after emulated playback.
+    pub marks_echoed: u64,
+    /// `clear` messages received.
+    pub clears: u64,
+    /// Messages Twilio would reject, and transport failures.
+    pub protocol_errors: u64,
+    /// First few protocol error texts.
+    pub protocol_error_samples: Vec<String>,
+    /// Calls the relay closed before the caller's `stop`.
+    pub closed_early: u64,
+    /// Conversation turns that should have been answered (speech ended well before stop).
+    pub turns_expected: u64,
+    /// Of those, turns for which agent audio arrived.
+    pub turns_answered: u64,
+    /// Turns whose agent audio was not the reply fixture byte for byte (a prefix when
+    /// barge-in is on, the whole reply otherwise).
+    pub turn_audio_mismatch: u64,
+}
+
+impl CallerStats {
+    fn add(&mut self, o: &CallerStats) {
+        self.connected += o.connected;
+        self.connect_failures += o.connect_failures;
+        self.frames_sent += o.frames_sent;
+        self.media_received += o.media_received;
+        self.frames_received += o.frames_received;
+        self.unique += o.unique;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.cross_talk += o.cross_talk;
+        self.corrupt += o.corrupt;
+        self.marks_received += o.marks_received;
+        self.marks_echoed += o.marks_echoed;
+        self.clears += o.clears;
+        self.protocol_errors += o.protocol_errors;
+        for s in &o.protocol_error_samples {
+            if self.protocol_error_samples.len() < 5 {
+                self.protocol_error_samples.push(s.clone());
+            }
+        }
+        self.closed_early += o.closed_early;
+        self.turns_expected += o.turns_expected;
+        self.turns_answered += o.turns_answered;
+        self.turn_audio_mismatch += o.turn_audio_mismatch;
+    }
+}
+
+/// Resource use of the monitored process over the steady window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    /// Process id sampled.
+    pub pid: u32,
+    /// Before the first call.
+    pub idle: ProcSample,
+    /// At the start of the steady window.
+    pub window_start: ProcSample,
+    /// At the end of the steady window.
+    pub window_end: ProcSample,
+    /// Window length, seconds.
+    pub window_s: f64,
+    /// CPU seconds (user + kernel) used in the window.
+    pub cpu_s: f64,
+    /// Share of the window's CPU spent in the kernel, 0..1.
+    pub kernel_share: f64,
+    /// Cores busy on average (cpu_s ÷ window_s).
+    pub cores: f64,
+    /// Frames relayed in the window: for a relay, frames received by the agent plus media
+    /// messages received by the callers; for the floor, frames echoed. Each is one read +
+    /// one write by the process.
+    pub frames: u64,
+    /// CPU microseconds per relayed frame.
+    pub cpu_us_per_frame: f64,
+    /// (RSS at window end − idle RSS) ÷ calls, KiB.
+    pub rss_kib_per_call: f64,
+    /// Calls one fully busy core would carry at this cost (calls ÷ cores).
+    pub calls_per_core: f64,
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    /// Target URL.
+    pub url: String,
+    /// The target was the floor echo server.
+    pub floor: bool,
+    /// `echo` or `conversation`.
+    pub mode: String,
+    /// Calls requested.
+    pub calls: usize,
+    /// Ramp, calls per second.
+    pub ramp_per_sec: f64,
+    /// Steady window, seconds.
+    pub window_s: f64,
+    /// Caller-side counters.
+    pub caller: CallerStats,
+    /// Agent-side counters (`None` without the in-process mock agent).
+    pub agent: Option<AgentCallStats>,
+    /// Conversations the mock could not attribute to a call.
+    pub agent_unidentified: usize,
+    /// Frames sent by callers that never reached the agent (`None` without the mock).
+    pub lost_caller_to_agent: Option<u64>,
+    /// Frames sent back (by the agent, or echoed by the floor) that never reached the caller.
+    pub lost_to_caller: u64,
+    /// caller → agent one-way latency.
+    pub caller_to_agent: Option<Percentiles>,
+    /// agent → caller one-way latency (echo mode).
+    pub agent_to_caller: Option<Percentiles>,
+    /// Caller → (relay → agent → relay | floor) → caller round trip (echo mode).
+    pub round_trip: Option<Percentiles>,
+    /// Turn latency (conversation mode).
+    pub turn: Option<Percentiles>,
+    /// Barge-in latency (conversation mode with barge-in).
+    pub barge_in: Option<Percentiles>,
+    /// Call setup latency (WebSocket open → agent init).
+    pub call_setup: Option<Percentiles>,
+    /// CPU/RSS of the monitored process.
+    pub resources: Option<Resources>,
+    /// Cores the harness process itself (callers + mock agent) kept busy in the steady
+    /// window — on a small machine it competes with the relay for CPU, which shows in the
+    /// latency tail.
+    pub harness_cores: f64,
+}
+
+impl LoadResult {
+    /// Total frames lost in either direction (unknown directions count as 0).
+    pub fn lost(&self) -> u64 {
+        self.lost_caller_to_agent.unwrap_or(0) + self.lost_to_caller
+    }
+
+    /// True if no frame was lost, duplicated, corrupted or misrouted, every call connected,
+    /// and no protocol error was seen.
+    pub fn clean(&self) -> bool {
+        let a = self.agent.clone().unwrap_or_default();
+        self.lost() == 0
+            && self.caller.connect_failures == 0
+            && self.caller.cross_talk + a.cross_talk == 0
+            && self.caller.corrupt + a.corrupt == 0
+            && self.caller.duplicates + a.duplicates == 0
+            && self.caller.protocol_errors + a.protocol_errors == 0
+            && self.caller.turn_audio_mismatch == 0
+            && self.caller.turns_answered == self.caller.turns_expected
+    }
+}
+
+/// Caller-side shared state of one run.
+struct CallerRun {
+    epoch: Instant,
+    cfg: LoadConfig,
+    window_ns: (u64, u64),
+    stop_ns: u64,
+    agent_to_caller: Mutex<Histogram<u64>>,
+    round_trip: Mutex<Histogram<u64>>,
+    turn: Mutex<Histogram<u64>>,
+    barge_in: Mutex<Histogram<u64>>,
+    media_rx: AtomicU64,
+    active: AtomicUsize,
+    open_ns: Vec<AtomicU64>,
+    agent: Option<Arc<AgentRun>>,
+}
+
+impl CallerRun {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+    fn in_window(&self, ns: u64) -> bool {
+        ns >= self.window_ns.0 && ns <= self.window_ns.1
+    }
+    fn tinstant(&self, ns: u64) -> TInstant {
+        TInstant::from_std(self.epoch + Duration::from_nanos(ns))
+    }
+}
+
+fn record(h: &Mutex<Histogram<u64>>, ns: u64) {
+    let _ = h
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(ns.max(1));
+}
+
+/// Progress information for a UI.
+pub trait Progress: Send + Sync {
+    /// Called about every 250 ms: elapsed and total run time (s), active calls, media
+    /// messages received so far.
+    fn tick(&self, elapsed_s: f64, total_s: f64, active: usize, media_rx: u64);
+}
+
+/// Runs one load run. `agent` is the in-process mock (if any); its run state is replaced.
+pub async fn run_load(
+    cfg: LoadConfig,
+    agent: Option<&BenchAgent>,
+    progress: Option<&dyn Progress>,
+) -> anyhow::Result<LoadResult> {
+    let ticks = procstat::clock_ticks();
+    let idle = match cfg.monitor_pid {
+        Some(pid) => Some(procstat::sample(pid, ticks)?),
+        None => None,
+    };
+    let epoch = Instant::now();
+    let first_ns: u64 = 200_000_000;
+    let ramp_ns = ((cfg.calls.saturating_sub(1)) as f64 / cfg.ramp_per_sec.max(0.001) * 1e9) as u64;
+    let window_start = first_ns + ramp_ns + cfg.settle.as_nanos() as u64;
+    let window_end = window_start + cfg.duration.as_nanos() as u64;
+    let stop_ns = window_end + 200_000_000;
+    let total_s = (stop_ns as f64) / 1e9 + 1.0;
+    let agent_run = agent.map(|a| {
+        let run = Arc::new(AgentRun::new(
+            epoch,
+            cfg.plan.clone(),
+            cfg.mode.clone(),
+            (window_start, window_end),
+            cfg.calls,
+        ));
+        a.set_run(run.clone());
+        run
+    });
+    let shared = Arc::new(CallerRun {
+        epoch,
+        window_ns: (window_start, window_end),
+        stop_ns,
+        agent_to_caller: Mutex::new(new_histogram()),
+        round_trip: Mutex::new(new_histogram()),
+        turn: Mutex::new(new_histogram()),
+        barge_in: Mutex::new(new_histogram()),
+        media_rx: AtomicU64::new(0),
+        active: AtomicUsize::new(0),
+        open_ns: (0..cfg.calls).map(|_| AtomicU64::new(0)).collect(),
+        agent: agent_run.clone(),
+        cfg: cfg.clone(),
+    });
+
+    let mut handles = Vec::with_capacity(cfg.calls);
+    for i in 0..cfg.calls {
+        let start_ns = first_ns + (i as f64 / cfg.ramp_per_sec.max(0.001) * 1e9) as u64;
+        let shared = shared.clone();
+        handles.push(tokio::spawn(call(i, start_ns, shared)));
+    }
+
+    // Sample resources at the window edges; report progress meanwhile.
+    let frames_now = |s: &CallerRun| {
+        s.media_rx.load(Ordering::Relaxed)
+            + s.agent
+                .as_ref()
+                .map_or(0, |a| a.frames_rx.load(Ordering::Relaxed))
+    };
+    let mut samples: Vec<(ProcSample, u64)> = Vec::new();
+    let mut own: Vec<ProcSample> = Vec::new();
+    for edge in [window_start, window_end] {
+        loop {
+            let now = shared.now_ns();
+            if let Some(p) = progress {
+                p.tick(
+                    now as f64 / 1e9,
+                    total_s,
+                    shared.active.load(Ordering::Relaxed),
+                    shared.media_rx.load(Ordering::Relaxed),
+                );
+            }
+            if now >= edge {
+                break;
+            }
+            let wait = Duration::from_nanos((edge - now).min(250_000_000));
+            tokio::time::sleep(wait).await;
+        }
+        let frames = frames_now(&shared);
+        own.push(procstat::sample(std::process::id(), ticks).unwrap_or_default());
+        if let Some(pid) = cfg.monitor_pid {
+            samples.push((procstat::sample(pid, ticks)?, frames));
+        } else {
+            samples.push((ProcSample::default(), frames));
+        }
+    }
+    let mut caller = CallerStats::default();
+    let mut pending = handles.into_iter();
+    for h in pending.by_ref() {
+        while !h.is_finished() {
+            if let Some(p) = progress {
+                p.tick(
+                    shared.now_ns() as f64 / 1e9,
+                    total_s,
+                    shared.active.load(Ordering::Relaxed),
+                    shared.media_rx.load(Ordering::Relaxed),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        caller.add(&h.await?);
+    }
+    // Let the mock finish its conversations (the relay closes them after each `stop`).
+    if let Some(a) = &agent_run {
+        let expect = caller.connected as usize;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.conversations_done.load(Ordering::Relaxed) + a.unidentified.load(Ordering::Relaxed)
+            < expect
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let resources = match (cfg.monitor_pid, idle) {
+        (Some(pid), Some(idle)) => {
+            let (s0, f0) = samples[0];
+            let (s1, f1) = samples[1];
+            let window_s = cfg.duration.as_secs_f64();
+            let cpu_s = s1.cpu_s() - s0.cpu_s();
+            let frames = f1 - f0;
+            Some(Resources {
+                pid,
+                idle,
+                window_start: s0,
+                window_end: s1,
+                window_s,
+                cpu_s,
+                kernel_share: if cpu_s > 0.0 {
+                    (s1.system_s - s0.system_s) / cpu_s
+                } else {
+                    0.0
+                },
+                cores: cpu_s / window_s,
+                frames,
+                cpu_us_per_frame: if frames > 0 {
+                    cpu_s * 1e6 / frames as f64
+                } else {
+                    0.0
+                },
+                rss_kib_per_call: (s1.rss_kib as f64 - idle.rss_kib as f64)
+                    / cfg.calls.max(1) as f64,
+                calls_per_core: if cpu_s > 0.0 {
+                    cfg.calls as f64 / (cpu_s / window_s)
+                } else {
+                    0.0
+                },
+            })
+        }
+        _ => None,
+    };
+
+    let mut setup = new_histogram();
+    let (agent_totals, lost_c2a, lost_to_caller, unidentified) = match &agent_run {
+        Some(a) => {
+            for (i, slot) in a.slots.iter().enumerate() {
+                let init = slot.init_ns.load(Ordering::Relaxed);
+                let open = shared.open_ns[i].load(Ordering::Relaxed);
+                if init > 0 && open > 0 {
+                    let _ = setup.record(init.saturating_sub(open).max(1));
+                }
+            }
+            let t = a.totals();
+            let lost_c2a = caller.frames_sent.saturating_sub(t.unique);
+            let lost_back = if cfg.plan.turns.is_none() {
+                t.echoed.saturating_sub(caller.unique)
+            } else {
+                0
+            };
+            (
+                Some(t),
+                Some(lost_c2a),
+                lost_back,
+                a.unidentified.load(Ordering::Relaxed),
+            )
+        }
+        None => {
+            let back = if cfg.floor {
+                caller.frames_sent.saturating_sub(caller.unique)
+            } else {
+                0
+            };
+            (None, None, back, 0)
+        }
+    };
+    let h =
+        |m: &Mutex<Histogram<u64>>| Percentiles::of(&m.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(LoadResult {
+        url: cfg.url.clone(),
+        floor: cfg.floor,
+        mode: if cfg.plan.turns.is_some() {
+            "conversation".into()
+        } else {
+            "echo".into()
+        },
+        calls: cfg.calls,
+        ramp_per_sec: cfg.ramp_per_sec,
+        window_s: cfg.duration.as_secs_f64(),
+        caller,
+        agent: agent_totals,
+        agent_unidentified: unidentified,
+        lost_caller_to_agent: lost_c2a,
+        lost_to_caller,
+        caller_to_agent: agent_run.as_ref().and_then(|a| h(&a.caller_to_agent)),
+        agent_to_caller: h(&shared.agent_to_caller),
+        round_trip: h(&shared.round_trip),
+        turn: h(&shared.turn),
+        barge_in: h(&shared.barge_in),
+        call_setup: Percentiles::of(&setup),
+        resources,
+        harness_cores: (own[1].cpu_s() - own[0].cpu_s()) / cfg.duration.as_secs_f64().max(1e-9),
+    })
+}
+
+/// From the receiver to the sender: marks to echo after playback, or a `clear`.
+enum PlayEvent {
+    Mark(String, TInstant),
+    Clear,
+}
+
+/// One simulated call: connect, `connected`/`start`, tagged frames until the stop time, 0.5 s
+/// linger, `stop`, wait for the close.
+async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
+    let mut stats = CallerStats::default();
+    tokio::time::sleep_until(s.tinstant(start_ns)).await;
+    let client = match TwilioClient::connect(&s.cfg.url, &[]).await {
+        Ok(c) => c,
+        Err(e) => {
+            stats.connect_failures += 1;
+            stats.protocol_error_samples.push(format!("connect: {e:#}"));
+            return stats;
+        }
+    };
+    s.open_ns[i].store(s.now_ns(), Ordering::Relaxed);
+    stats.connected += 1;
+    s.active.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = client.split();
+    let mut params = StartParams::for_call(i as u64);
+    params
+        .custom_parameters
+        .push((bench_agent::CALL_PARAM.to_owned(), i.to_string()));
+    let sent: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(1024)));
+    let (play_tx, mut play_rx) = mpsc::unbounded_channel::<PlayEvent>();
+    let receiver = tokio::spawn(receive(
+        i as u32,
+        rx,
+        params.stream_sid.clone(),
+        s.clone(),
+        sent.clone(),
+        play_tx,
+    ));
+    if tx.send_connected().await.is_err() || tx.send_start(&params).await.is_err() {
+        stats.connect_failures += 1;
+        receiver.abort();
+        s.active.fetch_sub(1, Ordering::Relaxed);
+        return stats;
+    }
+    // Shared 20 ms grid: first grid point after now, plus this call's phase.
+    let phase_ns = if s.cfg.aligned {
+        0
+    } else {
+        (i as u64 % 20) * 1_000_000
+    };
+    let now = s.now_ns();
+    let period = FRAME_PERIOD.as_nanos() as u64;
+    let first = (now / period + 1) * period + phase_ns;
+    let mut ticker = tokio::time::interval_at(s.tinstant(first), FRAME_PERIOD);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut seq: u32 = 0;
+    let mut marks: VecDeque<(String, TInstant)> = VecDeque::new();
+    let linger_end = s.tinstant(s.stop_ns + 500_000_000);
+    let mut sending = true;
+    let mut failed = false;
+    loop {
+        let due = marks.front().map(|m| m.1);
+        tokio::select! {
+            _ = ticker.tick(), if sending => {
+                let now = s.now_ns();
+                if now >= s.stop_ns {
+                    sending = false;
+                    continue;
+                }
+                let frame = s.cfg.plan.frame(FrameTag { call: i as u32, seq, sent_ns: now });
+                sent.lock().unwrap_or_else(|p| p.into_inner()).push(now);
+                if tx.send_media(&frame).await.is_err() {
+                    failed = true;
+                    break;
+                }
+                stats.frames_sent += 1;
+                seq += 1;
+            }
+            ev = play_rx.recv() => match ev {
+                Some(PlayEvent::Mark(name, at)) => marks.push_back((name, at)),
+                Some(PlayEvent::Clear) => {
+                    let now = TInstant::now();
+                    for m in marks.iter_mut() { m.1 = now; }
+                }
+                None => { failed = true; break; } // the receiver ended: relay closed
+            },
+            _ = async { match due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                let now = TInstant::now();
+                while marks.front().is_some_and(|m| m.1 <= now) {
+                    let (name, _) = marks.pop_front().expect("front exists");
+                    if tx.send_mark(&name).await.is_err() { failed = true; break; }
+                    stats.marks_echoed += 1;
+                }
+                if failed { break; }
+            }
+            _ = tokio::time::sleep_until(linger_end), if !sending => break,
+        }
+    }
+    if failed {
+        stats.closed_early += 1;
+    } else {
+        let _ = tx.send_stop().await;
+        if s.cfg.floor {
+            // The floor only reflects `stop`; close from our side (it echoes the Close).
+            let _ = tx.close(1000).await;
+        }
+    }
+    let mut receiver = receiver;
+    let r = match tokio::time::timeout(Duration::from_secs(3), &mut receiver).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => CallerStats {
+            protocol_errors: 1,
+            protocol_error_samples: vec![format!("receiver task failed: {e}")],
+            ..Default::default()
+        },
+        Err(_) => {
+            let _ = tx.close(1000).await;
+            match tokio::time::timeout(Duration::from_secs(2), &mut receiver).await {
+                Ok(Ok(mut r)) => {
+                    r.protocol_errors += 1;
+                    r.protocol_error_samples
+                        .push("the relay did not close within 3 s of stop".into());
+                    r
+                }
+                _ => {
+                    receiver.abort();
+                    CallerStats {
+                        protocol_errors: 1,
+                        protocol_error_samples: vec![
+                            "the connection did not end within 5 s of stop".into(),
+                        ],
+                        ..Default::default()
+                    }
+                }
+            }
+        }
+    };
+    s.active.fetch_sub(1, Ordering::Relaxed);
+    stats.add(&r);
+    stats
+}
+
+/// Per-turn bookkeeping of the receiver (conversation mode).
+struct TurnTrack {
+    turn: Option<u32>,
+    audio: Vec<u8>,
+    speech_end_ns: u64,
+}
+
+/// Receives everything the relay (or floor) sends to one call and checks it.
+async fn receive(
+    call: u32,
+    mut rx: crate::twilio_sim::TwilioReceiver,
+    sid: String,
+    s: Arc<CallerRun>,
+    sent: Arc<Mutex<Vec<u64>>>,
+    play: mpsc::UnboundedSender<PlayEvent>,
+) -> CallerStats {
+    let mut st = CallerStats::default();
+    let mut seen: Vec<u8> = Vec::with_capacity(2048);
+    let mut max_seq: Option<u32> = None;
+    let mut play_end = TInstant::now();
+    let mut turn = TurnTrack {
+        turn: None,
+        audio: Vec::new(),
+        speech_end_ns: 0,
+    };
+    let conv = match &s.cfg.mode {
+        AgentMode::Conversation(c) => Some(c.clone()),
+        AgentMode::Echo => None,
+    };
+    let err = |st: &mut CallerStats, e: String| {
+        st.protocol_errors += 1;
+        if st.protocol_error_samples.len() < 3 {
+            st.protocol_error_samples.push(e);
+        }
+    };
+    loop {
+        let text = match rx.recv_raw().await {
+            Ok(Some(t)) => t,
+            Ok(None) => break,
+            Err(e) => {
+                err(&mut st, format!("transport: {e:#}"));
+                break;
+            }
+        };
+        let now_ns = s.now_ns();
+        let now = TInstant::now();
+        let msg = if s.cfg.floor {
+            // The floor reflects our own messages: only `media` matters, shape unchecked.
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match (
+                v.get("event").and_then(Value::as_str),
+                v.pointer("/media/payload").and_then(Value::as_str),
+            ) {
+                (Some("media"), Some(p)) => match B64.decode(p) {
+                    Ok(payload) => TwilioInbound::Media {
+                        stream_sid: sid.clone(),
+                        payload,
+                    },
+                    Err(e) => {
+                        err(&mut st, format!("bad base64 from floor: {e}"));
+                        continue;
+                    }
+                },
+                _ => continue,
+            }
+        } else {
+            match parse_server_message(&text, Some(&sid)) {
+                Ok(m) => m,
+                Err(e) => {
+                    err(&mut st, e.to_string());
+                    continue;
+                }
+            }
+        };
+        match msg {
+            TwilioInbound::Media { payload, .. } => {
+                st.media_received += 1;
+                s.media_rx.fetch_add(1, Ordering::Relaxed);
+                play_end = play_end.max(now) + Duration::from_micros(payload.len() as u64 * 125);
+                if let (Some(c), Some(turns)) = (&conv, s.cfg.plan.turns) {
+                    // Agent reply audio belongs to the latest turn whose speech has ended.
+                    let table = sent.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = table.len() as u32;
+                    let k = (n >= turns.speech_frames)
+                        .then(|| (n - turns.speech_frames) / turns.turn_frames);
+                    let end_of =
+                        |k: u32| table[(k * turns.turn_frames + turns.speech_frames - 1) as usize];
+                    let end_ns = k.map(end_of);
+                    if k != turn.turn {
+                        // Turns skipped entirely (no audio at all) between the last and this one.
+                        let from = turn.turn.map_or(0, |t| t + 1);
+                        for kk in from..k.unwrap_or(0) {
+                            if expected_answer(end_of(kk), &s, c) {
+                                st.turns_expected += 1;
+                            }
+                        }
+                        finish_turn(&mut st, &turn, &s, c);
+                        turn = TurnTrack {
+                            turn: k,
+                            audio: Vec::new(),
+                            speech_end_ns: end_ns.unwrap_or(0),
+                        };
+                        if k.is_some() {
+                            record(&s.turn, now_ns.saturating_sub(turn.speech_end_ns));
+                        }
+                    }
+                    drop(table);
+                    turn.audio.extend_from_slice(&payload);
+                    continue;
+                }
+                if payload.len() % MULAW_FRAME_BYTES != 0 || payload.is_empty() {
+                    st.corrupt += 1;
+                    continue;
+                }
+                for frame in payload.chunks(MULAW_FRAME_BYTES) {
+                    st.frames_received += 1;
+                    let Some(tag) = FrameTag::read(frame) else {
+                        st.corrupt += 1;
+                        continue;
+                    };
+                    if tag.call != call {
+                        st.cross_talk += 1;
+                        continue;
+                    }
+                    let sent_ns = sent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(tag.seq as usize)
+                        .copied();
+                    let skip = (!s.cfg.floor).then_some(tag::AGENT_TS);
+                    if sent_ns != Some(tag.sent_ns) || !s.cfg.plan.matches(frame, tag.seq, skip) {
+                        st.corrupt += 1;
+                        continue;
+                    }
+                    let idx = tag.seq as usize;
+                    if idx >= seen.len() {
+                        seen.resize(idx + 1, 0);
+                    }
+                    seen[idx] = seen[idx].saturating_add(1);
+                    if seen[idx] > 1 {
+                        st.duplicates += 1;
+                        continue;
+                    }
+                    st.unique += 1;
+                    match max_seq {
+                        Some(m) if tag.seq < m => st.reordered += 1,
+                        _ => max_seq = Some(tag.seq),
+                    }
+                    if s.in_window(tag.sent_ns) {
+                        record(&s.round_trip, now_ns.saturating_sub(tag.sent_ns));
+                        if !s.cfg.floor {
+                            if let Some(a) = tag::read_agent_ts(frame) {
+                                record(&s.agent_to_caller, now_ns.saturating_sub(a));
+                            }
+                        }
+                    }
+                }
+            }
+            TwilioInbound::Mark { name, .. } => {
+                st.marks_received += 1;
+                let _ = play.send(PlayEvent::Mark(name, play_end.max(now)));
+            }
+            TwilioInbound::Clear { .. } => {
+                st.clears += 1;
+                play_end = now;
+                let _ = play.send(PlayEvent::Clear);
+                if let Some(a) = &s.agent {
+                    let t = a.slots[call as usize].interrupt_ns.load(Ordering::Relaxed);
+                    if t > 0 {
+                        record(&s.barge_in, now_ns.saturating_sub(t));
+                    }
+                }
+            }
+            TwilioInbound::Close { .. } => break,
+        }
+    }
+    if let Some(c) = &conv {
+        finish_turn(&mut st, &turn, &s, c);
+        // Turns whose speech ended but that got no audio at all.
+        if let Some(turns) = s.cfg.plan.turns {
+            let table = sent.lock().unwrap_or_else(|p| p.into_inner());
+            let n = table.len() as u32;
+            let last_with_audio = turn.turn.map_or(-1i64, i64::from);
+            let mut k = (last_with_audio + 1) as u32;
+            while k * turns.turn_frames + turns.speech_frames <= n {
+                let end = table[(k * turns.turn_frames + turns.speech_frames - 1) as usize];
+                if expected_answer(end, &s, c) {
+                    st.turns_expected += 1;
+                }
+                k += 1;
+            }
+        }
+    }
+    st
+}
+
+/// Whether a turn whose speech ended at `end_ns` should have been answered before stop.
+fn expected_answer(end_ns: u64, s: &CallerRun, c: &bench_agent::ConversationScript) -> bool {
+    end_ns + c.think_time.as_nanos() as u64 + 1_000_000_000 < s.stop_ns
+}
+
+fn finish_turn(
+    st: &mut CallerStats,
+    t: &TurnTrack,
+    s: &CallerRun,
+    c: &bench_agent::ConversationScript,
+) {
+    if t.turn.is_none() {
+        return;
+    }
+    let expected = expected_answer(t.speech_end_ns, s, c);
+    if expected {
+        st.turns_expected += 1;
+        if !t.audio.is_empty() {
+            st.turns_answered += 1;
+        }
+    }
+    let ok = if c.barge_in {
+        t.audio.len() <= c.reply.len() && t.audio[..] == c.reply[..t.audio.len()]
+    } else if expected {
+        t.audio[..] == c.reply[..]
+    } else {
+        t.audio.len() <= c.reply.len() && t.audio[..] == c.reply[..t.audio.len()]
+    };
+    if !ok {
+        st.turn_audio_mismatch += 1;
+    }
+}
+
+/// Frame plan and agent mode for echo mode: the caller fixture loops; the agent echoes.
+pub fn echo_setup(caller_fixture: Arc<Vec<u8>>) -> (FramePlan, AgentMode) {
+    (
+        FramePlan {
+            fixture: caller_fixture,
+            turns: None,
+        },
+        AgentMode::Echo,
+    )
+}
+
+/// Frame plan and agent mode for conversation mode.
+///
+/// Each turn: the caller speaks `caller_fixture` (all of it, whole frames), then listens.
+/// The agent answers `think_time` after the last speech frame with `reply` in 200 ms chunks
+/// (1600 bytes) every 50 ms (4× real time). Without barge-in the caller listens for the whole
+/// reply's playback plus 0.5 s; with barge-in it starts the next turn 0.5 s after the first
+/// reply audio is due, while the agent is still sending, so the agent interrupts itself.
+pub fn conversation_setup(
+    caller_fixture: Arc<Vec<u8>>,
+    reply: Arc<Vec<u8>>,
+    think_time: Duration,
+    barge_in: bool,
+) -> (FramePlan, AgentMode) {
+    let speech = (caller_fixture.len() / MULAW_FRAME_BYTES).max(1) as u32;
+    let think = (think_time.as_millis() / 20) as u32;
+    let reply_frames = reply.len().div_ceil(MULAW_FRAME_BYTES) as u32;
+    let listen = if barge_in {
+        think + 25
+    } else {
+        think + reply_frames + 25
+    };
+    let plan = FramePlan {
+        fixture: caller_fixture,
+        turns: Some(tag::TurnPlan {
+            speech_frames: speech,
+            turn_frames: speech + listen,
+        }),
+    };
+    let mode = AgentMode::Conversation(bench_agent::ConversationScript {
+        reply,
+        think_time,
+        chunk_bytes: 1600,
+        chunk_interval: Duration::from_millis(50),
+        barge_in,
+    });
+    (plan, mode)
+}

@@ -1,0 +1,201 @@
+//! Child processes the harness starts: the relay under test and the floor echo server.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The workspace root (parent of this crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The target directory (`$CARGO_TARGET_DIR`, else `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Path of the relay binary for `profile` (`"release"` or `"debug"`), building it with
+/// `cargo build [--release] -p media-relay` first if it does not exist or `force_build`.
+pub fn relay_binary(profile: &str, force_build: bool) -> anyhow::Result<PathBuf> {
+    let bin = target_dir().join(profile).join("media-relay");
+    if force_build || !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "-p",
+            "media-relay",
+            "--bin",
+            "media-relay",
+        ]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().context("running cargo build -p media-relay")?;
+        if !status.success() {
+            bail!("cargo build -p media-relay failed: {status}");
+        }
+    }
+    if !bin.exists() {
+        bail!("{} does not exist after building", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound and released; a tiny race is accepted).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed on drop.
+pub struct ChildGuard {
+    /// The child.
+    pub child: Child,
+    /// What it is (for messages).
+    pub name: String,
+}
+
+impl ChildGuard {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A spawned relay.
+pub struct SpawnedRelay {
+    /// The process (killed on drop).
+    pub proc: ChildGuard,
+    /// `127.0.0.1:<port>` it listens on.
+    pub addr: String,
+    /// Where its log (stderr + stdout) goes.
+    pub log: PathBuf,
+}
+
+impl SpawnedRelay {
+    /// `ws://ADDR/media`.
+    pub fn media_url(&self) -> String {
+        format!("ws://{}/media", self.addr)
+    }
+}
+
+/// Starts `bin serve --listen 127.0.0.1:<free> --agent elevenlabs --elevenlabs-agent-id
+/// loadtest --elevenlabs-api-base <api_base>` with `RUST_LOG=<log_level>` and
+/// `RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=true` (no `TWILIO_AUTH_TOKEN`), and waits (up to
+/// 15 s) for `GET /healthz` to answer 200.
+pub async fn spawn_relay(
+    bin: &Path,
+    api_base: &str,
+    log_level: &str,
+) -> anyhow::Result<SpawnedRelay> {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("loadtest-relay-{}.log", std::process::id()));
+    let logf = std::fs::File::create(&log)?;
+    let child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--agent",
+            "elevenlabs",
+            "--elevenlabs-agent-id",
+            "loadtest",
+            "--elevenlabs-api-base",
+            api_base,
+        ])
+        .env("RUST_LOG", log_level)
+        .env_remove("ELEVENLABS_API_KEY")
+        // Loopback load run: no Twilio signatures (the env form works with relays that
+        // predate the flag, which ignore it).
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .env("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "true")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut proc = ChildGuard {
+        child,
+        name: "media-relay".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = proc.child.try_wait()? {
+            bail!(
+                "the relay exited with {status} before becoming healthy; log: {}",
+                log.display()
+            );
+        }
+        if healthz(&addr).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the relay did not answer /healthz within 15 s; log: {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(SpawnedRelay { proc, addr, log })
+}
+
+/// True if `GET http://addr/healthz` answers 200.
+pub async fn healthz(addr: &str) -> bool {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// Starts `exe floor-server --listen 127.0.0.1:0` and reads the address it prints
+/// (`listening on ADDR`). Returns the process and `ws://ADDR/media`.
+pub fn spawn_floor(exe: &Path) -> anyhow::Result<(ChildGuard, String)> {
+    let mut child = Command::new(exe)
+        .args(["floor-server", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {} floor-server", exe.display()))?;
+    let stdout = child.stdout.take().context("floor stdout")?;
+    let guard = ChildGuard {
+        child,
+        name: "floor-server".into(),
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected floor-server output {line:?}"))?
+        .to_owned();
+    Ok((guard, format!("ws://{addr}/media")))
+}

@@ -1,0 +1,322 @@
+//! Reports of a load run: the human summary table, the JSON document and the SVG plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::harness::{LoadResult, Percentiles};
+
+/// One `--find-capacity` step.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityStep {
+    /// Concurrent calls.
+    pub calls: usize,
+    /// Worse of the two one-way relay-added p99s (µs), if measured.
+    pub p99_us: Option<f64>,
+    /// Frames lost (both directions).
+    pub lost: u64,
+    /// The step met the SLO (p99 ≤ the limit, no loss, clean checks).
+    pub pass: bool,
+    /// Relay CPU µs per relayed frame.
+    pub cpu_us_per_frame: Option<f64>,
+    /// Relay cores busy ÷ calls (fraction of one core per call).
+    pub cores_per_call: Option<f64>,
+}
+
+/// Result of `--find-capacity`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// p99 limit of the SLO, µs.
+    pub slo_p99_us: f64,
+    /// Every step run.
+    pub steps: Vec<CapacityStep>,
+    /// Highest passing call count.
+    pub last_passing_calls: Option<usize>,
+    /// Its CPU per call, fraction of one core.
+    pub last_passing_cores_per_call: Option<f64>,
+}
+
+/// The whole JSON document written by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The relay run (or the last capacity step).
+    pub relay: Option<LoadResult>,
+    /// The floor run (same caller load against the fastwebsockets echo server).
+    pub floor: Option<LoadResult>,
+    /// Relay CPU per relayed frame ÷ floor CPU per echoed frame.
+    pub cpu_ratio_relay_over_floor: Option<f64>,
+    /// Capacity search, if run.
+    pub capacity: Option<Capacity>,
+    /// How the numbers were measured.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Fills `cpu_ratio_relay_over_floor` from the two runs.
+    pub fn compute_ratio(&mut self) {
+        let r = self.relay.as_ref().and_then(|r| r.resources.as_ref());
+        let f = self.floor.as_ref().and_then(|r| r.resources.as_ref());
+        self.cpu_ratio_relay_over_floor = match (r, f) {
+            (Some(r), Some(f)) if f.cpu_us_per_frame > 0.0 => {
+                Some(r.cpu_us_per_frame / f.cpu_us_per_frame)
+            }
+            _ => None,
+        };
+    }
+
+    /// Writes the JSON document.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn pct_row(out: &mut String, name: &str, p: &Option<Percentiles>) {
+    match p {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "  {name:<30} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                p.count, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  {name:<30} {:>9}", "-");
+        }
+    }
+}
+
+/// Human summary of one run.
+pub fn summarize(r: &LoadResult) -> String {
+    let mut o = String::new();
+    let what = if r.floor {
+        "FLOOR (fastwebsockets echo)"
+    } else {
+        "RELAY"
+    };
+    let _ = writeln!(
+        o,
+        "== {what}: {} calls, {} mode, ramp {}/s, steady window {:.0} s, {}",
+        r.calls, r.mode, r.ramp_per_sec, r.window_s, r.url
+    );
+    let c = &r.caller;
+    let _ = writeln!(
+        o,
+        "  calls connected {} (failed {}, closed early {})",
+        c.connected, c.connect_failures, c.closed_early
+    );
+    let _ = writeln!(
+        o,
+        "  frames sent {}   media received {}   marks recv/echoed {}/{}   clears {}",
+        c.frames_sent, c.media_received, c.marks_received, c.marks_echoed, c.clears
+    );
+    if let Some(a) = &r.agent {
+        let _ = writeln!(
+            o,
+            "  agent side:  frames {} unique {} dup {} reorder {} cross-talk {} corrupt {} errors {}",
+            a.frames, a.unique, a.duplicates, a.reordered, a.cross_talk, a.corrupt, a.protocol_errors
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  caller side: frames {} unique {} dup {} reorder {} cross-talk {} corrupt {} errors {}",
+        c.frames_received,
+        c.unique,
+        c.duplicates,
+        c.reordered,
+        c.cross_talk,
+        c.corrupt,
+        c.protocol_errors
+    );
+    for e in &c.protocol_error_samples {
+        let _ = writeln!(o, "    e.g. {e}");
+    }
+    let _ = writeln!(
+        o,
+        "  lost caller→agent {}   lost →caller {}",
+        r.lost_caller_to_agent
+            .map_or("-".to_string(), |v| v.to_string()),
+        r.lost_to_caller
+    );
+    if c.turns_expected > 0 {
+        let _ = writeln!(
+            o,
+            "  turns answered {}/{}   turn audio mismatches {}",
+            c.turns_answered, c.turns_expected, c.turn_audio_mismatch
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  {:<30} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (µs)", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    pct_row(&mut o, "caller→agent (one way)", &r.caller_to_agent);
+    pct_row(&mut o, "agent→caller (one way)", &r.agent_to_caller);
+    pct_row(&mut o, "round trip", &r.round_trip);
+    if r.turn.is_some() {
+        pct_row(&mut o, "turn (incl. think time)", &r.turn);
+    }
+    if r.barge_in.is_some() {
+        pct_row(&mut o, "barge-in (interrupt→clear)", &r.barge_in);
+    }
+    pct_row(&mut o, "call setup (open→agent init)", &r.call_setup);
+    if let Some(res) = &r.resources {
+        let _ = writeln!(
+            o,
+            "  process {}: CPU {:.2} s in {:.0} s window = {:.3} cores ({:.0}% kernel); {} frames",
+            res.pid,
+            res.cpu_s,
+            res.window_s,
+            res.cores,
+            res.kernel_share * 100.0,
+            res.frames
+        );
+        let _ = writeln!(
+            o,
+            "  CPU per relayed frame {:.2} µs   RSS idle {} KiB → {} KiB = {:.1} KiB per call   ≈{:.0} calls per core",
+            res.cpu_us_per_frame,
+            res.idle.rss_kib,
+            res.window_end.rss_kib,
+            res.rss_kib_per_call,
+            res.calls_per_core
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  checks: {}",
+        if r.clean() {
+            "CLEAN"
+        } else {
+            "PROBLEMS (see above)"
+        }
+    );
+    o
+}
+
+/// Human summary of the whole report.
+pub fn summarize_report(rep: &Report) -> String {
+    let mut o = String::new();
+    if let Some(r) = &rep.relay {
+        o.push_str(&summarize(r));
+    }
+    if let Some(f) = &rep.floor {
+        o.push_str(&summarize(f));
+    }
+    if let Some(ratio) = rep.cpu_ratio_relay_over_floor {
+        let _ = writeln!(
+            o,
+            "== relay ÷ floor CPU per frame: {ratio:.2}× (target ≤ 1.25×)"
+        );
+    }
+    if let Some(cap) = &rep.capacity {
+        let _ = writeln!(
+            o,
+            "== capacity search (SLO: one-way p99 ≤ {:.0} µs, no loss)",
+            cap.slo_p99_us
+        );
+        for s in &cap.steps {
+            let _ = writeln!(
+                o,
+                "  {:>6} calls  p99 {:>9}  lost {:>5}  cpu/frame {:>7}  {}",
+                s.calls,
+                s.p99_us.map_or("-".into(), |v| format!("{v:.0} µs")),
+                s.lost,
+                s.cpu_us_per_frame
+                    .map_or("-".into(), |v| format!("{v:.2} µs")),
+                if s.pass { "pass" } else { "FAIL" }
+            );
+        }
+        match (cap.last_passing_calls, cap.last_passing_cores_per_call) {
+            (Some(n), Some(c)) => {
+                let _ = writeln!(
+                    o,
+                    "  last passing: {n} calls, {:.3}% of a core per call (≈{:.0} calls per core)",
+                    c * 100.0,
+                    1.0 / c
+                );
+            }
+            (Some(n), None) => {
+                let _ = writeln!(o, "  last passing: {n} calls");
+            }
+            _ => {
+                let _ = writeln!(o, "  no step passed");
+            }
+        }
+    }
+    o
+}
+
+/// Writes an SVG of latency percentile curves (x: percentile on a log "nines" axis, y: µs,
+/// log scale), one line per direction of the relay run plus the floor's round trip.
+pub fn write_svg(rep: &Report, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let nines = |p: f64| -(1.0 - p / 100.0).max(1e-6).log10();
+    let mut push = |name: &str, p: &Option<Percentiles>| {
+        if let Some(p) = p {
+            series.push((
+                name.to_owned(),
+                p.curve
+                    .iter()
+                    .map(|&(pc, us)| (nines(pc), us.max(1.0)))
+                    .collect(),
+            ));
+        }
+    };
+    if let Some(r) = &rep.relay {
+        push("relay: caller→agent", &r.caller_to_agent);
+        push("relay: agent→caller", &r.agent_to_caller);
+        push("relay: round trip", &r.round_trip);
+    }
+    if let Some(f) = &rep.floor {
+        push("floor: round trip", &f.round_trip);
+    }
+    if series.is_empty() {
+        anyhow::bail!("no latency data to plot");
+    }
+    let max_y = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(10.0f64, f64::max)
+        * 1.5;
+    let title = match &rep.relay {
+        Some(r) => format!("media-relay latency, {} calls ({} mode)", r.calls, r.mode),
+        None => "latency".to_owned(),
+    };
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..4f64, (1f64..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (µs)")
+        .x_labels(5)
+        .x_label_formatter(&|x| {
+            let p = 100.0 * (1.0 - 10f64.powf(-x));
+            format!("p{}", (p * 100.0).round() / 100.0)
+        })
+        .draw()?;
+    let colors = [RED, BLUE, GREEN, BLACK, MAGENTA];
+    for (i, (name, pts)) in series.into_iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

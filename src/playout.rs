@@ -9,6 +9,12 @@
 /// Prefix of mark names the relay generates.
 pub const MARK_PREFIX: &str = "ms-";
 
+/// Least agent audio (ms) between two marks. Agent audio that trickles in 20 ms frames (the
+/// echo agent, small provider deltas) would otherwise get one mark, and one echo to read
+/// back, per frame: three messages per frame instead of one. Audio after the last mark
+/// stays unmarked until more audio follows; playout totals lag by less than this.
+pub const MARK_INTERVAL_MS: u64 = 100;
+
 /// What an echoed mark meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkOutcome {
@@ -50,11 +56,11 @@ impl Playout {
         crate::audio::bytes_to_ms(self.sent_bytes)
     }
 
-    /// If audio was sent since the last mark, returns the name of the mark to send now
-    /// (cumulative ms) and remembers it; otherwise `None`.
+    /// If at least [`MARK_INTERVAL_MS`] of audio was sent since the last mark, returns the
+    /// offset (cumulative ms) of the mark to send now and remembers it; otherwise `None`.
     pub fn take_mark(&mut self) -> Option<u64> {
         let ms = self.sent_ms();
-        (ms > self.last_mark_ms).then(|| {
+        (ms >= self.last_mark_ms + MARK_INTERVAL_MS).then(|| {
             self.last_mark_ms = ms;
             ms
         })
@@ -124,7 +130,9 @@ mod tests {
         p.on_audio_sent(1600); // 200 ms
         assert_eq!(p.take_mark(), Some(200));
         assert_eq!(p.take_mark(), None);
-        p.on_audio_sent(800);
+        p.on_audio_sent(400); // 50 ms: below the mark interval
+        assert_eq!(p.take_mark(), None);
+        p.on_audio_sent(400);
         assert_eq!(p.take_mark(), Some(300));
         assert_eq!(p.queued_ms(), 300);
         assert_eq!(p.on_mark_echo("ms-200"), MarkOutcome::Played(200));
@@ -134,22 +142,24 @@ mod tests {
         // Twilio echoes the pending mark at once after clear: flushed, not played.
         assert_eq!(p.on_mark_echo("ms-300"), MarkOutcome::Flushed(100));
         // New audio after the clear plays normally.
-        p.on_audio_sent(400);
-        assert_eq!(p.take_mark(), Some(350));
-        assert_eq!(p.on_mark_echo("ms-350"), MarkOutcome::Played(50));
-        assert_eq!(p.totals(), (250, 100, 2, 1));
+        p.on_audio_sent(800);
+        assert_eq!(p.take_mark(), Some(400));
+        assert_eq!(p.on_mark_echo("ms-400"), MarkOutcome::Played(100));
+        assert_eq!(p.totals(), (300, 100, 2, 1));
     }
 
     #[test]
     fn foreign_repeated_and_future_marks_are_ignored() {
         let mut p = Playout::default();
         p.on_audio_sent(160);
-        p.take_mark();
+        assert_eq!(p.take_mark(), None);
+        p.on_audio_sent(640);
+        assert_eq!(p.take_mark(), Some(100));
         assert_eq!(p.on_mark_echo("someone-else"), MarkOutcome::Unknown);
         assert_eq!(p.on_mark_echo("ms-x"), MarkOutcome::Unknown);
         assert_eq!(p.on_mark_echo("ms-999"), MarkOutcome::Unknown);
-        assert_eq!(p.on_mark_echo("ms-20"), MarkOutcome::Played(20));
-        assert_eq!(p.on_mark_echo("ms-20"), MarkOutcome::Unknown);
+        assert_eq!(p.on_mark_echo("ms-100"), MarkOutcome::Played(100));
+        assert_eq!(p.on_mark_echo("ms-100"), MarkOutcome::Unknown);
         let mut s = String::new();
         mark_name(20, &mut s);
         assert_eq!(s, "ms-20");

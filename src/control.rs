@@ -367,8 +367,7 @@ impl Control {
         };
         basic_auth.set_sensitive(true);
         let public_host = public_host.trim().trim_end_matches('/').to_owned();
-        let per_minute =
-            NonZeroU32::new(args.outbound_calls_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute = NonZeroU32::new(args.outbound_calls_per_minute).unwrap_or(NonZeroU32::MIN);
         Some(Outbound {
             api_token_hash: Sha256::digest(api_token.expose().as_bytes()).into(),
             calls_url,
@@ -406,10 +405,9 @@ impl Control {
             1,
         );
         match result {
-            Ok(call_sid) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "call_sid": call_sid }),
-            ),
+            Ok(call_sid) => {
+                json_response(StatusCode::OK, &serde_json::json!({ "call_sid": call_sid }))
+            }
             Err(e) => {
                 debug!(%peer, result = e.result.as_str(), "outbound call refused");
                 e.response()
@@ -749,7 +747,9 @@ impl Outbound {
             .map_err(|e| parameter_too_long(&e.name))
     }
 
-    async fn create_call(&self, to: &str, from: &str, twiml: &str) -> Result<String, ApiError> {
+    /// The Calls create form (protocols.md §1.9). Kept out of the async fn: the serializer
+    /// is not `Send`.
+    fn create_call_form(&self, to: &str, from: &str, twiml: &str) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("To", to)
             .append_pair("From", from)
@@ -759,7 +759,11 @@ impl Outbound {
         for event in STATUS_CALLBACK_EVENTS {
             form.append_pair("StatusCallbackEvent", event);
         }
-        let body = form.finish();
+        form.finish()
+    }
+
+    async fn create_call(&self, to: &str, from: &str, twiml: &str) -> Result<String, ApiError> {
+        let body = self.create_call_form(to, from, twiml);
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.calls_url.clone();

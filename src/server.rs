@@ -2,13 +2,15 @@
 //! admission, and drain on shutdown.
 //!
 //! Routes: `GET /media` (Twilio Media Streams WebSocket, upgraded by hand with
-//! fastwebsockets), `POST /twiml` (incoming-call webhook → TwiML), `GET /metrics`,
+//! fastwebsockets), `POST /twiml` (incoming-call webhook → TwiML), `POST /outbound-call`,
+//! `POST /call-status`, `POST /stream-status` (see `control`), `GET /metrics`,
 //! `GET /healthz`, `GET /readyz`. Calls are tracked by a `TaskTracker` of our own because
 //! upgraded sockets leave hyper's view (style.md §3). Owns admission (`--max-calls`, 503),
 //! not call behaviour (see `call`).
 
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
+use crate::control::Control;
 use crate::metrics::{Metrics, UpgradeResult};
 use crate::tokens::{LiveStreams, StreamTokens};
 use crate::twilio::signature::SignatureValidator;
@@ -48,6 +50,8 @@ struct State {
     calls_cancel: CancellationToken,
     /// Twilio signature validation, when `TWILIO_AUTH_TOKEN` is configured.
     signatures: Option<SignatureValidator>,
+    /// Outbound calls and status callbacks.
+    control: Control,
 }
 
 /// A bound relay, ready to [`Relay::run`].
@@ -83,6 +87,13 @@ impl Relay {
         if signatures.is_none() {
             warn!("TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total");
         }
+        let control = Control::new(
+            &args,
+            tls.clone(),
+            metrics.clone(),
+            signatures.clone(),
+            tokens.clone(),
+        );
         let listener = TcpListener::bind(args.listen).await?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
@@ -98,6 +109,7 @@ impl Relay {
             tracker: TaskTracker::new(),
             calls_cancel: CancellationToken::new(),
             signatures,
+            control,
         });
         Ok(Relay { listener, state })
     }
@@ -122,6 +134,7 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
+                upkeep_state.control.upkeep();
                 if let Some(t) = &upkeep_state.ctx.tokens {
                     t.prune(std::time::Instant::now());
                 }
@@ -213,6 +226,9 @@ async fn route(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/media") => media(req, &state, peer),
         (&Method::POST, "/twiml") => twiml(req, &state).await,
+        (&Method::POST, "/outbound-call") => state.control.outbound_call(req, peer).await,
+        (&Method::POST, "/call-status") => state.control.call_status(req).await,
+        (&Method::POST, "/stream-status") => state.control.stream_status(req).await,
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
             r.headers_mut().insert(

@@ -13,7 +13,8 @@ pub struct ParameterTooLong {
 }
 
 /// Builds the TwiML document connecting the call to `wss://{public_host}/media` with the
-/// given parameters (in order). Twilio forbids query strings on the stream URL, so all call
+/// given parameters (in order), with stream status callbacks to
+/// `https://{public_host}/stream-status` (§1.7). Twilio forbids query strings on the stream URL, so all call
 /// data travels as parameters and arrives in `start.customParameters`.
 ///
 /// # Errors
@@ -27,7 +28,9 @@ pub fn connect_stream(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://",
     );
     escape_into(&mut out, public_host);
-    out.push_str("/media\">");
+    out.push_str("/media\" statusCallback=\"https://");
+    escape_into(&mut out, public_host);
+    out.push_str("/stream-status\" statusCallbackMethod=\"POST\">");
     for &(name, value) in params {
         if name.chars().count() + value.chars().count() >= MAX_PARAMETER_CHARS {
             return Err(ParameterTooLong {
@@ -71,7 +74,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             x,
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\"><Parameter name=\"From\" value=\"+1555\"/><Parameter name=\"prompt\" value=\"Say &quot;hi&quot; &amp; &lt;b&gt;\"/></Stream></Connect></Response>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\" statusCallbackMethod=\"POST\"><Parameter name=\"From\" value=\"+1555\"/><Parameter name=\"prompt\" value=\"Say &quot;hi&quot; &amp; &lt;b&gt;\"/></Stream></Connect></Response>"
         );
     }
 

@@ -221,7 +221,7 @@ pub struct WsWriter<W: AsyncWrite + Unpin> {
 
 /// Capacity of the per-socket write buffer in bytes: a dozen ~300-byte Twilio media
 /// messages, or one ElevenLabs chunk of ~250 ms of audio, per syscall.
-pub const WRITE_BUFFER_BYTES: usize = 4096;
+pub const WRITE_BUFFER_BYTES: usize = 1024;
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// Wraps a fastwebsockets write half whose stream is already a `BufWriter`.

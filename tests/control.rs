@@ -56,10 +56,7 @@ impl Answer {
         assert_eq!(self.header("content-type"), Some("application/json"));
         let j = self.json();
         assert_eq!(j["error"], code, "{j}");
-        assert!(
-            j["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{j}"
-        );
+        assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
     }
 }
 
@@ -191,8 +188,12 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json")
     );
     use base64::Engine as _;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"));
-    assert_eq!(req.header("authorization"), Some(format!("Basic {basic}").as_str()));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"));
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
     assert_eq!(
         req.header("content-type"),
         Some("application/x-www-form-urlencoded")
@@ -232,12 +233,15 @@ async fn outbound_call_sends_the_exact_twilio_request() {
 
     let twiml = &req.form_values("Twiml")[0];
     assert!(
-        twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\">"),
+        twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\""),
         "{twiml}"
     );
     let p = |n| twiml_parameter(twiml, n);
     // Request values override the configured prompt; other settings stay.
-    assert_eq!(p("prompt").as_deref(), Some("You are calling about order 42."));
+    assert_eq!(
+        p("prompt").as_deref(),
+        Some("You are calling about order 42.")
+    );
     assert_eq!(
         p("first_message").as_deref(),
         Some("Hi, this is Acme &amp; Co.")
@@ -252,8 +256,21 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     assert!(nonce.len() >= 16, "{nonce}");
     assert_eq!(token.len(), 43, "{token}");
     assert_eq!(twiml.matches("relay_token").count(), 1);
-    // Secrets never travel in the TwiML.
-    assert!(!twiml.contains(API_TOKEN) && !twiml.contains(AUTH_TOKEN));
+    // The token is the nonce's HMAC under the secret derived from the auth token: a fresh
+    // StreamTokens with the same key accepts the HMAC and only lacks the pending nonce.
+    let same_key = media_relay::tokens::StreamTokens::from_auth_token(AUTH_TOKEN);
+    assert_eq!(
+        same_key.check(
+            "CAany",
+            Some(&token),
+            Some(&nonce),
+            std::time::Instant::now()
+        ),
+        Err(media_relay::tokens::TokenError::NonceUnknown)
+    );
+    // Secrets never travel in the TwiML (the auth token is literally "token" here).
+    assert!(!twiml.contains(API_TOKEN), "{twiml}");
+    assert!(!twiml.contains(&format!("\"{AUTH_TOKEN}\"")), "{twiml}");
 
     let m = metrics(relay.addr).await;
     assert_eq!(
@@ -273,7 +290,10 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     let reqs = twilio.requests();
     let twiml2 = &reqs[1].form_values("Twiml")[0];
     assert_ne!(twiml_parameter(twiml2, "relay_nonce"), Some(nonce));
-    assert_eq!(twiml_parameter(twiml2, "prompt").as_deref(), Some("configured prompt"));
+    assert_eq!(
+        twiml_parameter(twiml2, "prompt").as_deref(),
+        Some("configured prompt")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,8 +354,16 @@ async fn outbound_call_validates_the_request() {
         ("{", 400, "invalid_json"),
         ("[]", 400, "invalid_json"),
         (r#"{"to":15551230001}"#, 400, "invalid_json"),
-        (r#"{"to":"+15551230001","from":"+15557654321","prompt":7}"#, 400, "invalid_json"),
-        (r#"{"to":"+15551230001","from":"+15557654321","unknown":1}"#, 400, "invalid_json"),
+        (
+            r#"{"to":"+15551230001","from":"+15557654321","prompt":7}"#,
+            400,
+            "invalid_json",
+        ),
+        (
+            r#"{"to":"+15551230001","from":"+15557654321","unknown":1}"#,
+            400,
+            "invalid_json",
+        ),
         (
             r#"{"to":"+15551230001","from":"+15557654321","dynamic_variables":{"a":null}}"#,
             400,
@@ -353,17 +381,53 @@ async fn outbound_call_validates_the_request() {
         ),
         // E.164.
         (r#"{"from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"15551230001","from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"+05551230001","from":"+15557654321"}"#, 400, "invalid_to"),
+        (
+            r#"{"to":"15551230001","from":"+15557654321"}"#,
+            400,
+            "invalid_to",
+        ),
+        (
+            r#"{"to":"+05551230001","from":"+15557654321"}"#,
+            400,
+            "invalid_to",
+        ),
         (r#"{"to":"+1","from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"+1234567890123456","from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"+1 555 123 0001","from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"sip:alice@example.com","from":"+15557654321"}"#, 400, "invalid_to"),
-        (r#"{"to":"+15551230001","from":"Acme"}"#, 400, "invalid_from"),
-        (r#"{"to":"+15551230001","from":"+1555765432x"}"#, 400, "invalid_from"),
+        (
+            r#"{"to":"+1234567890123456","from":"+15557654321"}"#,
+            400,
+            "invalid_to",
+        ),
+        (
+            r#"{"to":"+1 555 123 0001","from":"+15557654321"}"#,
+            400,
+            "invalid_to",
+        ),
+        (
+            r#"{"to":"sip:alice@example.com","from":"+15557654321"}"#,
+            400,
+            "invalid_to",
+        ),
+        (
+            r#"{"to":"+15551230001","from":"Acme"}"#,
+            400,
+            "invalid_from",
+        ),
+        (
+            r#"{"to":"+15551230001","from":"+1555765432x"}"#,
+            400,
+            "invalid_from",
+        ),
         // Agent id.
-        (r#"{"to":"+15551230001","from":"+15557654321","agent":""}"#, 400, "invalid_agent"),
-        (r#"{"to":"+15551230001","from":"+15557654321","agent":"a b"}"#, 400, "invalid_agent"),
+        (
+            r#"{"to":"+15551230001","from":"+15557654321","agent":""}"#,
+            400,
+            "invalid_agent",
+        ),
+        (
+            r#"{"to":"+15551230001","from":"+15557654321","agent":"a b"}"#,
+            400,
+            "invalid_agent",
+        ),
         (
             r#"{"to":"+15551230001","from":"+15557654321","agent":"../etc"}"#,
             400,
@@ -430,7 +494,10 @@ async fn outbound_call_validates_the_request() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"relay_outbound_calls_total{result="payload_too_large"}"#),
+        metric(
+            &m,
+            r#"relay_outbound_calls_total{result="payload_too_large"}"#
+        ),
         1.0,
         "{m}"
     );
@@ -455,7 +522,11 @@ async fn outbound_calls_are_rate_limited_per_client() {
         .parse()
         .expect("Retry-After in whole seconds");
     assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(twilio.requests().len(), 2, "the refused call never reached Twilio");
+    assert_eq!(
+        twilio.requests().len(),
+        2,
+        "the refused call never reached Twilio"
+    );
     let m = metrics(relay.addr).await;
     assert_eq!(
         metric(&m, r#"relay_outbound_calls_total{result="rate_limited"}"#),
@@ -482,8 +553,7 @@ async fn twilio_errors_become_502() {
     let j = r.json();
     assert_eq!(j["status"], 400, "{j}");
     assert_eq!(
-        j["message"],
-        "The 'To' number +15551230001 is not a valid phone number.",
+        j["message"], "The 'To' number +15551230001 is not a valid phone number.",
         "{j}"
     );
     assert_eq!(twilio.requests().len(), 1);
@@ -608,17 +678,26 @@ async fn call_status_callbacks_are_signed_and_counted() {
     }
     let m = metrics(relay.addr).await;
     assert_eq!(
-        metric(&m, r#"relay_errors_total{leg="twilio",kind="signature_mismatch"}"#),
+        metric(
+            &m,
+            r#"relay_errors_total{leg="twilio",kind="signature_mismatch"}"#
+        ),
         3.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"relay_errors_total{leg="twilio",kind="signature_missing"}"#),
+        metric(
+            &m,
+            r#"relay_errors_total{leg="twilio",kind="signature_missing"}"#
+        ),
         1.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"relay_call_status_callbacks_total{status="completed"}"#),
+        metric(
+            &m,
+            r#"relay_call_status_callbacks_total{status="completed"}"#
+        ),
         0.0,
         "{m}"
     );
@@ -627,13 +706,25 @@ async fn call_status_callbacks_are_signed_and_counted() {
     for status in ["in-progress", "completed", "something-new"] {
         let mut p = params;
         p[2] = ("CallStatus", status);
-        let r = callback(relay.addr, "/call-status", &p, Some(&sign("/call-status", &p))).await;
+        let r = callback(
+            relay.addr,
+            "/call-status",
+            &p,
+            Some(&sign("/call-status", &p)),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let m = metrics(relay.addr).await;
     for (series, want) in [
-        (r#"relay_call_status_callbacks_total{status="in-progress"}"#, 1.0),
-        (r#"relay_call_status_callbacks_total{status="completed"}"#, 1.0),
+        (
+            r#"relay_call_status_callbacks_total{status="in-progress"}"#,
+            1.0,
+        ),
+        (
+            r#"relay_call_status_callbacks_total{status="completed"}"#,
+            1.0,
+        ),
         (r#"relay_call_status_callbacks_total{status="other"}"#, 1.0),
     ] {
         assert_eq!(metric(&m, series), want, "{series}\n{m}");
@@ -701,10 +792,22 @@ async fn stream_status_callbacks_are_signed_and_counted() {
 
     let m = metrics(relay.addr).await;
     for (series, want) in [
-        (r#"relay_stream_status_callbacks_total{event="stream-started"}"#, 1.0),
-        (r#"relay_stream_status_callbacks_total{event="stream-error"}"#, 1.0),
-        (r#"relay_stream_status_callbacks_total{event="stream-stopped"}"#, 0.0),
-        (r#"relay_errors_total{leg="twilio",kind="signature_mismatch"}"#, 2.0),
+        (
+            r#"relay_stream_status_callbacks_total{event="stream-started"}"#,
+            1.0,
+        ),
+        (
+            r#"relay_stream_status_callbacks_total{event="stream-error"}"#,
+            1.0,
+        ),
+        (
+            r#"relay_stream_status_callbacks_total{event="stream-stopped"}"#,
+            0.0,
+        ),
+        (
+            r#"relay_errors_total{leg="twilio",kind="signature_mismatch"}"#,
+            2.0,
+        ),
     ] {
         assert_eq!(metric(&m, series), want, "{series}\n{m}");
     }

@@ -158,7 +158,10 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
         metric(&m, "relay_agent_connect_duration_seconds_count"),
         1.0
     );
-    assert_eq!(wait_metric_eq(relay.addr, "relay_calls_active", 0.0).await, 0.0);
+    assert_eq!(
+        wait_metric_eq(relay.addr, "relay_calls_active", 0.0).await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,7 +577,7 @@ async fn echo_agent_plays_the_caller_back_and_endpoints_answer() {
     assert_eq!(status, 200);
     assert_eq!(
         xml,
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\"><Parameter name=\"From\" value=\"+15551230000\"/><Parameter name=\"To\" value=\"+15557654321\"/><Parameter name=\"CallSid\" value=\"CA123\"/><Parameter name=\"prompt\" value=\"Be brief.\"/></Stream></Connect></Response>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\" statusCallbackMethod=\"POST\"><Parameter name=\"From\" value=\"+15551230000\"/><Parameter name=\"To\" value=\"+15557654321\"/><Parameter name=\"CallSid\" value=\"CA123\"/><Parameter name=\"prompt\" value=\"Be brief.\"/></Stream></Connect></Response>"
     );
     let m = wait_metric(
         relay.addr,

@@ -828,3 +828,88 @@ async fn status_callback_bodies_are_limited() {
     .await;
     assert_eq!(r.status, 413, "{}", r.body);
 }
+
+/// The whole outbound path: `/outbound-call` → inline TwiML at (mock) Twilio → Twilio opens
+/// the signed stream with the TwiML's parameters → audio flows; the nonce is single-use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_stream_is_admitted_once_with_its_nonce() {
+    use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
+    let twilio = MockTwilio::start().await;
+    let mut a = control_args(&twilio.origin());
+    a.twilio_phone_number = Some("+15557654321".into());
+    a.echo_delay_ms = 20;
+    let relay = start_relay(a).await;
+    let placed = outbound(
+        relay.addr,
+        Some(BEARER),
+        r#"{"to":"+15551230001","first_message":"Hello from Acme"}"#,
+    )
+    .await;
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    let call_sid = placed.json()["call_sid"].as_str().unwrap().to_owned();
+    let twiml = twilio.requests()[0].form_values("Twiml")[0].clone();
+    let params: Vec<(String, String)> = ["first_message", "relay_nonce", "relay_token"]
+        .iter()
+        .map(|n| (n.to_string(), twiml_parameter(&twiml, n).unwrap()))
+        .collect();
+    // What Twilio would send: the signed upgrade, then start with the TwiML's parameters.
+    let sig = compute_signature(AUTH_TOKEN.as_bytes(), "wss://relay.example.com/media", &[]);
+    let headers = vec![("X-Twilio-Signature".to_string(), sig)];
+    let mut start = StartParams::for_call(9);
+    start.call_sid = call_sid;
+    start.custom_parameters = params;
+
+    let mut first = TwilioClient::connect(&relay.media_url(), &headers)
+        .await
+        .unwrap();
+    first.send_connected().await.unwrap();
+    first.send_start(&start).await.unwrap();
+    first.send_media(&[0x33; 160]).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), first.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(TwilioInbound::Media { payload, .. }) => {
+                assert_eq!(payload, vec![0x33; 160]);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("outbound stream refused"),
+        }
+    }
+    first.send_stop().await.unwrap();
+
+    // Replaying the same parameters on a new stream: the nonce is spent.
+    let mut replay = TwilioClient::connect(&relay.media_url(), &headers)
+        .await
+        .unwrap();
+    replay.send_connected().await.unwrap();
+    replay.send_start(&start).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), replay.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(TwilioInbound::Close { code, .. }) => {
+                assert_eq!(code, Some(1008));
+                break;
+            }
+            Some(TwilioInbound::Media { .. }) => panic!("replayed stream got audio"),
+            Some(_) => continue,
+            None => panic!("closed without a close frame"),
+        }
+    }
+    let m = wait_metric(
+        relay.addr,
+        "relay_stream_tokens_total{result=\"token_nonce_unknown\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"valid\"}"),
+        1.0
+    );
+}

@@ -12,22 +12,20 @@
 //! Not owned here: HTTP and admission (`server`), wire formats (`twilio::codec`,
 //! `agent::elevenlabs`), connecting (`agent::connect`).
 
-use crate::agent::connect::{self, ConnectError, MAX_AGENT_MESSAGE_BYTES};
+use crate::agent::connect::{self, ConnectError};
 use crate::agent::echo::EchoAgent;
 use crate::agent::{elevenlabs, AgentEvent, AgentKind};
 use crate::config::CallSettings;
 use crate::metrics::{CallMetrics, Direction, DropReason, Leg, Metrics};
 use crate::playout::{self, MarkOutcome, Playout};
 use crate::twilio::codec::{self as tw, TwilioEvent};
-use crate::ws::{self, Message, MessageStream, Prefixed, ReadError, WsWriter};
-use fastwebsockets::{WebSocketRead, WebSocketWrite};
-use futures_util::{FutureExt, StreamExt};
+use crate::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
+use futures_util::FutureExt;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::BufWriter;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -46,9 +44,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const BATCH_MESSAGES: usize = 16;
 
 /// Read half of the Twilio socket (hyper's leftover bytes chained in front).
-pub type TwilioRead = WebSocketRead<Prefixed<OwnedReadHalf>>;
-/// Write half of the Twilio socket (buffered).
-pub type TwilioWrite = WebSocketWrite<BufWriter<OwnedWriteHalf>>;
+pub type TwilioRead = WsReader<Prefixed<OwnedReadHalf>>;
+/// Write half of the Twilio socket (frames queued until flushed).
+pub type TwilioWrite = WsWriter<OwnedWriteHalf>;
 
 /// What every call shares: settings, metrics, TLS configuration.
 #[derive(Debug)]
@@ -162,8 +160,8 @@ pub async fn run(
 /// `select!` can borrow them while handlers borrow this.
 struct Call {
     ctx: Arc<CallContext>,
-    t_tx: WsWriter<OwnedWriteHalf>,
-    a_tx: Option<WsWriter<tokio::io::WriteHalf<crate::net::BoxIo>>>,
+    t_tx: TwilioWrite,
+    a_tx: Option<connect::AgentWrite>,
     echo: Option<EchoAgent>,
     /// Set by `start`.
     stream_sid: String,
@@ -212,13 +210,13 @@ async fn run_inner(
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
-    let mut t_rx: MessageStream = ws::message_stream(t_read, MAX_TWILIO_MESSAGE_BYTES);
-    let mut a_rx: Option<MessageStream> = None;
+    let mut t_rx = t_read;
+    let mut a_rx: Option<connect::AgentRead> = None;
     let mut connecting: Option<connect::ConnectFuture> = None;
     let mut connect_started = started;
     let s = &ctx.settings;
     let mut call = Call {
-        t_tx: WsWriter::new(t_write),
+        t_tx: t_write,
         a_tx: None,
         echo: None,
         stream_sid: String::new(),
@@ -323,8 +321,8 @@ async fn run_inner(
                 match res {
                     Ok((reader, writer)) => {
                         ctx.metrics.agent_connect.record(connect_started.elapsed().as_secs_f64());
-                        a_rx = Some(ws::message_stream(reader, MAX_AGENT_MESSAGE_BYTES));
-                        call.on_agent_connected(WsWriter::new(writer)).await
+                        a_rx = Some(reader);
+                        call.on_agent_connected(writer).await
                     }
                     Err(e) => {
                         ctx.metrics.error(Leg::Agent, e.kind());
@@ -388,10 +386,12 @@ async fn run_inner(
 }
 
 /// Reads and discards until the peer's Close, EOF or an error (the caller bounds the time).
-async fn linger(rx: &mut MessageStream) {
-    while let Some(msg) = rx.next().await {
-        if matches!(msg, Ok(Message::Close { .. }) | Err(ReadError::Eof)) {
-            return;
+async fn linger<R: tokio::io::AsyncRead + Unpin>(rx: &mut WsReader<R>) {
+    loop {
+        match rx.next().await {
+            Ok(Message::Close { .. }) | Err(ReadError::Eof) => return,
+            Err(ReadError::TooLarge { .. }) | Ok(_) => {}
+            Err(_) => return,
         }
     }
 }
@@ -399,7 +399,7 @@ async fn linger(rx: &mut MessageStream) {
 /// Awaits one write on the Twilio leg under [`WRITE_TIMEOUT`].
 async fn twilio_write<F>(fut: F) -> Result<(), EndReason>
 where
-    F: Future<Output = Result<(), fastwebsockets::WebSocketError>>,
+    F: Future<Output = std::io::Result<()>>,
 {
     match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
         Ok(Ok(())) => Ok(()),
@@ -414,7 +414,7 @@ where
 /// Awaits one write on the agent leg under [`WRITE_TIMEOUT`].
 async fn agent_write<F>(fut: F) -> Result<(), EndReason>
 where
-    F: Future<Output = Result<(), fastwebsockets::WebSocketError>>,
+    F: Future<Output = std::io::Result<()>>,
 {
     match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
         Ok(Ok(())) => Ok(()),
@@ -440,32 +440,30 @@ impl Call {
 
     /// Handles one Twilio message. Caller audio is queued on the agent writer (flushed by the
     /// loop), kept in the early buffer, or handed to the echo agent.
-    async fn on_twilio(
-        &mut self,
-        msg: Option<Result<Message, ReadError>>,
-    ) -> Result<Flow, EndReason> {
+    async fn on_twilio(&mut self, msg: Result<Message<'_>, ReadError>) -> Result<Flow, EndReason> {
         let read_at = Instant::now();
         let msg = match msg {
-            None => return Err(EndReason::TwilioClosed),
-            Some(Ok(m)) => m,
-            Some(Err(ReadError::Eof)) => {
+            Ok(m) => m,
+            Err(ReadError::Eof) => {
                 debug!("Twilio connection closed without a close frame");
                 return Err(EndReason::TwilioClosed);
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 self.metrics().error(Leg::Twilio, e.kind());
                 warn!(error = %e, kind = e.kind(), "Twilio socket error; ending call");
                 return Err(EndReason::TwilioError(e.kind()));
             }
         };
-        let mut text = match msg {
+        let text = match msg {
             Message::Text(t) => t,
             Message::Close { code, reason } => {
                 debug!(?code, %reason, "Twilio closed the stream");
                 return Err(EndReason::TwilioClosed);
             }
-            Message::Ping(mut p) => {
-                twilio_write(self.t_tx.send_pong(&mut p)).await?;
+            Message::Ping(p) => {
+                self.t_tx
+                    .send_pong(p)
+                    .map_err(|_| EndReason::TwilioClosed)?;
                 self.twilio_dirty = true;
                 return Ok(Flow::Continue);
             }
@@ -478,7 +476,7 @@ impl Call {
                 return Ok(Flow::Continue);
             }
         };
-        let event = match tw::decode(&mut text, &mut self.t_scratch) {
+        let event = match tw::decode(text, &mut self.t_scratch) {
             Ok(e) => e,
             Err(e) => {
                 self.skip(Leg::Twilio, e.kind(), &e);
@@ -638,7 +636,8 @@ impl Call {
         if self.agent_ready {
             if let Some(a_tx) = self.a_tx.as_mut() {
                 elevenlabs::encode_user_audio(&self.audio, &mut self.a_out);
-                agent_write(a_tx.send_text(&mut self.a_out)).await?;
+                a_tx.send_text(&self.a_out)
+                    .map_err(|_| EndReason::AgentError("write_failed"))?;
                 self.agent_dirty = true;
                 self.pending_agent.push(read_at);
                 self.cm.frame(Direction::TwilioToAgent, n);
@@ -657,10 +656,7 @@ impl Call {
     // === agent leg ===
 
     /// The agent socket is open: send `conversation_initiation_client_data` first (§2.2).
-    async fn on_agent_connected(
-        &mut self,
-        writer: WsWriter<tokio::io::WriteHalf<crate::net::BoxIo>>,
-    ) -> Result<(), EndReason> {
+    async fn on_agent_connected(&mut self, writer: connect::AgentWrite) -> Result<(), EndReason> {
         let a_tx = self.a_tx.insert(writer);
         let params: Vec<(&str, &str)> = self
             .custom_parameters
@@ -668,29 +664,37 @@ impl Call {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         elevenlabs::encode_initiation(&params, &mut self.a_out);
-        agent_write(a_tx.send_text(&mut self.a_out)).await?;
+        a_tx.send_text(&self.a_out)
+            .map_err(|_| EndReason::AgentError("write_failed"))?;
         agent_write(a_tx.flush()).await?;
         debug!("agent connected; initiation data sent");
         Ok(())
     }
 
     /// Handles one agent message.
-    async fn on_agent(&mut self, msg: Option<Result<Message, ReadError>>) -> Result<(), EndReason> {
+    async fn on_agent(&mut self, msg: Result<Message<'_>, ReadError>) -> Result<(), EndReason> {
         let read_at = Instant::now();
         let msg = match msg {
-            None => return Err(EndReason::AgentClosed(None)),
-            Some(Ok(m)) => m,
-            Some(Err(ReadError::Eof)) => {
+            Ok(m) => m,
+            Err(ReadError::Eof) => {
                 info!("agent connection closed without a close frame");
                 return Err(EndReason::AgentClosed(None));
             }
-            Some(Err(e)) => {
+            Err(ReadError::TooLarge { limit }) => {
+                self.skip(
+                    Leg::Agent,
+                    "message_too_large",
+                    &format_args!("agent message over {limit} bytes"),
+                );
+                return Ok(());
+            }
+            Err(e) => {
                 self.metrics().error(Leg::Agent, e.kind());
                 warn!(error = %e, kind = e.kind(), "agent socket error; ending call");
                 return Err(EndReason::AgentError(e.kind()));
             }
         };
-        let mut text = match msg {
+        let text = match msg {
             Message::Text(t) => t,
             Message::Close { code, reason } => {
                 let meaning = code
@@ -699,9 +703,10 @@ impl Call {
                 info!(?code, %reason, meaning, "agent closed the conversation");
                 return Err(EndReason::AgentClosed(code));
             }
-            Message::Ping(mut p) => {
+            Message::Ping(p) => {
                 if let Some(a_tx) = self.a_tx.as_mut() {
-                    agent_write(a_tx.send_pong(&mut p)).await?;
+                    a_tx.send_pong(p)
+                        .map_err(|_| EndReason::AgentError("write_failed"))?;
                     self.agent_dirty = true;
                 }
                 return Ok(());
@@ -715,7 +720,7 @@ impl Call {
                 return Ok(());
             }
         };
-        let event = match elevenlabs::decode(&mut text, &mut self.a_scratch) {
+        let event = match elevenlabs::decode(text, &mut self.a_scratch) {
             Ok(e) => e,
             Err(e) => {
                 self.skip(Leg::Agent, e.kind(), &e);
@@ -750,7 +755,9 @@ impl Call {
                 self.interrupted_through =
                     Some(self.interrupted_through.map_or(cut, |c| c.max(cut)));
                 tw::encode_clear(&self.stream_sid, &mut self.t_out);
-                twilio_write(self.t_tx.send_text(&mut self.t_out)).await?;
+                self.t_tx
+                    .send_text(&self.t_out)
+                    .map_err(|_| EndReason::TwilioClosed)?;
                 // A clear is sent at once, not batched.
                 twilio_write(self.t_tx.flush()).await?;
                 self.playout.on_clear();
@@ -761,7 +768,8 @@ impl Call {
             AgentEvent::Ping { event_id } => {
                 if let Some(a_tx) = self.a_tx.as_mut() {
                     elevenlabs::encode_pong(event_id, &mut self.a_out);
-                    agent_write(a_tx.send_text(&mut self.a_out)).await?;
+                    a_tx.send_text(&self.a_out)
+                        .map_err(|_| EndReason::AgentError("write_failed"))?;
                     agent_write(a_tx.flush()).await?;
                 }
             }
@@ -828,7 +836,8 @@ impl Call {
         };
         while let Some(frame) = self.early.pop_front() {
             elevenlabs::encode_user_audio(&frame, &mut self.a_out);
-            agent_write(a_tx.send_text(&mut self.a_out)).await?;
+            a_tx.send_text(&self.a_out)
+                .map_err(|_| EndReason::AgentError("write_failed"))?;
             self.cm.frame(Direction::TwilioToAgent, frame.len());
         }
         self.agent_dirty = true;
@@ -841,7 +850,9 @@ impl Call {
         let max = self.ctx.settings.twilio_chunk_bytes.max(1);
         for chunk in self.audio.chunks(max) {
             tw::encode_media(&self.stream_sid, chunk, &mut self.t_out);
-            twilio_write(self.t_tx.send_text(&mut self.t_out)).await?;
+            self.t_tx
+                .send_text(&self.t_out)
+                .map_err(|_| EndReason::TwilioClosed)?;
             self.playout.on_audio_sent(chunk.len());
             self.cm.frame(Direction::AgentToTwilio, chunk.len());
         }
@@ -871,7 +882,9 @@ impl Call {
             if let Some(ms) = self.playout.take_mark() {
                 playout::mark_name(ms, &mut self.mark);
                 tw::encode_mark(&self.stream_sid, &self.mark, &mut self.t_out);
-                twilio_write(self.t_tx.send_text(&mut self.t_out)).await?;
+                self.t_tx
+                    .send_text(&self.t_out)
+                    .map_err(|_| EndReason::TwilioClosed)?;
             }
             twilio_write(self.t_tx.flush()).await?;
             self.twilio_dirty = false;

@@ -14,7 +14,7 @@ use crate::control::Control;
 use crate::metrics::{Metrics, UpgradeResult};
 use crate::tokens::{LiveStreams, StreamTokens};
 use crate::twilio::signature::SignatureValidator;
-use crate::ws::Prefixed;
+use crate::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufWriter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -327,12 +326,12 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
             return;
         };
         let (r, w) = parts.io.into_inner().into_split();
-        let (reader, writer) = fastwebsockets::after_handshake_split(
+        let reader = WsReader::new(
             Prefixed::new(parts.read_buf, r),
-            BufWriter::with_capacity(crate::ws::WRITE_BUFFER_BYTES, w),
-            fastwebsockets::Role::Server,
+            Role::Server,
+            call::MAX_TWILIO_MESSAGE_BYTES,
         );
-        call::run(reader, writer, ctx, cancel).await;
+        call::run(reader, WsWriter::new(w, Role::Server), ctx, cancel).await;
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))

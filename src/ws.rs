@@ -1,56 +1,76 @@
-//! WebSocket plumbing shared by both legs, on top of fastwebsockets' split halves.
+//! WebSocket framing on the data path (RFC 6455 §5), after fastwebsockets did the upgrade.
 //!
-//! Owns: turning a read half into a cancel-safe stream of whole messages (fastwebsockets'
-//! `read_frame` is not cancel-safe, so the in-flight read lives inside the stream and a
-//! `select!` that drops `next()` loses nothing), bounded reassembly of fragmented messages,
-//! and a writer that buffers frames until [`WsWriter::flush`] so a batch costs one syscall.
-//! Does not own: protocol parsing, or which task writes (each writer has one owner: `call`).
+//! Owns: reading frames from a byte stream into one small per-socket buffer (grown only for
+//! a large message and shrunk back after), unmasking in place, bounded reassembly of
+//! fragmented messages, skipping over-limit messages without buffering them, and writing
+//! frames into one per-socket output buffer that reaches the kernel in a single write per
+//! [`WsWriter::flush`]. Does not own: the HTTP upgrade or client handshake (fastwebsockets,
+//! see `server` and `agent::connect`), protocol parsing, or which task writes (each writer
+//! has one owner: `call`).
 //!
-//! Control frames are surfaced, not answered here: auto-pong and auto-close are off, so the
-//! owner of the write half answers pings and closes itself.
+//! Why not fastwebsockets' own read/write halves: their 8 KiB read buffer per socket and a
+//! second copy through a write buffer were most of the relay's per-call memory; Twilio frames
+//! are ~400 bytes. [`WsReader::next`] is cancel-safe by construction (all state lives in the
+//! reader; a dropped future loses no bytes), so a `select!` loop can wait on it directly.
+//!
+//! Control frames are surfaced, not answered here: the owner of the write half answers pings
+//! and closes.
 
-use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead, WebSocketWrite};
-use futures_util::stream::{self, BoxStream};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// One whole WebSocket message as the reader saw it.
-#[derive(Debug)]
-pub enum Message {
-    /// A text message; the buffer is mutable so JSON can be parsed in place.
-    Text(BytesMut),
-    /// A binary message (neither leg accepts these); carries its length in bytes.
+/// Which end of the connection we are: a server expects masked frames and sends unmasked
+/// ones; a client the reverse (RFC 6455 §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepted the connection (the Twilio leg).
+    Server,
+    /// Opened the connection (the agent leg).
+    Client,
+}
+
+/// Initial (and resting) size of a socket's read buffer, in bytes: a few Twilio frames.
+pub const READ_BUFFER_BYTES: usize = 1024;
+
+/// One whole WebSocket message, borrowing the reader's buffer until the next read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, unmasked, mutable so JSON can be parsed in place. Not yet checked for
+    /// UTF-8 (the JSON parsers validate it).
+    Text(&'a mut [u8]),
+    /// A binary message (neither leg accepts these); its length in bytes.
     Binary(usize),
-    /// A ping with its payload (≤ 125 bytes); the writer's owner answers with a pong.
-    Ping(BytesMut),
-    /// A close frame: code (if any) and UTF-8 reason. The stream ends after it.
+    /// A ping with its payload (≤ 125 bytes); the write-half owner answers with a pong.
+    Ping(&'a [u8]),
+    /// A close frame: code (if any) and reason. The reader ends after it.
     Close {
-        /// Close code from the frame, if it carried one.
+        /// Close code, if the frame carried one.
         code: Option<u16>,
         /// Reason text (lossy UTF-8).
         reason: String,
     },
 }
 
-/// Why reading a socket failed. The stream ends after yielding one of these.
+/// Why reading failed. Except for [`ReadError::TooLarge`] the reader is finished after one.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// A message (possibly reassembled from fragments) exceeded the leg's limit.
+    /// A message exceeded the leg's limit. It was skipped without buffering; the reader stays
+    /// in sync and can go on.
     #[error("message larger than {limit} bytes")]
     TooLarge {
         /// The limit in bytes.
         limit: usize,
-        /// True when the oversized message was consumed and the stream can go on.
-        in_sync: bool,
     },
-    /// The peer closed TCP without a close frame.
+    /// The peer closed TCP without a close frame (or the reader already ended).
     #[error("connection closed without a close frame")]
     Eof,
-    /// Any other framing or I/O error.
-    #[error("websocket error: {0}")]
-    Protocol(#[from] WebSocketError),
+    /// A framing violation (reserved bits, bad opcode, masking, fragmented control frame…).
+    #[error("websocket protocol error: {0}")]
+    Protocol(&'static str),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl ReadError {
@@ -59,222 +79,437 @@ impl ReadError {
         match self {
             ReadError::TooLarge { .. } => "message_too_large",
             ReadError::Eof => "eof",
-            ReadError::Protocol(WebSocketError::IoError(_)) => "io",
-            ReadError::Protocol(WebSocketError::InvalidUTF8) => "invalid_utf8",
             ReadError::Protocol(_) => "websocket_protocol",
+            ReadError::Io(_) => "io",
         }
     }
 }
 
-/// A cancel-safe stream of whole messages from one socket.
-pub type MessageStream = BoxStream<'static, Result<Message, ReadError>>;
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
 
-struct ReadState<R> {
-    reader: WebSocketRead<R>,
-    max_message_bytes: usize,
-    done: bool,
-    /// A fragmented message in progress (control frames may arrive between fragments).
-    partial: Option<(OpCode, BytesMut)>,
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    header_len: usize,
+    payload_len: u64,
 }
 
-/// Frames up to this size are read whole even when over a leg's message limit, so the
-/// stream stays in sync and the peer can still be sent a close and answer it; a single
-/// frame beyond it is refused before its payload is read and ends the stream.
-pub const MAX_FRAME_READ_BYTES: usize = 1 << 20;
-
-/// Wraps a read half into a [`MessageStream`]. `max_message_bytes` caps each message,
-/// fragmented or not: an over-limit message yields [`ReadError::TooLarge`] and is skipped
-/// (the stream continues); a frame over `max(max_message_bytes, MAX_FRAME_READ_BYTES)`
-/// ends the stream.
-pub fn message_stream<R>(mut reader: WebSocketRead<R>, max_message_bytes: usize) -> MessageStream
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    reader.set_auto_pong(false);
-    reader.set_auto_close(false);
-    reader.set_max_message_size(
-        max_message_bytes
-            .max(MAX_FRAME_READ_BYTES)
-            .saturating_add(1),
-    );
-    let state = ReadState {
-        reader,
-        max_message_bytes,
-        done: false,
-        partial: None,
+/// Parses a frame header from the front of `b`; `Ok(None)` if more bytes are needed.
+fn parse_header(b: &[u8]) -> Result<Option<Header>, ReadError> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    if b[0] & 0x70 != 0 {
+        return Err(ReadError::Protocol("reserved bits set"));
+    }
+    let fin = b[0] & 0x80 != 0;
+    let opcode = b[0] & 0x0F;
+    let masked = b[1] & 0x80 != 0;
+    let (payload_len, mut n) = match b[1] & 0x7F {
+        126 => {
+            if b.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([b[2], b[3]]) as u64, 4)
+        }
+        127 => {
+            if b.len() < 10 {
+                return Ok(None);
+            }
+            let mut l = [0u8; 8];
+            l.copy_from_slice(&b[2..10]);
+            (u64::from_be_bytes(l), 10)
+        }
+        l => (l as u64, 2),
     };
-    Box::pin(stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
+    let mask = if masked {
+        if b.len() < n + 4 {
+            return Ok(None);
         }
-        let item = read_message(&mut st).await;
-        let recoverable = matches!(item, Err(ReadError::TooLarge { in_sync: true, .. }));
-        if matches!(item, Err(_) | Ok(Message::Close { .. })) && !recoverable {
-            st.done = true;
+        let m = [b[n], b[n + 1], b[n + 2], b[n + 3]];
+        n += 4;
+        Some(m)
+    } else {
+        None
+    };
+    match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+        OP_CLOSE | OP_PING | OP_PONG => {
+            if !fin || payload_len > 125 {
+                return Err(ReadError::Protocol("invalid control frame"));
+            }
         }
-        Some((item, st))
+        _ => return Err(ReadError::Protocol("unknown opcode")),
+    }
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        header_len: n,
+        payload_len,
     }))
 }
 
-async fn read_message<R: AsyncRead + Unpin>(st: &mut ReadState<R>) -> Result<Message, ReadError> {
-    // Control frames are answered by the write-half owner: this callback is never invoked
-    // because auto-pong and auto-close are off.
-    let mut no_obligations = |_: Frame<'static>| async { Ok::<(), std::convert::Infallible>(()) };
-    loop {
-        let frame = match st.reader.read_frame(&mut no_obligations).await {
-            Ok(f) => f,
-            Err(WebSocketError::UnexpectedEOF) => return Err(ReadError::Eof),
-            Err(WebSocketError::FrameTooLarge) => {
-                return Err(ReadError::TooLarge {
-                    limit: st.max_message_bytes,
-                    in_sync: false,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match frame.opcode {
-            OpCode::Ping => return Ok(Message::Ping(into_bytes_mut(frame.payload))),
-            OpCode::Pong => continue,
-            OpCode::Close => {
-                let p = &frame.payload[..];
-                let (code, reason) = if p.len() >= 2 {
-                    (
-                        Some(u16::from_be_bytes([p[0], p[1]])),
-                        String::from_utf8_lossy(&p[2..]).into_owned(),
-                    )
-                } else {
-                    (None, String::new())
-                };
-                return Ok(Message::Close { code, reason });
-            }
-            OpCode::Text | OpCode::Binary => {
-                if st.partial.is_some() {
-                    return Err(WebSocketError::InvalidFragment.into());
-                }
-                if frame.payload.len() > st.max_message_bytes {
-                    if !frame.fin {
-                        // Skip the continuation frames of this message too.
-                        st.partial = Some((OpCode::Continuation, BytesMut::new()));
-                    }
-                    return Err(ReadError::TooLarge {
-                        limit: st.max_message_bytes,
-                        in_sync: true,
-                    });
-                }
-                if frame.fin {
-                    return Ok(finish(frame.opcode, into_bytes_mut(frame.payload)));
-                }
-                st.partial = Some((frame.opcode, into_bytes_mut(frame.payload)));
-            }
-            OpCode::Continuation => {
-                let Some((op, buf)) = st.partial.as_mut() else {
-                    return Err(WebSocketError::InvalidContinuationFrame.into());
-                };
-                if *op == OpCode::Continuation {
-                    // Remainder of an oversized message already reported: discard.
-                    if frame.fin {
-                        st.partial = None;
-                    }
-                    continue;
-                }
-                if buf.len() + frame.payload.len() > st.max_message_bytes {
-                    let fin = frame.fin;
-                    st.partial = (!fin).then(|| (OpCode::Continuation, BytesMut::new()));
-                    return Err(ReadError::TooLarge {
-                        limit: st.max_message_bytes,
-                        in_sync: true,
-                    });
-                }
-                buf.extend_from_slice(&frame.payload);
-                if frame.fin {
-                    let op = *op;
-                    let buf = std::mem::take(buf);
-                    st.partial = None;
-                    return Ok(finish(op, buf));
-                }
-            }
-        }
-    }
+/// Reads whole messages from one socket. See the module docs.
+pub struct WsReader<R> {
+    io: R,
+    role: Role,
+    max_message_bytes: usize,
+    buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Opcode and bytes of a fragmented message in progress.
+    frag: Option<(u8, Vec<u8>)>,
+    /// Bytes still to discard of an over-limit frame, and whether its message continues.
+    skip: u64,
+    skipping_message: bool,
+    done: bool,
 }
 
-fn finish(op: OpCode, buf: BytesMut) -> Message {
-    if op == OpCode::Text {
-        Message::Text(buf)
-    } else {
-        Message::Binary(buf.len())
-    }
-}
-
-fn into_bytes_mut(p: Payload<'_>) -> BytesMut {
-    match p {
-        Payload::Bytes(b) => b,
-        other => BytesMut::from(&other[..]),
-    }
-}
-
-/// The write half of a socket, buffered: frames are queued by [`WsWriter::send_text`] and
-/// reach the kernel on [`WsWriter::flush`] (or when the buffer fills). One owner only.
-pub struct WsWriter<W: AsyncWrite + Unpin> {
-    inner: WebSocketWrite<BufWriter<W>>,
-    close_sent: bool,
-}
-
-/// Capacity of the per-socket write buffer in bytes: a dozen ~300-byte Twilio media
-/// messages, or one ElevenLabs chunk of ~250 ms of audio, per syscall.
-pub const WRITE_BUFFER_BYTES: usize = 1024;
-
-impl<W: AsyncWrite + Unpin> WsWriter<W> {
-    /// Wraps a fastwebsockets write half whose stream is already a `BufWriter`.
-    pub fn new(mut inner: WebSocketWrite<BufWriter<W>>) -> Self {
-        // Vectored writes would bypass the BufWriter for payloads over the threshold.
-        inner.set_writev(false);
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    /// A reader for `io`; messages over `max_message_bytes` are skipped with
+    /// [`ReadError::TooLarge`].
+    pub fn new(io: R, role: Role, max_message_bytes: usize) -> Self {
         Self {
-            inner,
-            close_sent: false,
+            io,
+            role,
+            max_message_bytes,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            frag: None,
+            skip: 0,
+            skipping_message: false,
+            done: false,
         }
     }
 
-    /// Queues one text frame. `payload` may be scrambled (client-side masking is done in place).
+    /// Reads more bytes into the buffer. Cancel-safe: bytes are only accounted after a
+    /// completed read, in the same poll.
+    async fn fill(&mut self, need: usize) -> Result<(), ReadError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > 4 * READ_BUFFER_BYTES {
+                // Back to the resting size after a large message.
+                self.buf = vec![0; READ_BUFFER_BYTES];
+            }
+        }
+        let want = need.max(READ_BUFFER_BYTES);
+        if self.buf.len() - self.start < want {
+            // Move the pending bytes to the front, then grow if still too small.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = self.io.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            self.done = true;
+            return Err(ReadError::Eof);
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// The next whole message. Cancel-safe (see module docs).
     ///
     /// # Errors
-    /// The socket's I/O error, or `ConnectionClosed` after a close frame was sent.
-    pub async fn send_text(&mut self, payload: &mut [u8]) -> Result<(), WebSocketError> {
-        self.inner
-            .write_frame(Frame::text(Payload::BorrowedMut(payload)))
-            .await
+    /// [`ReadError`]; after anything but `TooLarge` the reader returns `Eof` forever.
+    pub async fn next(&mut self) -> Result<Message<'_>, ReadError> {
+        if self.done {
+            return Err(ReadError::Eof);
+        }
+        match self.next_inner().await {
+            Ok(range) => Ok(self.finish(range)),
+            Err(e) => {
+                if !matches!(e, ReadError::TooLarge { .. }) {
+                    self.done = true;
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Queues a pong echoing `payload`.
+    async fn next_inner(&mut self) -> Result<Frame, ReadError> {
+        loop {
+            // Discard the rest of an over-limit frame as it arrives.
+            while self.skip > 0 {
+                if self.start == self.end {
+                    self.fill(1).await?;
+                }
+                let n = ((self.end - self.start) as u64).min(self.skip) as usize;
+                self.start += n;
+                self.skip -= n as u64;
+            }
+            let h = loop {
+                match parse_header(&self.buf[self.start..self.end])? {
+                    Some(h) => break h,
+                    None => self.fill(14).await?,
+                }
+            };
+            match (self.role, h.mask.is_some()) {
+                (Role::Server, false) => return Err(ReadError::Protocol("unmasked client frame")),
+                (Role::Client, true) => return Err(ReadError::Protocol("masked server frame")),
+                _ => {}
+            }
+            let is_data = h.opcode < 0x8;
+            let so_far = self.frag.as_ref().map_or(0, |(_, v)| v.len()) as u64;
+            if is_data
+                && (self.skipping_message || h.payload_len + so_far > self.max_message_bytes as u64)
+            {
+                // Over the limit (or the rest of a message already refused): skip it.
+                let reported = self.skipping_message;
+                if h.opcode != OP_CONTINUATION && (self.frag.is_some() || reported) {
+                    return Err(ReadError::Protocol("new message inside a fragmented one"));
+                }
+                self.start += h.header_len;
+                self.skip = h.payload_len;
+                self.frag = None;
+                self.skipping_message = !h.fin;
+                if !reported {
+                    return Err(ReadError::TooLarge {
+                        limit: self.max_message_bytes,
+                    });
+                }
+                continue;
+            }
+            let total = h.header_len + h.payload_len as usize;
+            while self.end - self.start < total {
+                self.fill(total).await?;
+            }
+            let p0 = self.start + h.header_len;
+            let p1 = self.start + total;
+            self.start = p1;
+            if let Some(mask) = h.mask {
+                fastwebsockets::unmask(&mut self.buf[p0..p1], mask);
+            }
+            match h.opcode {
+                OP_PING => return Ok(Frame::Ping(p0, p1)),
+                OP_PONG => continue,
+                OP_CLOSE => return Ok(Frame::Close(p0, p1)),
+                OP_TEXT | OP_BINARY => {
+                    if self.frag.is_some() {
+                        return Err(ReadError::Protocol("new message inside a fragmented one"));
+                    }
+                    if h.fin {
+                        return Ok(Frame::Data(h.opcode, p0, p1));
+                    }
+                    self.frag = Some((h.opcode, self.buf[p0..p1].to_vec()));
+                }
+                _ => {
+                    let Some((op, v)) = self.frag.as_mut() else {
+                        return Err(ReadError::Protocol("continuation without a message"));
+                    };
+                    v.extend_from_slice(&self.buf[p0..p1]);
+                    if h.fin {
+                        return Ok(Frame::Reassembled(*op));
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, f: Frame) -> Message<'_> {
+        match f {
+            Frame::Ping(a, b) => Message::Ping(&self.buf[a..b]),
+            Frame::Close(a, b) => {
+                self.done = true;
+                let p = &self.buf[a..b];
+                if p.len() >= 2 {
+                    Message::Close {
+                        code: Some(u16::from_be_bytes([p[0], p[1]])),
+                        reason: String::from_utf8_lossy(&p[2..]).into_owned(),
+                    }
+                } else {
+                    Message::Close {
+                        code: None,
+                        reason: String::new(),
+                    }
+                }
+            }
+            Frame::Data(OP_TEXT, a, b) => Message::Text(&mut self.buf[a..b]),
+            Frame::Data(_, a, b) => Message::Binary(b - a),
+            Frame::Reassembled(op) => {
+                // Keep the reassembled bytes in the read buffer's place so the message can
+                // borrow mutably; the fragment vector becomes the buffer (bounded by the limit).
+                let (_, v) = self.frag.take().unwrap_or_default();
+                if op != OP_TEXT {
+                    return Message::Binary(v.len());
+                }
+                let pending = self.buf[self.start..self.end].to_vec();
+                let len = v.len();
+                self.buf = v;
+                self.buf.extend_from_slice(&pending);
+                self.start = len;
+                self.end = len + pending.len();
+                Message::Text(&mut self.buf[..len])
+            }
+        }
+    }
+
+    /// Bytes held by the reader's buffers (for tests and memory accounting).
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity() + self.frag.as_ref().map_or(0, |(_, v)| v.capacity())
+    }
+}
+
+/// A frame located in the buffer (byte ranges), resolved into a [`Message`] by `finish`.
+enum Frame {
+    Ping(usize, usize),
+    Close(usize, usize),
+    Data(u8, usize, usize),
+    Reassembled(u8),
+}
+
+/// The write half of a socket: frames are appended to one output buffer by
+/// [`WsWriter::send_text`] and reach the kernel in one write on [`WsWriter::flush`].
+/// One owner only.
+pub struct WsWriter<W> {
+    io: W,
+    role: Role,
+    out: Vec<u8>,
+    close_sent: bool,
+    /// xorshift state for client masking keys.
+    mask_state: u64,
+}
+
+/// Output buffers larger than this are released after a flush (bytes).
+const OUT_BUFFER_KEEP_BYTES: usize = 16 * 1024;
+
+impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    /// A writer for `io`.
+    pub fn new(io: W, role: Role) -> Self {
+        let mut seed = [0u8; 8];
+        // Masking keys only need to be unpredictable to intermediaries (RFC 6455 §10.3); a
+        // per-socket random seed and xorshift is plenty between servers.
+        let _ = rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut seed);
+        Self {
+            io,
+            role,
+            out: Vec::new(),
+            close_sent: false,
+            mask_state: u64::from_le_bytes(seed) | 1,
+        }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.mask_state = x;
+        (x as u32).to_le_bytes()
+    }
+
+    fn push_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let len = payload.len();
+        let masked = self.role == Role::Client;
+        self.out.reserve(14 + len);
+        self.out.push(0x80 | opcode);
+        let mask_bit = if masked { 0x80 } else { 0 };
+        if len < 126 {
+            self.out.push(mask_bit | len as u8);
+        } else if len <= u16::MAX as usize {
+            self.out.push(mask_bit | 126);
+            self.out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            self.out.push(mask_bit | 127);
+            self.out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        if masked {
+            let mask = self.next_mask();
+            self.out.extend_from_slice(&mask);
+            let at = self.out.len();
+            self.out.extend_from_slice(payload);
+            fastwebsockets::unmask(&mut self.out[at..], mask);
+        } else {
+            self.out.extend_from_slice(payload);
+        }
+    }
+
+    /// Queues one text frame (no I/O).
+    ///
+    /// # Errors
+    /// `BrokenPipe` after a close frame was sent.
+    pub fn send_text(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        if self.close_sent {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.push_frame(OP_TEXT, payload);
+        Ok(())
+    }
+
+    /// Queues a pong echoing `payload` (no I/O).
     ///
     /// # Errors
     /// As [`WsWriter::send_text`].
-    pub async fn send_pong(&mut self, payload: &mut [u8]) -> Result<(), WebSocketError> {
-        self.inner
-            .write_frame(Frame::pong(Payload::BorrowedMut(payload)))
-            .await
+    pub fn send_pong(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        if self.close_sent {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.push_frame(OP_PONG, payload);
+        Ok(())
     }
 
-    /// Writes everything queued to the socket.
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes everything queued in one `write_all` (not cancel-safe: the caller abandons the
+    /// socket if it times out).
     ///
     /// # Errors
     /// The socket's I/O error.
-    pub async fn flush(&mut self) -> Result<(), WebSocketError> {
-        self.inner.flush().await
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > OUT_BUFFER_KEEP_BYTES {
+                self.out = Vec::new();
+            }
+        }
+        Ok(())
     }
 
-    /// Sends a close frame with `code` and `reason` (once; later calls do nothing) and flushes.
+    /// Queues a close frame with `code` and `reason` (once; later calls do nothing), flushes,
+    /// and half-closes the TCP write side.
     ///
     /// # Errors
     /// The socket's I/O error.
-    pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), WebSocketError> {
+    pub async fn close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
         if self.close_sent {
             return Ok(());
         }
+        let mut p = Vec::with_capacity(2 + reason.len().min(123));
+        p.extend_from_slice(&code.to_be_bytes());
+        // Control frame payloads are at most 125 bytes; cut on a char boundary.
+        let mut r = reason.len().min(123);
+        while !reason.is_char_boundary(r) {
+            r -= 1;
+        }
+        p.extend_from_slice(&reason.as_bytes()[..r]);
+        self.push_frame(OP_CLOSE, &p);
         self.close_sent = true;
-        self.inner
-            .write_frame(Frame::close(code, reason.as_bytes()))
-            .await?;
-        self.inner.flush().await
+        self.flush().await
     }
 }
 
@@ -311,8 +546,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastwebsockets::Role;
-    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
 
     fn client_frame(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
@@ -320,9 +553,12 @@ mod tests {
         let mask = [1u8, 2, 3, 4];
         if payload.len() < 126 {
             out.push(0x80 | payload.len() as u8);
-        } else {
+        } else if payload.len() <= 65535 {
             out.push(0x80 | 126);
             out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
         }
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
@@ -332,21 +568,25 @@ mod tests {
     async fn messages(wire: Vec<u8>, limit: usize, split_every: usize) -> Vec<String> {
         let (mut a, b) = tokio::io::duplex(64);
         tokio::spawn(async move {
-            for part in wire.chunks(split_every) {
+            for part in wire.chunks(split_every.max(1)) {
                 let _ = a.write_all(part).await;
             }
         });
-        let (r, _w) = tokio::io::split(b);
-        let (reader, _writer) =
-            fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-        message_stream(reader, limit)
-            .map(|m| match m {
-                Ok(Message::Text(t)) => format!("text:{}", String::from_utf8_lossy(&t)),
+        let mut r = WsReader::new(b, Role::Server, limit);
+        let mut got = Vec::new();
+        loop {
+            let item = match r.next().await {
+                Ok(Message::Text(t)) => format!("text:{}", String::from_utf8_lossy(t)),
                 Ok(m) => format!("{m:?}"),
                 Err(e) => format!("err:{}", e.kind()),
-            })
-            .collect()
-            .await
+            };
+            let end =
+                item == "err:eof" || item.starts_with("Close") || item == "err:websocket_protocol";
+            got.push(item);
+            if end {
+                return got;
+            }
+        }
     }
 
     #[tokio::test]
@@ -354,12 +594,18 @@ mod tests {
         let mut wire = client_frame(1, false, b"hel");
         wire.extend(client_frame(9, true, b"p")); // ping between fragments
         wire.extend(client_frame(0, true, b"lo"));
+        wire.extend(client_frame(1, true, b"next"));
         wire.extend(client_frame(8, true, &[0x03, 0xe8, b'b', b'y']));
         let got = messages(wire, 1024, 1).await;
-        assert_eq!(got[0], "Ping(b\"p\")");
-        assert_eq!(got[1], "text:hello");
-        assert_eq!(got[2], "Close { code: Some(1000), reason: \"by\" }");
-        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got,
+            vec![
+                "Ping([112])",
+                "text:hello",
+                "text:next",
+                "Close { code: Some(1000), reason: \"by\" }"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -374,6 +620,41 @@ mod tests {
         wire.extend(client_frame(1, true, b"ok2"));
         let got = messages(wire, 100, 7).await;
         assert_eq!(got, vec!["err:message_too_large", "text:ok2", "err:eof"]);
+        // A 70 KiB frame is skipped without being buffered.
+        let mut wire = client_frame(1, true, &vec![b'x'; 70 * 1024]);
+        wire.extend(client_frame(1, true, b"ok3"));
+        let got = messages(wire, 64 * 1024, 4096).await;
+        assert_eq!(got, vec!["err:message_too_large", "text:ok3", "err:eof"]);
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_end_the_reader() {
+        let mut unmasked = vec![0x81, 0x02];
+        unmasked.extend_from_slice(b"hi");
+        assert_eq!(
+            messages(unmasked, 100, 1).await,
+            vec!["err:websocket_protocol"]
+        );
+        let reserved = client_frame(0x41 & 0x7f | 0x40, true, b"x");
+        assert_eq!(
+            messages(reserved, 100, 1).await,
+            vec!["err:websocket_protocol"]
+        );
+        let bad_op = client_frame(3, true, b"x");
+        assert_eq!(
+            messages(bad_op, 100, 1).await,
+            vec!["err:websocket_protocol"]
+        );
+        let lone_cont = client_frame(0, true, b"x");
+        assert_eq!(
+            messages(lone_cont, 100, 1).await,
+            vec!["err:websocket_protocol"]
+        );
+        let frag_ping = client_frame(9, false, b"x");
+        assert_eq!(
+            messages(frag_ping, 100, 1).await,
+            vec!["err:websocket_protocol"]
+        );
     }
 
     #[tokio::test]
@@ -383,11 +664,98 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn buffer_returns_to_resting_size_after_a_large_message() {
+        let mut wire = client_frame(1, true, &vec![b'y'; 20_000]);
+        wire.extend(client_frame(1, true, b"small"));
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let _ = a.write_all(&wire).await;
+        });
+        let mut r = WsReader::new(b, Role::Server, 1 << 20);
+        assert!(matches!(r.next().await, Ok(Message::Text(t)) if t.len() == 20_000));
+        assert!(matches!(r.next().await, Ok(Message::Text(t)) if t == b"small"));
+        assert!(matches!(r.next().await, Err(ReadError::Eof)));
+        let _ = r.fill(1).await;
+        assert!(r.buffered_capacity() <= 4 * READ_BUFFER_BYTES + 64);
+    }
+
+    #[tokio::test]
+    async fn writer_frames_round_trip_through_the_reader() {
+        for role in [Role::Client, Role::Server] {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            let mut w = WsWriter::new(a, role);
+            let big = vec![b'z'; 70_000];
+            let mid = vec![b'm'; 300];
+            w.send_text(b"one").unwrap();
+            w.send_text(&mid).unwrap();
+            w.send_text(&big).unwrap();
+            w.send_pong(b"pp").unwrap();
+            w.flush().await.unwrap();
+            w.close(1001, "bye").await.unwrap();
+            assert!(w.send_text(b"late").is_err());
+            let peer = if role == Role::Client {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            let mut r = WsReader::new(b, peer, 1 << 20);
+            assert!(matches!(r.next().await, Ok(Message::Text(t)) if t == b"one"));
+            assert!(matches!(r.next().await, Ok(Message::Text(t)) if t == &mid[..]));
+            assert!(matches!(r.next().await, Ok(Message::Text(t)) if t == &big[..]));
+            assert_eq!(
+                r.next().await.unwrap(),
+                Message::Close {
+                    code: Some(1001),
+                    reason: "bye".into()
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn prefix_comes_first() {
         use tokio::io::AsyncReadExt;
         let mut r = Prefixed::new(bytes::Bytes::from_static(b"ab"), &b"cd"[..]);
         let mut s = String::new();
         r.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "abcd");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn messages_survive_any_split_and_fragmentation(
+                msgs in proptest::collection::vec(proptest::collection::vec(b'a'..=b'z', 0..600), 1..8),
+                frag in 1usize..300,
+                split in 1usize..97,
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let mut wire = Vec::new();
+                for m in &msgs {
+                    let chunks: Vec<&[u8]> = if m.is_empty() { vec![&m[..]] } else { m.chunks(frag).collect() };
+                    for (i, c) in chunks.iter().enumerate() {
+                        let op = if i == 0 { 1 } else { 0 };
+                        wire.extend(client_frame(op, i + 1 == chunks.len(), c));
+                    }
+                }
+                let got = rt.block_on(messages(wire, 1 << 20, split));
+                let want: Vec<String> = msgs
+                    .iter()
+                    .map(|m| format!("text:{}", String::from_utf8_lossy(m)))
+                    .chain(std::iter::once("err:eof".to_string()))
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let _ = rt.block_on(messages(bytes, 256, 5));
+            }
+        }
     }
 }

@@ -7,25 +7,24 @@
 
 use crate::config::Secret;
 use crate::net::{self, BoxIo, NetError};
-use crate::ws::Prefixed;
+use crate::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
-use fastwebsockets::{Role, WebSocketRead, WebSocketWrite};
 use http_body_util::{Empty, Full};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 
 /// Largest agent message accepted, in bytes. ElevenLabs' own SDK accepts 16 MiB because a
 /// first audio event can be large (§2.6).
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Read half of an agent socket.
-pub type AgentRead = WebSocketRead<Prefixed<ReadHalf<BoxIo>>>;
-/// Write half of an agent socket (buffered; see `ws::WsWriter`).
-pub type AgentWrite = WebSocketWrite<BufWriter<WriteHalf<BoxIo>>>;
+pub type AgentRead = WsReader<Prefixed<ReadHalf<BoxIo>>>;
+/// Write half of an agent socket (frames queued until flushed; see `ws::WsWriter`).
+pub type AgentWrite = WsWriter<WriteHalf<BoxIo>>;
 
 /// ElevenLabs settings, from configuration.
 #[derive(Debug, Clone)]
@@ -167,7 +166,7 @@ where
 }
 
 /// Opens a client WebSocket to `url` (`ws://` or `wss://`), verifies the handshake, and
-/// splits it. The write half is buffered (flush explicitly).
+/// splits it into our own framing halves (fastwebsockets does the handshake only).
 ///
 /// # Errors
 /// Network errors, [`ConnectError::Handshake`], [`ConnectError::BadAccept`].
@@ -208,12 +207,12 @@ pub async fn connect_ws(
         .downcast::<TokioIo<BoxIo>>()
         .map_err(|_| ConnectError::Handshake("unexpected upgraded stream type".into()))?;
     let (r, w) = tokio::io::split(parts.io.into_inner());
-    let (reader, writer) = fastwebsockets::after_handshake_split(
+    let reader = WsReader::new(
         Prefixed::new(parts.read_buf, r),
-        BufWriter::with_capacity(crate::ws::WRITE_BUFFER_BYTES, w),
         Role::Client,
+        MAX_AGENT_MESSAGE_BYTES,
     );
-    Ok((reader, writer))
+    Ok((reader, WsWriter::new(w, Role::Client)))
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).

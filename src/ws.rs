@@ -30,8 +30,8 @@ pub enum Role {
     Client,
 }
 
-/// Initial (and resting) size of a socket's read buffer, in bytes: a few Twilio frames.
-pub const READ_BUFFER_BYTES: usize = 1024;
+/// Initial (and resting) size of a socket's read buffer, in bytes: one ~400-byte Twilio frame.
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// One whole WebSocket message, borrowing the reader's buffer until the next read.
 #[derive(Debug, PartialEq, Eq)]
@@ -521,8 +521,14 @@ pub struct Prefixed<R> {
 }
 
 impl<R> Prefixed<R> {
-    /// Chains `prefix` in front of `inner`.
+    /// Chains `prefix` in front of `inner`. The prefix is copied out of hyper's read buffer
+    /// (usually it is empty), so the call does not keep that 8 KiB+ allocation alive.
     pub fn new(prefix: bytes::Bytes, inner: R) -> Self {
+        let prefix = if prefix.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::copy_from_slice(&prefix)
+        };
         Self { prefix, inner }
     }
 }

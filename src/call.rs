@@ -232,7 +232,7 @@ async fn run_inner(
         t_out: Vec::with_capacity(512),
         a_out: Vec::with_capacity(512),
         mark: String::new(),
-        replaced: CancellationToken::new(),
+        replaced: shutdown.child_token(),
         live_id: None,
         twilio_dirty: false,
         agent_dirty: false,
@@ -246,9 +246,17 @@ async fn run_inner(
     // Until `start`: the start timeout; after it, until the agent is ready: the connect timeout.
     let mut setup_deadline = pin!(tokio::time::sleep(s.start_timeout));
     let mut echo_timer = pin!(tokio::time::sleep_until(far));
-    let mut cancelled = pin!(shutdown.cancelled());
-    let replaced = call.replaced.clone();
-    let mut replaced_fut = pin!(replaced.cancelled());
+    // One future for both ways a call is stopped from outside: `replaced` is a child of
+    // `shutdown`, so it fires for either; `shutdown.is_cancelled()` tells which.
+    let stop = call.replaced.clone();
+    let mut stopped = pin!(stop.cancelled());
+    let stop_reason = || {
+        if shutdown.is_cancelled() {
+            EndReason::Shutdown
+        } else {
+            EndReason::Replaced
+        }
+    };
 
     let end: EndReason = loop {
         if let Err(end) = call.flush_dirty().await {
@@ -257,17 +265,19 @@ async fn run_inner(
         if call.cm.fold_due() {
             call.cm.fold(&call.ctx.metrics);
         }
+        // Cheap checks first, so a peer that keeps a socket always readable cannot starve the
+        // stop and deadline branches, which the biased select below polls last.
+        if stop.is_cancelled() {
+            break stop_reason();
+        }
+        if max_duration.is_elapsed() {
+            break EndReason::MaxDuration;
+        }
         let setup_pending = !call.agent_ready;
         let echo_armed = call.echo.as_ref().and_then(|e| e.next_due()).is_some();
         let step: Result<(), EndReason> = tokio::select! {
-            _ = &mut cancelled => Err(EndReason::Shutdown),
-            _ = &mut max_duration => Err(EndReason::MaxDuration),
-            _ = &mut replaced_fut => Err(EndReason::Replaced),
-            _ = &mut setup_deadline, if setup_pending => Err(if call.stream_sid.is_empty() {
-                EndReason::StartTimeout
-            } else {
-                EndReason::AgentConnectFailed("ready_timeout")
-            }),
+            // Sockets first: most wake-ups are a frame, and then nothing else is polled.
+            biased;
             msg = t_rx.next() => {
                 let mut r = call.on_twilio(msg).await;
                 // Take what else is already readable, bounded, before flushing once.
@@ -340,6 +350,13 @@ async fn run_inner(
                 r
             }
             _ = &mut echo_timer, if echo_armed => call.on_echo_due().await,
+            _ = &mut setup_deadline, if setup_pending => Err(if call.stream_sid.is_empty() {
+                EndReason::StartTimeout
+            } else {
+                EndReason::AgentConnectFailed("ready_timeout")
+            }),
+            _ = &mut max_duration => Err(EndReason::MaxDuration),
+            _ = &mut stopped => Err(stop_reason()),
         };
         if let Err(end) = step {
             break end;

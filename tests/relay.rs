@@ -7,36 +7,11 @@ mod common;
 use common::*;
 use loadtest::agent_sim::{self, AgentBehavior, MockAgentConfig, STALE_AUDIO_BYTE};
 use loadtest::fixtures;
-use loadtest::twilio_sim::{run_call, CallScript, StartParams, TwilioClient, TwilioInbound};
+use loadtest::twilio_sim::{run_call, CallScript, StartParams, TwilioClient};
 use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
-
-fn start_params(n: u64, params: &[(&str, &str)]) -> StartParams {
-    let mut s = StartParams::for_call(n);
-    s.custom_parameters = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    s
-}
-
-/// Reads from the client until the relay closes; returns the close code.
-async fn wait_twilio_close(client: &mut TwilioClient) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let next = tokio::time::timeout_at(deadline, client.recv())
-            .await
-            .expect("relay closes the Twilio socket in time");
-        match next {
-            Ok(Some(TwilioInbound::Close { code, .. })) => return code,
-            Ok(None) => return None,
-            Ok(Some(_)) => continue,
-            Err(e) => panic!("Twilio-side protocol error: {e:#}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elevenlabs_call_end_to_end_on_real_speech() {

@@ -17,15 +17,6 @@ fn signed_args() -> media_relay::config::ServeArgs {
     a
 }
 
-fn start_with(n: u64, params: &[(&str, &str)]) -> StartParams {
-    let mut s = StartParams::for_call(n);
-    s.custom_parameters = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    s
-}
-
 /// Asks the relay's signed `/twiml` for call `call_sid` and returns its `relay_token`.
 async fn relay_token_for(addr: std::net::SocketAddr, call_sid: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,21 +40,6 @@ async fn relay_token_for(addr: std::net::SocketAddr, call_sid: &str) -> String {
         .nth(1)
         .expect("TwiML carries relay_token");
     after.split('"').next().unwrap().to_owned()
-}
-
-/// Reads until the relay closes; returns the close code.
-async fn close_code(client: &mut TwilioClient) -> Option<u16> {
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), client.recv())
-            .await
-            .expect("closed in time")
-            .unwrap()
-        {
-            Some(TwilioInbound::Close { code, .. }) => return code,
-            None => return None,
-            Some(_) => continue,
-        }
-    }
 }
 
 fn sig_header(v: &str) -> Vec<(String, String)> {
@@ -182,9 +158,9 @@ async fn stream_tokens_bind_streams_to_their_call() {
             .await
             .unwrap();
         c.send_connected().await.unwrap();
-        c.send_start(&start_with(1, &params)).await.unwrap(); // call SID = call_a
+        c.send_start(&start_params(1, &params)).await.unwrap(); // call SID = call_a
         let _ = c.send_media(&[0x42; 160]).await;
-        assert_eq!(close_code(&mut c).await, Some(1008), "{params:?}");
+        assert_eq!(wait_twilio_close(&mut c).await, Some(1008), "{params:?}");
     }
 
     // The right token: audio flows (the echo agent plays it back).
@@ -192,7 +168,7 @@ async fn stream_tokens_bind_streams_to_their_call() {
         .await
         .unwrap();
     good.send_connected().await.unwrap();
-    good.send_start(&start_with(1, &[("relay_token", &token_a)]))
+    good.send_start(&start_params(1, &[("relay_token", &token_a)]))
         .await
         .unwrap();
     good.send_media(&[0x42; 160]).await.unwrap();
@@ -213,10 +189,10 @@ async fn stream_tokens_bind_streams_to_their_call() {
         .unwrap();
     second.send_connected().await.unwrap();
     second
-        .send_start(&start_with(1, &[("relay_token", &token_a)]))
+        .send_start(&start_params(1, &[("relay_token", &token_a)]))
         .await
         .unwrap();
-    assert_eq!(close_code(&mut good).await, Some(1000));
+    assert_eq!(wait_twilio_close(&mut good).await, Some(1000));
     second.send_media(&[0x43; 160]).await.unwrap();
     loop {
         match second.recv().await.unwrap() {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
 use media_relay::config::ServeArgs;
 use media_relay::Relay;
 use std::net::SocketAddr;
@@ -162,4 +163,30 @@ pub async fn try_http(addr: SocketAddr, path: &str) -> Option<u16> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Twilio `start` parameters for simulated call `n` with these custom parameters.
+pub fn start_params(n: u64, params: &[(&str, &str)]) -> StartParams {
+    let mut s = StartParams::for_call(n);
+    s.custom_parameters = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s
+}
+
+/// Reads from the client until the relay closes; returns the close code.
+pub async fn wait_twilio_close(client: &mut TwilioClient) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, client.recv())
+            .await
+            .expect("relay closes the Twilio socket in time");
+        match next {
+            Ok(Some(TwilioInbound::Close { code, .. })) => return code,
+            Ok(None) => return None,
+            Ok(Some(_)) => continue,
+            Err(e) => panic!("Twilio-side protocol error: {e:#}"),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! agent), both write halves, the early-audio buffer, playout accounting and the call's
 //! metrics accumulators, and decides when and why the call ends.
 //!
-//! Structure: both sockets are read through cancel-safe message streams (`ws`), so a single
+//! Structure: both sockets are read through cancel-safe `ws::WsReader`s, so a single
 //! `select!` loop can wait on {Twilio message, agent message, agent connect, timers,
 //! shutdown} without losing a half-read frame. Handlers translate through the sans-IO codecs
 //! and queue frames on the *other* leg's buffered writer; after each round the loop takes
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 /// Largest Twilio message accepted, in bytes (Twilio's are ~400 bytes; stack.md suggests a
-/// small cap instead of fastwebsockets' 64 MiB default). A larger one ends the call (1009).
+/// small cap). A larger one is skipped unbuffered and ends the call (close 1009).
 pub const MAX_TWILIO_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// How long one socket write (or flush) may block before the peer is declared stuck.

@@ -8,11 +8,15 @@
 //! - [`twilio::codec`]: sans-IO Twilio Media Streams decode/encode (simd-json, base64-simd).
 //! - [`agent`]: the dialect-neutral [`agent::AgentEvent`], the ElevenLabs codec, connecting,
 //!   and the built-in echo agent.
-//! - [`ws`]: cancel-safe message streams and buffered writers over fastwebsockets halves.
+//! - [`ws`]: data-path WebSocket framing (cancel-safe reader, batching writer) after the
+//!   fastwebsockets upgrade/handshake.
+//! - [`tokens`], [`control`]: per-call stream tokens and the duplicate-stream policy;
+//!   outbound calls and Twilio status callbacks.
 //! - [`playout`], [`latency`], [`metrics`]: playback accounting, per-call latency
 //!   histograms, Prometheus metrics.
-//! - [`config`], [`twiml`], [`net`], [`audio`], [`json`]: configuration, TwiML, outbound
-//!   TCP/TLS/HTTP, audio constants, JSON helpers.
+//! - [`config`], [`twiml`], [`net`], [`audio`], [`json`], [`twilio::signature`]:
+//!   configuration, TwiML, outbound TCP/TLS/HTTP, audio constants, JSON helpers, Twilio
+//!   request signatures.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

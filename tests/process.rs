@@ -2,7 +2,7 @@
 
 mod common;
 
-use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
+use loadtest::twilio_sim::{StartParams, TwilioClient};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -93,17 +93,7 @@ async fn sigterm_drains_calls_then_exits() {
     }
     // The call in progress is still relayed: the echo agent plays a frame back.
     client.send_media(&[0x42; 160]).await.unwrap();
-    let echoed = loop {
-        match tokio::time::timeout(Duration::from_secs(5), client.recv())
-            .await
-            .expect("echo in time")
-            .unwrap()
-        {
-            Some(TwilioInbound::Media { payload, .. }) => break payload,
-            Some(_) => continue,
-            None => panic!("closed while draining"),
-        }
-    };
+    let echoed = common::next_media(&mut client).await;
     assert_eq!(echoed, vec![0x42; 160]);
     // Ending the call lets the process exit on its own, long before the drain timeout.
     client.send_stop().await.unwrap();

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
+use loadtest::twilio_sim::{StartParams, TwilioClient};
 use media_relay::config::Secret;
 use media_relay::twilio::signature::compute_signature;
 
@@ -172,16 +172,7 @@ async fn stream_tokens_bind_streams_to_their_call() {
         .await
         .unwrap();
     good.send_media(&[0x42; 160]).await.unwrap();
-    loop {
-        match good.recv().await.unwrap() {
-            Some(TwilioInbound::Media { payload, .. }) => {
-                assert_eq!(payload, vec![0x42; 160]);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
+    assert_eq!(next_media(&mut good).await, vec![0x42; 160]);
 
     // A second stream for the same call replaces the first (keep the newest).
     let mut second = TwilioClient::connect(&url, &sig_header(MEDIA_SIGNATURE))
@@ -194,16 +185,7 @@ async fn stream_tokens_bind_streams_to_their_call() {
         .unwrap();
     assert_eq!(wait_twilio_close(&mut good).await, Some(1000));
     second.send_media(&[0x43; 160]).await.unwrap();
-    loop {
-        match second.recv().await.unwrap() {
-            Some(TwilioInbound::Media { payload, .. }) => {
-                assert_eq!(payload, vec![0x43; 160]);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("newest stream was closed"),
-        }
-    }
+    assert_eq!(next_media(&mut second).await, vec![0x43; 160]);
     second.send_stop().await.unwrap();
 
     let m = wait_metric(

@@ -190,3 +190,22 @@ pub async fn wait_twilio_close(client: &mut TwilioClient) -> Option<u16> {
         }
     }
 }
+
+/// Reads until the next `media` message and returns its audio; panics if the relay closes
+/// the stream or nothing arrives within 10 s.
+pub async fn next_media(client: &mut TwilioClient) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.recv())
+            .await
+            .expect("media in time")
+            .expect("valid Twilio message")
+        {
+            Some(TwilioInbound::Media { payload, .. }) => return payload,
+            Some(TwilioInbound::Close { code, reason }) => {
+                panic!("stream closed ({code:?} {reason}) instead of media")
+            }
+            Some(_) => continue,
+            None => panic!("stream ended instead of media"),
+        }
+    }
+}

@@ -2,22 +2,13 @@
 //!
 //! Owns the constants only: the relay never transcodes, so there is no DSP here.
 
-use std::time::Duration;
-
-/// μ-law sample rate: 8000 samples/s, one byte per sample (§5.1).
-pub const SAMPLE_RATE_HZ: u32 = 8000;
-
-/// Audio bytes per millisecond of μ-law at 8 kHz mono (§5.1: 1 ms = 8 bytes).
+/// Audio bytes per millisecond of μ-law at 8 kHz mono, one byte per sample (§5.1: 1 ms = 8
+/// bytes).
 pub const MULAW_BYTES_PER_MS: u64 = 8;
 
-/// One Twilio frame: 20 ms of audio (§1.3, community-assumed, not asserted on input).
-pub const FRAME_DURATION: Duration = Duration::from_millis(20);
-
-/// Bytes in one 20 ms μ-law chunk (160 samples).
+/// Bytes in one 20 ms μ-law chunk (160 samples; §1.3, community-assumed, never asserted on
+/// input).
 pub const MULAW_CHUNK_BYTES: usize = 160;
-
-/// A μ-law silence byte (linear 0, positive zero).
-pub const MULAW_SILENCE: u8 = 0xFF;
 
 /// Milliseconds of audio in `bytes` μ-law bytes (truncating).
 #[inline]

@@ -303,15 +303,13 @@ async fn run_inner(
                                 let ctx2 = ctx.clone();
                                 let agent_override = call.agent_id_override();
                                 connecting = Some(Box::pin(async move {
-                                    match ctx2.settings.elevenlabs.as_ref() {
-                                        Some(el) => match agent_override {
-                                            Some(id) => {
-                                                let mut el = el.clone();
+                                    match ctx2.settings.elevenlabs.clone() {
+                                        Some(mut el) => {
+                                            if let Some(id) = agent_override {
                                                 el.agent_id = id;
-                                                connect::connect_elevenlabs(&el, &ctx2.tls).await
                                             }
-                                            None => connect::connect_elevenlabs(el, &ctx2.tls).await,
-                                        },
+                                            connect::connect_elevenlabs(&el, &ctx2.tls).await
+                                        }
                                         None => Err(ConnectError::Handshake("ElevenLabs is not configured".into())),
                                     }
                                 }));

@@ -469,11 +469,6 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
-    /// Bytes queued and not yet written.
-    pub fn queued_bytes(&self) -> usize {
-        self.out.len()
-    }
-
     /// Writes everything queued in one `write_all` (not cancel-safe: the caller abandons the
     /// socket if it times out).
     ///

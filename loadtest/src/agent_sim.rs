@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::truncate;
 use anyhow::{anyhow, bail};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -736,17 +737,6 @@ async fn run_conversation(shared: Arc<Shared>, ws: fastwebsockets::WebSocket<ws:
         t.abort();
     }
     writer.release().await;
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Handles one parsed client message after the first.

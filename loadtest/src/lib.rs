@@ -43,3 +43,16 @@ pub const MULAW_BYTES_PER_MS: usize = 8;
 
 /// μ-law bytes in one 20 ms Twilio frame.
 pub const MULAW_FRAME_BYTES: usize = 160;
+
+/// `s` cut to at most `max` bytes (on a char boundary) with `…` appended when cut, for
+/// protocol-error messages that quote what a peer sent.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

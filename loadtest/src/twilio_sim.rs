@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::truncate;
 use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -121,7 +122,7 @@ pub fn parse_server_message(
     expected_stream_sid: Option<&str>,
 ) -> Result<TwilioInbound, TwilioProtocolError> {
     let fail = |what: String| TwilioProtocolError {
-        message: format!("{what}; message: {}", truncate(text, 300)),
+        message: format!("{what}; message: {}", truncate_with_len(text, 300)),
     };
     let value: Value =
         serde_json::from_str(text).map_err(|e| fail(format!("invalid JSON ({e})")))?;
@@ -185,17 +186,6 @@ pub fn parse_server_message(
         }
         _ => Ok(TwilioInbound::Clear { stream_sid }),
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &s[..end], s.len())
 }
 
 fn exact_keys(obj: &Map<String, Value>, expected: &[&str], what: &str) -> Result<(), String> {
@@ -1085,5 +1075,14 @@ mod tests {
         );
         assert!(parse_ws_url("wss://127.0.0.1/").is_err());
         assert!(parse_ws_url("ws:///x").is_err());
+    }
+}
+
+/// [`truncate`] plus the original length when something was cut.
+fn truncate_with_len(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        format!("{} ({} bytes)", truncate(s, max), s.len())
     }
 }

@@ -46,6 +46,9 @@ use crate::MULAW_FRAME_BYTES;
 /// 20 ms frame period.
 pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
 
+/// Play events (mark received, clear) queued from a call's receiver to its sender loop.
+const PLAY_QUEUE: usize = 256;
+
 /// Configuration of one load run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -573,7 +576,9 @@ async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
         .custom_parameters
         .push((bench_agent::CALL_PARAM.to_owned(), i.to_string()));
     let sent: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(1024)));
-    let (play_tx, mut play_rx) = mpsc::unbounded_channel::<PlayEvent>();
+    // Bounded: marks arrive every ~100 ms and the sender loop takes them at once; a full queue
+    // only makes the receiver wait.
+    let (play_tx, mut play_rx) = mpsc::channel::<PlayEvent>(PLAY_QUEUE);
     let receiver = tokio::spawn(receive(
         i as u32,
         rx,
@@ -700,7 +705,7 @@ async fn receive(
     sid: String,
     s: Arc<CallerRun>,
     sent: Arc<Mutex<Vec<u64>>>,
-    play: mpsc::UnboundedSender<PlayEvent>,
+    play: mpsc::Sender<PlayEvent>,
 ) -> CallerStats {
     let mut st = CallerStats::default();
     let mut seen: Vec<u8> = Vec::with_capacity(2048);
@@ -846,12 +851,12 @@ async fn receive(
             }
             TwilioInbound::Mark { name, .. } => {
                 st.marks_received += 1;
-                let _ = play.send(PlayEvent::Mark(name, play_end.max(now)));
+                let _ = play.send(PlayEvent::Mark(name, play_end.max(now))).await;
             }
             TwilioInbound::Clear { .. } => {
                 st.clears += 1;
                 play_end = now;
-                let _ = play.send(PlayEvent::Clear);
+                let _ = play.send(PlayEvent::Clear).await;
                 if let Some(a) = &s.agent {
                     let t = a.slots[call as usize].interrupt_ns.load(Ordering::Relaxed);
                     if t > 0 {

@@ -31,6 +31,7 @@ pub mod bench_agent;
 pub mod fixtures;
 pub mod floor;
 pub mod harness;
+pub mod pin;
 pub mod procs;
 pub mod procstat;
 pub mod report;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loadtest --spawn [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
-//!          [--barge-in] [--floor] [--find-capacity] [--json FILE] [--svg FILE]
+//!          [--barge-in] [--floor] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest floor-server --listen ADDR
 //! ```
@@ -18,8 +18,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use loadtest::bench_agent::BenchAgent;
 use loadtest::harness::{self, LoadConfig, LoadResult, Progress};
+use loadtest::pin::Pinning;
 use loadtest::report::{self, Capacity, CapacityStep, Report};
 use loadtest::{fixtures, procs};
+
+// The same allocator as the relay, so the harness's own allocation cost stays small.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Load harness for media-relay: simulated Twilio callers ↔ relay ↔ mock ElevenLabs agent.
 #[derive(Parser, Debug)]
@@ -111,6 +116,16 @@ struct RunArgs {
     /// SLO for --find-capacity: relay-added one-way p99 limit, µs.
     #[arg(long, default_value_t = 2000.0)]
     slo_p99_us: f64,
+    /// Give the relay (and the floor) one CPU of its own and run the harness on the other
+    /// CPUs, so the two do not compete for a core (Linux, ≥ 2 CPUs). Without it, at high call
+    /// counts the percentiles measure the harness and relay queueing behind each other.
+    #[arg(long, requires = "spawn")]
+    pin: bool,
+    /// With --floor: measure relay and floor this many times, alternately, and report the
+    /// median relay ÷ floor ratio beside every pair (one pair moves by about ±0.1 on a noisy
+    /// machine). The tables show the first pair, whose RSS starts from an idle process.
+    #[arg(long, default_value_t = 1, conflicts_with = "find_capacity")]
+    repeat: usize,
     /// Upper bound of --find-capacity.
     #[arg(long, default_value_t = 5000)]
     max_calls: usize,
@@ -142,6 +157,17 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Pin before the runtime exists: its worker threads inherit the mask and the pool is sized
+    // for the harness CPUs.
+    let pin = match (&cli.cmd, cli.run.pin) {
+        (None, true) => {
+            let p = Pinning::plan()?;
+            p.apply_to_harness()?;
+            eprintln!("pinned: {}", p.describe());
+            Some(p)
+        }
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -153,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().flush()?;
             loadtest::floor::serve(listener).await
         }),
-        None => rt.block_on(run(cli.run)),
+        None => rt.block_on(run(cli.run, pin)),
     }
 }
 
@@ -168,7 +194,7 @@ fn progress_bar(label: &str) -> ProgressBar {
     pb
 }
 
-async fn run(a: RunArgs) -> anyhow::Result<()> {
+async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     if !a.spawn && a.target.is_none() {
         bail!("give --spawn or --target ws://HOST:PORT/media");
     }
@@ -194,7 +220,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             Some(b) => b.clone(),
             None => procs::relay_binary("release", a.build_relay)?,
         };
-        let relay = procs::spawn_relay(&bin, &agent.api_base(), &a.relay_log).await?;
+        let relay = procs::spawn_relay(&bin, &agent.api_base(), &a.relay_log, pin.as_ref()).await?;
         eprintln!(
             "relay {} (pid {}) on {}, mock agent on {}, relay log {}",
             bin.display(),
@@ -241,7 +267,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         relay: None,
         floor: None,
         cpu_ratio_relay_over_floor: None,
+        pairs: Vec::new(),
         capacity: None,
+        pinning: pin.as_ref().map(Pinning::describe),
         notes: notes(),
     };
 
@@ -303,32 +331,43 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         });
         rep.relay = last_result;
     } else {
-        let pb = progress_bar("relay");
-        let r = harness::run_load(base.clone(), agent.as_ref(), Some(&Bar(pb.clone()))).await?;
-        pb.finish_and_clear();
-        rep.relay = Some(r);
+        // The floor process is started once and kept beside the relay; with --repeat the two
+        // are measured alternately, so slow drift of the machine hits both alike.
+        let floor = if a.floor {
+            let exe = std::env::current_exe().context("locating the loadtest binary")?;
+            let (proc, url) = procs::spawn_floor(&exe, pin.as_ref())?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some((proc, url))
+        } else {
+            None
+        };
+        for k in 0..a.repeat.max(1) {
+            if k > 0 {
+                // Let the previous calls' sockets drain.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let pb = progress_bar("relay");
+            let r = harness::run_load(base.clone(), agent.as_ref(), Some(&Bar(pb.clone()))).await?;
+            pb.finish_and_clear();
+            let f = match &floor {
+                Some((proc, url)) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Some(run_floor(&base, url, proc.pid(), a.calls, &caller).await?)
+                }
+                None => None,
+            };
+            rep.add_pair(r, f);
+        }
+        drop(floor);
     }
     drop(relay);
 
-    if a.floor {
+    if a.floor && a.find_capacity {
         let exe = std::env::current_exe().context("locating the loadtest binary")?;
-        let (floor_proc, floor_url) = procs::spawn_floor(&exe)?;
+        let (floor_proc, floor_url) = procs::spawn_floor(&exe, pin.as_ref())?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let calls = rep.relay.as_ref().map_or(a.calls, |r| r.calls);
-        let (fplan, fmode) = harness::echo_setup(caller.clone());
-        let cfg = LoadConfig {
-            url: floor_url,
-            floor: true,
-            calls,
-            plan: fplan,
-            mode: fmode,
-            monitor_pid: Some(floor_proc.pid()),
-            ..base.clone()
-        };
-        let pb = progress_bar("floor");
-        let r = harness::run_load(cfg, None, Some(&Bar(pb.clone()))).await?;
-        pb.finish_and_clear();
-        rep.floor = Some(r);
+        rep.floor = Some(run_floor(&base, &floor_url, floor_proc.pid(), calls, &caller).await?);
         drop(floor_proc);
     }
     rep.compute_ratio();
@@ -343,6 +382,31 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// One floor run: the caller load of `base` with `calls` calls against the echo floor at
+/// `url`, sampling process `pid`.
+async fn run_floor(
+    base: &LoadConfig,
+    url: &str,
+    pid: u32,
+    calls: usize,
+    caller: &Arc<Vec<u8>>,
+) -> anyhow::Result<LoadResult> {
+    let (fplan, fmode) = harness::echo_setup(caller.clone());
+    let cfg = LoadConfig {
+        url: url.to_owned(),
+        floor: true,
+        calls,
+        plan: fplan,
+        mode: fmode,
+        monitor_pid: Some(pid),
+        ..base.clone()
+    };
+    let pb = progress_bar("floor");
+    let r = harness::run_load(cfg, None, Some(&Bar(pb.clone()))).await;
+    pb.finish_and_clear();
+    r
 }
 
 fn notes() -> Vec<String> {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::pin::Pinning;
+
 /// The workspace root (parent of this crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -101,16 +103,23 @@ impl SpawnedRelay {
 /// loadtest --elevenlabs-api-base <api_base>` with `RUST_LOG=<log_level>` and
 /// `RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=true` (no `TWILIO_AUTH_TOKEN`), and waits (up to
 /// 15 s) for `GET /healthz` to answer 200.
+///
+/// With `pin`, the relay runs on [`Pinning::target_cpu`] only.
 pub async fn spawn_relay(
     bin: &Path,
     api_base: &str,
     log_level: &str,
+    pin: Option<&Pinning>,
 ) -> anyhow::Result<SpawnedRelay> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let log = std::env::temp_dir().join(format!("loadtest-relay-{}.log", std::process::id()));
     let logf = std::fs::File::create(&log)?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(p) = pin {
+        p.apply_to_child(&mut cmd)?;
+    }
+    let child = cmd
         .args([
             "serve",
             "--listen",
@@ -176,9 +185,14 @@ pub async fn healthz(addr: &str) -> bool {
 }
 
 /// Starts `exe floor-server --listen 127.0.0.1:0` and reads the address it prints
-/// (`listening on ADDR`). Returns the process and `ws://ADDR/media`.
-pub fn spawn_floor(exe: &Path) -> anyhow::Result<(ChildGuard, String)> {
-    let mut child = Command::new(exe)
+/// (`listening on ADDR`). Returns the process and `ws://ADDR/media`. With `pin`, the floor
+/// runs on [`Pinning::target_cpu`] only, like the relay.
+pub fn spawn_floor(exe: &Path, pin: Option<&Pinning>) -> anyhow::Result<(ChildGuard, String)> {
+    let mut cmd = Command::new(exe);
+    if let Some(p) = pin {
+        p.apply_to_child(&mut cmd)?;
+    }
+    let mut child = cmd
         .args(["floor-server", "--listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

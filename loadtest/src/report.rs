@@ -38,6 +38,19 @@ pub struct Capacity {
     pub last_passing_cores_per_call: Option<f64>,
 }
 
+/// One relay run and the floor run right after it (`--repeat`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuPair {
+    /// Relay CPU µs per relayed frame.
+    pub relay_cpu_us_per_frame: f64,
+    /// Floor CPU µs per echoed frame.
+    pub floor_cpu_us_per_frame: f64,
+    /// relay ÷ floor.
+    pub ratio: f64,
+    /// Worse of the relay's two one-way p99s, µs.
+    pub relay_p99_us: Option<f64>,
+}
+
 /// The whole JSON document written by `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -45,17 +58,62 @@ pub struct Report {
     pub relay: Option<LoadResult>,
     /// The floor run (same caller load against the fastwebsockets echo server).
     pub floor: Option<LoadResult>,
-    /// Relay CPU per relayed frame ÷ floor CPU per echoed frame.
+    /// Relay CPU per relayed frame ÷ floor CPU per echoed frame: the median over `pairs`
+    /// when there are several, else the one pair's ratio.
     pub cpu_ratio_relay_over_floor: Option<f64>,
+    /// Every relay/floor pair measured (`--repeat`), in order.
+    pub pairs: Vec<CpuPair>,
     /// Capacity search, if run.
     pub capacity: Option<Capacity>,
+    /// How the processes were placed on CPUs (`--pin`), if pinned.
+    pub pinning: Option<String>,
     /// How the numbers were measured.
     pub notes: Vec<String>,
 }
 
 impl Report {
-    /// Fills `cpu_ratio_relay_over_floor` from the two runs.
+    /// Records one relay run and its floor run. The first pair becomes `relay`/`floor` (its
+    /// RSS is measured from an idle process; later runs start from a warmed-up one).
+    pub fn add_pair(&mut self, relay: LoadResult, floor: Option<LoadResult>) {
+        let r = relay.resources.as_ref().map(|x| x.cpu_us_per_frame);
+        let f = floor
+            .as_ref()
+            .and_then(|x| x.resources.as_ref())
+            .map(|x| x.cpu_us_per_frame);
+        if let (Some(r), Some(f)) = (r, f) {
+            if f > 0.0 {
+                let p99 = [&relay.caller_to_agent, &relay.agent_to_caller]
+                    .iter()
+                    .filter_map(|p| p.as_ref().map(|p| p.p99_us))
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                self.pairs.push(CpuPair {
+                    relay_cpu_us_per_frame: r,
+                    floor_cpu_us_per_frame: f,
+                    ratio: r / f,
+                    relay_p99_us: p99,
+                });
+            }
+        }
+        if self.relay.is_none() {
+            self.relay = Some(relay);
+            self.floor = floor;
+        }
+    }
+
+    /// Fills `cpu_ratio_relay_over_floor`: the median pair ratio if several pairs were
+    /// measured, else the ratio of `relay` to `floor`.
     pub fn compute_ratio(&mut self) {
+        if self.pairs.len() > 1 {
+            let mut v: Vec<f64> = self.pairs.iter().map(|p| p.ratio).collect();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            self.cpu_ratio_relay_over_floor = Some(if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            });
+            return;
+        }
         let r = self.relay.as_ref().and_then(|r| r.resources.as_ref());
         let f = self.floor.as_ref().and_then(|r| r.resources.as_ref());
         self.cpu_ratio_relay_over_floor = match (r, f) {
@@ -198,17 +256,48 @@ pub fn summarize(r: &LoadResult) -> String {
 /// Human summary of the whole report.
 pub fn summarize_report(rep: &Report) -> String {
     let mut o = String::new();
+    match &rep.pinning {
+        Some(p) => {
+            let _ = writeln!(o, "== pinned: {p}");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "== not pinned: the harness shares every CPU with the relay"
+            );
+        }
+    }
     if let Some(r) = &rep.relay {
         o.push_str(&summarize(r));
     }
     if let Some(f) = &rep.floor {
         o.push_str(&summarize(f));
     }
-    if let Some(ratio) = rep.cpu_ratio_relay_over_floor {
+    if rep.pairs.len() > 1 {
         let _ = writeln!(
             o,
-            "== relay ÷ floor CPU per frame: {ratio:.2}× (target ≤ 1.25×)"
+            "== {} alternating relay/floor pairs (CPU µs per frame):",
+            rep.pairs.len()
         );
+        for (k, p) in rep.pairs.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  pair {:>2}: relay {:>6.2}  floor {:>6.2}  ratio {:.2}×  relay one-way p99 {}",
+                k + 1,
+                p.relay_cpu_us_per_frame,
+                p.floor_cpu_us_per_frame,
+                p.ratio,
+                p.relay_p99_us.map_or("-".into(), |v| format!("{v:.0} µs"))
+            );
+        }
+    }
+    if let Some(ratio) = rep.cpu_ratio_relay_over_floor {
+        let what = if rep.pairs.len() > 1 {
+            "median relay ÷ floor CPU per frame"
+        } else {
+            "relay ÷ floor CPU per frame"
+        };
+        let _ = writeln!(o, "== {what}: {ratio:.2}× (target ≤ 1.25×)");
     }
     if let Some(cap) = &rep.capacity {
         let _ = writeln!(

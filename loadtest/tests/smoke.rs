@@ -33,7 +33,7 @@ fn assert_clean(r: &LoadResult) {
 async fn twenty_calls_through_the_spawned_relay() {
     let bin = procs::relay_binary("debug", false).expect("relay binary");
     let agent = BenchAgent::start("127.0.0.1:0").await.unwrap();
-    let relay = procs::spawn_relay(&bin, &agent.api_base(), "warn")
+    let relay = procs::spawn_relay(&bin, &agent.api_base(), "warn", None)
         .await
         .unwrap();
     let caller = Arc::new(fixtures::caller_utterance().unwrap());

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,18 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most messages taken from one socket without yielding back to the loop, per round.
 const BATCH_MESSAGES: usize = 16;
+
+/// Resting size of a call's outbound scratch buffers (bytes): one encoded media message.
+const SCRATCH_REST_BYTES: usize = 512;
+
+/// Scratch buffers grown beyond this by a large message are given back after the flush
+/// (bytes).
+const SCRATCH_KEEP_BYTES: usize = 2048;
+
+/// Loop turns between direct checks of the stop token and the call deadline (at most this
+/// many batches, i.e. `BATCH_MESSAGES` × this many messages, before a stop is seen on a leg
+/// that never goes quiet).
+const STARVATION_CHECK_TURNS: u32 = 8;
 
 /// Read half of the Twilio socket (hyper's leftover bytes chained in front).
 pub type TwilioRead = WsReader<Prefixed<OwnedReadHalf>>;
@@ -229,8 +242,8 @@ async fn run_inner(
         pending_twilio: Vec::with_capacity(BATCH_MESSAGES),
         pending_agent: Vec::with_capacity(BATCH_MESSAGES),
         audio: Vec::with_capacity(crate::audio::MULAW_CHUNK_BYTES),
-        t_out: Vec::with_capacity(512),
-        a_out: Vec::with_capacity(512),
+        t_out: Vec::with_capacity(SCRATCH_REST_BYTES),
+        a_out: Vec::with_capacity(SCRATCH_REST_BYTES),
         mark: String::new(),
         replaced: shutdown.child_token(),
         live_id: None,
@@ -258,6 +271,7 @@ async fn run_inner(
         }
     };
 
+    let mut turns: u32 = 0;
     let end: EndReason = loop {
         if let Err(end) = call.flush_dirty().await {
             break end;
@@ -265,13 +279,17 @@ async fn run_inner(
         if call.cm.fold_due() {
             call.cm.fold(&call.ctx.metrics);
         }
-        // Cheap checks first, so a peer that keeps a socket always readable cannot starve the
-        // stop and deadline branches, which the biased select below polls last.
-        if stop.is_cancelled() {
-            break stop_reason();
-        }
-        if max_duration.is_elapsed() {
-            break EndReason::MaxDuration;
+        // A peer that keeps a socket always readable would starve the stop and deadline
+        // branches, which the biased select below polls last; so every few turns check them
+        // directly (not every turn: `is_cancelled` takes the token's lock).
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(STARVATION_CHECK_TURNS) {
+            if stop.is_cancelled() {
+                break stop_reason();
+            }
+            if max_duration.is_elapsed() {
+                break EndReason::MaxDuration;
+            }
         }
         let setup_pending = !call.agent_ready;
         let echo_armed = call.echo.as_ref().and_then(|e| e.next_due()).is_some();
@@ -423,12 +441,29 @@ async fn linger<R: tokio::io::AsyncRead + Unpin>(rx: &mut WsReader<R>) {
     }
 }
 
+/// Awaits `fut` under [`WRITE_TIMEOUT`], arming the timer only if the first poll does not
+/// finish it. Almost every flush completes on its first poll (the socket has room), so the
+/// common path reads no clock and touches no timer; `Err(())` means the timeout passed.
+async fn within_write_timeout<F>(fut: F) -> Result<std::io::Result<()>, ()>
+where
+    F: Future<Output = std::io::Result<()>>,
+{
+    let mut fut = pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(WRITE_TIMEOUT, fut)
+            .await
+            .map_err(|_| ()),
+    }
+}
+
 /// Awaits one write on the Twilio leg under [`WRITE_TIMEOUT`].
 async fn twilio_write<F>(fut: F) -> Result<(), EndReason>
 where
     F: Future<Output = std::io::Result<()>>,
 {
-    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+    match within_write_timeout(fut).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             debug!(error = %e, "Twilio write failed");
@@ -443,7 +478,7 @@ async fn agent_write<F>(fut: F) -> Result<(), EndReason>
 where
     F: Future<Output = std::io::Result<()>>,
 {
-    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+    match within_write_timeout(fut).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             debug!(error = %e, "agent write failed");
@@ -932,7 +967,23 @@ impl Call {
                 h.record(now.saturating_duration_since(t));
             }
         }
+        self.release_large_scratch();
         Ok(())
+    }
+
+    /// Gives back scratch buffers that a large message grew (an agent audio event of
+    /// 100–500 ms is 1.6–5.4 KiB of JSON), so a call's resting memory stays sized for
+    /// ~400-byte frames. Costs one free and one allocation per large message.
+    fn release_large_scratch(&mut self) {
+        for (v, rest) in [
+            (&mut self.audio, crate::audio::MULAW_CHUNK_BYTES),
+            (&mut self.t_out, SCRATCH_REST_BYTES),
+            (&mut self.a_out, SCRATCH_REST_BYTES),
+        ] {
+            if v.capacity() > SCRATCH_KEEP_BYTES {
+                *v = Vec::with_capacity(rest);
+            }
+        }
     }
 
     /// Folds metrics and writes the one summary line of the call.

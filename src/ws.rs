@@ -389,8 +389,10 @@ pub struct WsWriter<W> {
     mask_state: u64,
 }
 
-/// Output buffers larger than this are released after a flush (bytes).
-const OUT_BUFFER_KEEP_BYTES: usize = 16 * 1024;
+/// Output buffers larger than this are released after a flush (bytes). A few ~400-byte
+/// frames fit; a 500 ms agent event (≈ 25 Twilio media messages, 7–8 KiB) does not, so its
+/// buffer is freed rather than kept for the rest of the call.
+const OUT_BUFFER_KEEP_BYTES: usize = 2048;
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
     /// A writer for `io`.
@@ -711,6 +713,23 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_flush_gives_its_buffer_back() {
+        let mut w = WsWriter::new(tokio::io::sink(), Role::Server);
+        w.send_text(&[b'a'; 400]).unwrap();
+        w.flush().await.unwrap();
+        let small = w.out.capacity();
+        assert!(small > 0 && small <= OUT_BUFFER_KEEP_BYTES, "{small}");
+        // A 500 ms agent event relayed as 25 media messages.
+        for _ in 0..25 {
+            w.send_text(&[b'b'; 300]).unwrap();
+        }
+        assert!(w.out.capacity() > OUT_BUFFER_KEEP_BYTES);
+        w.flush().await.unwrap();
+        assert_eq!(w.out.capacity(), 0);
+        assert!(w.out.is_empty());
     }
 
     #[tokio::test]

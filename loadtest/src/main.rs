@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loadtest --spawn [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
-//!          [--barge-in] [--floor] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
+//!          [--barge-in] [--no-floor] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest floor-server --listen ADDR
 //! ```
@@ -106,9 +106,12 @@ struct RunArgs {
     /// calls over the 20 ms period.
     #[arg(long)]
     aligned: bool,
-    /// Also run the same caller load against the fastwebsockets echo floor (child process)
-    /// and report relay ÷ floor CPU per frame.
+    /// Skip the floor. By default the same caller load is also run against the
+    /// fastwebsockets echo floor (child process) and relay ÷ floor CPU per frame is reported.
     #[arg(long)]
+    no_floor: bool,
+    /// The floor runs by default; accepted so older command lines keep working.
+    #[arg(long, hide = true, conflicts_with = "no_floor")]
     floor: bool,
     /// Raise the call count (×1.5 per step, from --calls) until the SLO breaks.
     #[arg(long)]
@@ -121,7 +124,7 @@ struct RunArgs {
     /// counts the percentiles measure the harness and relay queueing behind each other.
     #[arg(long, requires = "spawn")]
     pin: bool,
-    /// With --floor: measure relay and floor this many times, alternately, and report the
+    /// Measure relay and floor this many times, alternately, and report the
     /// median relay ÷ floor ratio beside every pair (one pair moves by about ±0.1 on a noisy
     /// machine). The tables show the first pair, whose RSS starts from an idle process.
     #[arg(long, default_value_t = 1, conflicts_with = "find_capacity")]
@@ -333,7 +336,7 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     } else {
         // The floor process is started once and kept beside the relay; with --repeat the two
         // are measured alternately, so slow drift of the machine hits both alike.
-        let floor = if a.floor {
+        let floor = if !a.no_floor {
             let exe = std::env::current_exe().context("locating the loadtest binary")?;
             let (proc, url) = procs::spawn_floor(&exe, pin.as_ref())?;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -362,7 +365,7 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     }
     drop(relay);
 
-    if a.floor && a.find_capacity {
+    if !a.no_floor && a.find_capacity {
         let exe = std::env::current_exe().context("locating the loadtest binary")?;
         let (floor_proc, floor_url) = procs::spawn_floor(&exe, pin.as_ref())?;
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loadtest --spawn [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
-//!          [--barge-in] [--no-floor] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
+//!          [--barge-in] [--no-floor] [--side-by-side] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest floor-server --listen ADDR
 //! ```
@@ -113,6 +113,11 @@ struct RunArgs {
     /// The floor runs by default; accepted so older command lines keep working.
     #[arg(long, hide = true, conflicts_with = "no_floor")]
     floor: bool,
+    /// Run the floor at the same time as the relay (each with --calls calls, same schedule),
+    /// so both are sampled over the same window of the same machine state. The harness then
+    /// carries both loads.
+    #[arg(long, conflicts_with_all = ["no_floor", "find_capacity"])]
+    side_by_side: bool,
     /// Raise the call count (×1.5 per step, from --calls) until the SLO breaks.
     #[arg(long)]
     find_capacity: bool,
@@ -271,6 +276,13 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         floor: None,
         cpu_ratio_relay_over_floor: None,
         pairs: Vec::new(),
+        floor_schedule: (!a.no_floor).then(|| {
+            if a.side_by_side {
+                "side by side (same window)".to_owned()
+            } else {
+                "after the relay".to_owned()
+            }
+        }),
         capacity: None,
         pinning: pin.as_ref().map(Pinning::describe),
         notes: notes(),
@@ -350,15 +362,26 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             let pb = progress_bar("relay");
-            let r = harness::run_load(base.clone(), agent.as_ref(), Some(&Bar(pb.clone()))).await?;
-            pb.finish_and_clear();
-            let f = match &floor {
-                Some((proc, url)) => {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    Some(run_floor(&base, url, proc.pid(), a.calls, &caller).await?)
+            let bar = Bar(pb.clone());
+            let relay_run = harness::run_load(base.clone(), agent.as_ref(), Some(&bar));
+            let (r, f) = match &floor {
+                Some((proc, url)) if a.side_by_side => {
+                    // Both under the same load at the same time: machine noise hits both.
+                    let floor_run = run_floor(&base, url, proc.pid(), a.calls, &caller, false);
+                    let (r, f) = tokio::join!(relay_run, floor_run);
+                    (r?, Some(f?))
                 }
-                None => None,
+                Some((proc, url)) => {
+                    let r = relay_run.await?;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    (
+                        r,
+                        Some(run_floor(&base, url, proc.pid(), a.calls, &caller, true).await?),
+                    )
+                }
+                None => (relay_run.await?, None),
             };
+            pb.finish_and_clear();
             rep.add_pair(r, f);
         }
         drop(floor);
@@ -370,7 +393,8 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         let (floor_proc, floor_url) = procs::spawn_floor(&exe, pin.as_ref())?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let calls = rep.relay.as_ref().map_or(a.calls, |r| r.calls);
-        rep.floor = Some(run_floor(&base, &floor_url, floor_proc.pid(), calls, &caller).await?);
+        rep.floor =
+            Some(run_floor(&base, &floor_url, floor_proc.pid(), calls, &caller, true).await?);
         drop(floor_proc);
     }
     rep.compute_ratio();
@@ -388,13 +412,14 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
 }
 
 /// One floor run: the caller load of `base` with `calls` calls against the echo floor at
-/// `url`, sampling process `pid`.
+/// `url`, sampling process `pid`; with a progress bar unless another run draws one.
 async fn run_floor(
     base: &LoadConfig,
     url: &str,
     pid: u32,
     calls: usize,
     caller: &Arc<Vec<u8>>,
+    show_progress: bool,
 ) -> anyhow::Result<LoadResult> {
     let (fplan, fmode) = harness::echo_setup(caller.clone());
     let cfg = LoadConfig {
@@ -406,6 +431,9 @@ async fn run_floor(
         monitor_pid: Some(pid),
         ..base.clone()
     };
+    if !show_progress {
+        return harness::run_load(cfg, None, None).await;
+    }
     let pb = progress_bar("floor");
     let r = harness::run_load(cfg, None, Some(&Bar(pb.clone()))).await;
     pb.finish_and_clear();

@@ -65,6 +65,9 @@ pub struct Report {
     pub pairs: Vec<CpuPair>,
     /// Capacity search, if run.
     pub capacity: Option<Capacity>,
+    /// How the floor was scheduled against the relay: `side by side` (same window) or
+    /// `after the relay`; `None` without a floor.
+    pub floor_schedule: Option<String>,
     /// How the processes were placed on CPUs (`--pin`), if pinned.
     pub pinning: Option<String>,
     /// How the numbers were measured.
@@ -276,8 +279,9 @@ pub fn summarize_report(rep: &Report) -> String {
     if rep.pairs.len() > 1 {
         let _ = writeln!(
             o,
-            "== {} alternating relay/floor pairs (CPU µs per frame):",
-            rep.pairs.len()
+            "== {} relay/floor pairs, floor {} (CPU µs per frame):",
+            rep.pairs.len(),
+            rep.floor_schedule.as_deref().unwrap_or("-")
         );
         for (k, p) in rep.pairs.iter().enumerate() {
             let _ = writeln!(
@@ -297,7 +301,8 @@ pub fn summarize_report(rep: &Report) -> String {
         } else {
             "relay ÷ floor CPU per frame"
         };
-        let _ = writeln!(o, "== {what}: {ratio:.2}× (target ≤ 1.25×)");
+        let when = rep.floor_schedule.as_deref().unwrap_or("-");
+        let _ = writeln!(o, "== {what} (floor {when}): {ratio:.2}× (target ≤ 1.25×)");
     }
     if let Some(cap) = &rep.capacity {
         let _ = writeln!(

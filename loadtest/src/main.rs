@@ -129,9 +129,9 @@ struct RunArgs {
     /// counts the percentiles measure the harness and relay queueing behind each other.
     #[arg(long, requires = "spawn")]
     pin: bool,
-    /// Measure relay and floor this many times, alternately, and report the
-    /// median relay ÷ floor ratio beside every pair (one pair moves by about ±0.1 on a noisy
-    /// machine). The tables show the first pair, whose RSS starts from an idle process.
+    /// Measure relay and floor this many times (alternately, or together with
+    /// --side-by-side) and report the median relay ÷ floor ratio beside every pair (pairs
+    /// measured one after the other moved by ±0.2 on this machine). The tables show the first pair, whose RSS starts from an idle process.
     #[arg(long, default_value_t = 1, conflicts_with = "find_capacity")]
     repeat: usize,
     /// Upper bound of --find-capacity.
@@ -346,8 +346,8 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         });
         rep.relay = last_result;
     } else {
-        // The floor process is started once and kept beside the relay; with --repeat the two
-        // are measured alternately, so slow drift of the machine hits both alike.
+        // The floor process is started once and kept beside the relay; each repeat measures
+        // the relay and then the floor, or both at once with --side-by-side.
         let floor = if !a.no_floor {
             let exe = std::env::current_exe().context("locating the loadtest binary")?;
             let (proc, url) = procs::spawn_floor(&exe, pin.as_ref())?;

@@ -985,6 +985,15 @@ async fn echo_due_marks(
     Ok(())
 }
 
+/// [`truncate`] plus the original length when something was cut.
+fn truncate_with_len(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        format!("{} ({} bytes)", truncate(s, max), s.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1075,14 +1084,5 @@ mod tests {
         );
         assert!(parse_ws_url("wss://127.0.0.1/").is_err());
         assert!(parse_ws_url("ws:///x").is_err());
-    }
-}
-
-/// [`truncate`] plus the original length when something was cut.
-fn truncate_with_len(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        s.to_owned()
-    } else {
-        format!("{} ({} bytes)", truncate(s, max), s.len())
     }
 }

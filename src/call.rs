@@ -972,7 +972,7 @@ impl Call {
     }
 
     /// Gives back scratch buffers that a large message grew (an agent audio event of
-    /// 100–500 ms is 1.6–5.4 KiB of JSON), so a call's resting memory stays sized for
+    /// 100–500 ms is 1.2–5.4 KiB of JSON), so a call's resting memory stays sized for
     /// ~400-byte frames. Costs one free and one allocation per large message.
     fn release_large_scratch(&mut self) {
         for (v, rest) in [

@@ -390,8 +390,9 @@ pub struct WsWriter<W> {
 }
 
 /// Output buffers larger than this are released after a flush (bytes). A few ~400-byte
-/// frames fit; a 500 ms agent event (≈ 25 Twilio media messages, 7–8 KiB) does not, so its
-/// buffer is freed rather than kept for the rest of the call.
+/// frames fit; a 500 ms agent event (five 100 ms Twilio media messages of ~1.2 KiB each at the
+/// default `--twilio-chunk-ms`) does not, so its buffer is freed rather than kept for the rest
+/// of the call.
 const OUT_BUFFER_KEEP_BYTES: usize = 2048;
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
@@ -722,9 +723,9 @@ mod tests {
         w.flush().await.unwrap();
         let small = w.out.capacity();
         assert!(small > 0 && small <= OUT_BUFFER_KEEP_BYTES, "{small}");
-        // A 500 ms agent event relayed as 25 media messages.
-        for _ in 0..25 {
-            w.send_text(&[b'b'; 300]).unwrap();
+        // A 500 ms agent event relayed as five 100 ms media messages.
+        for _ in 0..5 {
+            w.send_text(&[b'b'; 1200]).unwrap();
         }
         assert!(w.out.capacity() > OUT_BUFFER_KEEP_BYTES);
         w.flush().await.unwrap();

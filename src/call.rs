@@ -130,6 +130,7 @@ impl EndReason {
         match self {
             EndReason::Shutdown => (1001, "relay shutting down"),
             EndReason::TwilioError("message_too_large") => (1009, "message too large"),
+            EndReason::TwilioError("invalid_utf8") => (1007, "invalid UTF-8"),
             EndReason::TwilioError(_) => (1002, "protocol error"),
             EndReason::AgentConnectFailed(_) | EndReason::AudioFormatMismatch => {
                 (1011, "agent unavailable")
@@ -145,6 +146,8 @@ impl EndReason {
     fn agent_close(&self) -> (u16, &'static str) {
         match self {
             EndReason::Shutdown => (1001, "relay shutting down"),
+            EndReason::AgentError("websocket_protocol") => (1002, "protocol error"),
+            EndReason::AgentError("invalid_utf8") => (1007, "invalid UTF-8"),
             _ => (1000, "call ended"),
         }
     }
@@ -205,6 +208,9 @@ struct Call {
     agent_dirty: bool,
     barge_ins: u64,
     dtmf_digits: u64,
+    /// The close frame each peer sent (its code, if any), owed a close reply (RFC 6455 §5.5.1).
+    twilio_peer_close: Option<Option<u16>>,
+    agent_peer_close: Option<Option<u16>>,
 }
 
 /// What the Twilio handler asks the loop to do next.
@@ -251,6 +257,8 @@ async fn run_inner(
         agent_dirty: false,
         barge_ins: 0,
         dtmf_digits: 0,
+        twilio_peer_close: None,
+        agent_peer_close: None,
         ctx: ctx.clone(),
     };
 
@@ -392,14 +400,23 @@ async fn run_inner(
     let (a_code, a_reason) = end.agent_close();
     let twilio_open = !matches!(end, EndReason::TwilioClosed);
     let agent_open = !matches!(end, EndReason::AgentClosed(_));
+    let (t_peer_close, a_peer_close) = (call.twilio_peer_close, call.agent_peer_close);
     let close_twilio = async {
-        if twilio_open && call.t_tx.close(code, reason).await.is_ok() {
+        if let Some(received) = t_peer_close {
+            // Answer the caller's close; as the server we then drop TCP (RFC 6455 §7.1.1).
+            let _ = call.t_tx.close_reply(received).await;
+        } else if twilio_open && call.t_tx.close(code, reason).await.is_ok() {
             linger(&mut t_rx).await;
         }
     };
     let close_agent = async {
         if let (Some(a_tx), Some(a_rx)) = (call.a_tx.as_mut(), a_rx.as_mut()) {
-            if agent_open && a_tx.close(a_code, a_reason).await.is_ok() {
+            if let Some(received) = a_peer_close {
+                // Answer the agent's close; as the client we wait for the server to drop TCP.
+                if a_tx.close_reply(received).await.is_ok() {
+                    linger(a_rx).await;
+                }
+            } else if agent_open && a_tx.close(a_code, a_reason).await.is_ok() {
                 linger(a_rx).await;
             }
         }
@@ -520,6 +537,7 @@ impl Call {
             Message::Text(t) => t,
             Message::Close { code, reason } => {
                 debug!(?code, %reason, "Twilio closed the stream");
+                self.twilio_peer_close = Some(code);
                 return Err(EndReason::TwilioClosed);
             }
             Message::Ping(p) => {
@@ -529,7 +547,8 @@ impl Call {
                 self.twilio_dirty = true;
                 return Ok(Flow::Continue);
             }
-            Message::Binary(len) => {
+            Message::Binary(b) => {
+                let len = b.len();
                 self.skip(
                     Leg::Twilio,
                     "binary_frame",
@@ -763,6 +782,7 @@ impl Call {
                     .map(elevenlabs::close_code_meaning)
                     .unwrap_or("no code");
                 info!(?code, %reason, meaning, "agent closed the conversation");
+                self.agent_peer_close = Some(code);
                 return Err(EndReason::AgentClosed(code));
             }
             Message::Ping(p) => {
@@ -773,7 +793,8 @@ impl Call {
                 }
                 return Ok(());
             }
-            Message::Binary(len) => {
+            Message::Binary(b) => {
+                let len = b.len();
                 self.skip(
                     Leg::Agent,
                     "binary_frame",

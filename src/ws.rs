@@ -14,7 +14,13 @@
 //! reader; a dropped future loses no bytes), so a `select!` loop can wait on it directly.
 //!
 //! Control frames are surfaced, not answered here: the owner of the write half answers pings
-//! and closes.
+//! and closes ([`WsWriter::close_reply`] for a peer's close, [`ReadError::close_code`] for the
+//! close a read error owes the peer, RFC 6455 §7.1.7).
+//!
+//! Input is untrusted: every length is checked before it is added or sliced with, a 64-bit
+//! length with its top bit set is refused (RFC 6455 §5.2), text is validated as UTF-8 (fail
+//! fast across fragments, §8.1), and close frames are checked for size, code (§7.4) and
+//! UTF-8 reason (§5.5.1). Memory per reader is bounded by its message limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,18 +42,20 @@ pub const READ_BUFFER_BYTES: usize = 512;
 /// One whole WebSocket message, borrowing the reader's buffer until the next read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message<'a> {
-    /// A text message, unmasked, mutable so JSON can be parsed in place. Not yet checked for
-    /// UTF-8 (the JSON parsers validate it).
+    /// A text message, unmasked and validated as UTF-8 (RFC 6455 §8.1), mutable so JSON can
+    /// be parsed in place.
     Text(&'a mut [u8]),
-    /// A binary message (neither leg accepts these); its length in bytes.
-    Binary(usize),
+    /// A binary message, unmasked (neither call leg accepts these; the conformance echo
+    /// server returns them).
+    Binary(&'a mut [u8]),
     /// A ping with its payload (≤ 125 bytes); the write-half owner answers with a pong.
     Ping(&'a [u8]),
-    /// A close frame: code (if any) and reason. The reader ends after it.
+    /// A valid close frame: code (if any) and reason. The reader ends after it; answer with
+    /// [`WsWriter::close_reply`].
     Close {
-        /// Close code, if the frame carried one.
+        /// Close code, if the frame carried one (always a valid code, RFC 6455 §7.4).
         code: Option<u16>,
-        /// Reason text (lossy UTF-8).
+        /// Reason text (valid UTF-8, at most 123 bytes).
         reason: String,
     },
 }
@@ -65,9 +73,13 @@ pub enum ReadError {
     /// The peer closed TCP without a close frame (or the reader already ended).
     #[error("connection closed without a close frame")]
     Eof,
-    /// A framing violation (reserved bits, bad opcode, masking, fragmented control frame…).
+    /// A framing violation (reserved bits, bad opcode, masking, fragmented control frame,
+    /// oversized 64-bit length, bad close frame…).
     #[error("websocket protocol error: {0}")]
     Protocol(&'static str),
+    /// A text message or a close reason is not valid UTF-8 (RFC 6455 §8.1).
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
@@ -80,9 +92,28 @@ impl ReadError {
             ReadError::TooLarge { .. } => "message_too_large",
             ReadError::Eof => "eof",
             ReadError::Protocol(_) => "websocket_protocol",
+            ReadError::InvalidUtf8 => "invalid_utf8",
             ReadError::Io(_) => "io",
         }
     }
+
+    /// The close code this error owes the peer (RFC 6455 §7.4.1): 1009 for a message over the
+    /// limit, 1002 for a protocol error, 1007 for invalid UTF-8; `None` when the connection is
+    /// already gone (EOF, I/O error).
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            ReadError::TooLarge { .. } => Some(1009),
+            ReadError::Protocol(_) => Some(1002),
+            ReadError::InvalidUtf8 => Some(1007),
+            ReadError::Eof | ReadError::Io(_) => None,
+        }
+    }
+}
+
+/// True for a close code a peer may send (RFC 6455 §7.4.1/§7.4.2 and the IANA registry:
+/// 1000–1003, 1007–1014, 3000–4999). 1004–1006 and 1015 are reserved and never sent.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -126,7 +157,12 @@ fn parse_header(b: &[u8]) -> Result<Option<Header>, ReadError> {
             }
             let mut l = [0u8; 8];
             l.copy_from_slice(&b[2..10]);
-            (u64::from_be_bytes(l), 10)
+            let len = u64::from_be_bytes(l);
+            if len >> 63 != 0 {
+                // RFC 6455 §5.2: "the most significant bit MUST be 0".
+                return Err(ReadError::Protocol("64-bit length with the top bit set"));
+            }
+            (len, 10)
         }
         l => (l as u64, 2),
     };
@@ -169,6 +205,9 @@ pub struct WsReader<R> {
     end: usize,
     /// Opcode and bytes of a fragmented message in progress.
     frag: Option<(u8, Vec<u8>)>,
+    /// How many leading bytes of a fragmented text message are known to be valid UTF-8
+    /// (an incomplete sequence may straddle two fragments).
+    frag_utf8_valid: usize,
     /// Bytes still to discard of an over-limit frame, and whether its message continues.
     skip: u64,
     skipping_message: bool,
@@ -187,6 +226,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             start: 0,
             end: 0,
             frag: None,
+            frag_utf8_valid: 0,
             skip: 0,
             skipping_message: false,
             done: false,
@@ -270,8 +310,10 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             }
             let is_data = h.opcode < 0x8;
             let so_far = self.frag.as_ref().map_or(0, |(_, v)| v.len()) as u64;
+            // Saturating: the peer controls payload_len (up to 2^63 - 1).
             if is_data
-                && (self.skipping_message || h.payload_len + so_far > self.max_message_bytes as u64)
+                && (self.skipping_message
+                    || h.payload_len.saturating_add(so_far) > self.max_message_bytes as u64)
             {
                 // Over the limit (or the rest of a message already refused): skip it.
                 let reported = self.skipping_message;
@@ -289,6 +331,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 }
                 continue;
             }
+            // In range: payload_len ≤ max_message_bytes for data frames (checked above) and
+            // ≤ 125 for control frames (checked in parse_header).
             let total = h.header_len + h.payload_len as usize;
             while self.end - self.start < total {
                 self.fill(total).await?;
@@ -302,27 +346,52 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             match h.opcode {
                 OP_PING => return Ok(Frame::Ping(p0, p1)),
                 OP_PONG => continue,
-                OP_CLOSE => return Ok(Frame::Close(p0, p1)),
+                OP_CLOSE => {
+                    check_close_payload(&self.buf[p0..p1])?;
+                    return Ok(Frame::Close(p0, p1));
+                }
                 OP_TEXT | OP_BINARY => {
                     if self.frag.is_some() {
                         return Err(ReadError::Protocol("new message inside a fragmented one"));
                     }
                     if h.fin {
+                        if h.opcode == OP_TEXT && std::str::from_utf8(&self.buf[p0..p1]).is_err() {
+                            return Err(ReadError::InvalidUtf8);
+                        }
                         return Ok(Frame::Data(h.opcode, p0, p1));
                     }
                     self.frag = Some((h.opcode, self.buf[p0..p1].to_vec()));
+                    self.frag_utf8_valid = 0;
+                    self.check_fragment_utf8(false)?;
                 }
                 _ => {
                     let Some((op, v)) = self.frag.as_mut() else {
                         return Err(ReadError::Protocol("continuation without a message"));
                     };
+                    let op = *op;
                     v.extend_from_slice(&self.buf[p0..p1]);
+                    self.check_fragment_utf8(h.fin)?;
                     if h.fin {
-                        return Ok(Frame::Reassembled(*op));
+                        return Ok(Frame::Reassembled(op));
                     }
                 }
             }
         }
+    }
+
+    /// Fail-fast UTF-8 check of a fragmented text message (RFC 6455 §8.1): bytes that can
+    /// never become valid fail at once; an incomplete sequence at the end waits for the next
+    /// fragment, unless this was the last one.
+    fn check_fragment_utf8(&mut self, last: bool) -> Result<(), ReadError> {
+        let Some((OP_TEXT, v)) = self.frag.as_ref() else {
+            return Ok(());
+        };
+        match std::str::from_utf8(&v[self.frag_utf8_valid..]) {
+            Ok(_) => self.frag_utf8_valid = v.len(),
+            Err(e) if e.error_len().is_some() || last => return Err(ReadError::InvalidUtf8),
+            Err(e) => self.frag_utf8_valid += e.valid_up_to(),
+        }
+        Ok(())
     }
 
     fn finish(&mut self, f: Frame) -> Message<'_> {
@@ -330,6 +399,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
             Frame::Ping(a, b) => Message::Ping(&self.buf[a..b]),
             Frame::Close(a, b) => {
                 self.done = true;
+                // Validated by `check_close_payload`: empty, or a valid code + UTF-8 reason.
                 let p = &self.buf[a..b];
                 if p.len() >= 2 {
                     Message::Close {
@@ -344,21 +414,22 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 }
             }
             Frame::Data(OP_TEXT, a, b) => Message::Text(&mut self.buf[a..b]),
-            Frame::Data(_, a, b) => Message::Binary(b - a),
+            Frame::Data(_, a, b) => Message::Binary(&mut self.buf[a..b]),
             Frame::Reassembled(op) => {
                 // Keep the reassembled bytes in the read buffer's place so the message can
                 // borrow mutably; the fragment vector becomes the buffer (bounded by the limit).
                 let (_, v) = self.frag.take().unwrap_or_default();
-                if op != OP_TEXT {
-                    return Message::Binary(v.len());
-                }
                 let pending = self.buf[self.start..self.end].to_vec();
                 let len = v.len();
                 self.buf = v;
                 self.buf.extend_from_slice(&pending);
                 self.start = len;
                 self.end = len + pending.len();
-                Message::Text(&mut self.buf[..len])
+                if op == OP_TEXT {
+                    Message::Text(&mut self.buf[..len])
+                } else {
+                    Message::Binary(&mut self.buf[..len])
+                }
             }
         }
     }
@@ -366,6 +437,22 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     /// Bytes held by the reader's buffers (for tests and memory accounting).
     pub fn buffered_capacity(&self) -> usize {
         self.buf.capacity() + self.frag.as_ref().map_or(0, |(_, v)| v.capacity())
+    }
+}
+
+/// Checks a close frame's payload (RFC 6455 §5.5.1, §7.4): empty, or a valid code followed by
+/// a UTF-8 reason. One byte, a reserved or unassigned code, or a bad reason is an error.
+fn check_close_payload(p: &[u8]) -> Result<(), ReadError> {
+    match p.len() {
+        0 => Ok(()),
+        1 => Err(ReadError::Protocol("close frame with a 1-byte payload")),
+        _ => {
+            if !is_valid_close_code(u16::from_be_bytes([p[0], p[1]])) {
+                return Err(ReadError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(&p[2..]).map_err(|_| ReadError::InvalidUtf8)?;
+            Ok(())
+        }
     }
 }
 
@@ -460,6 +547,18 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
+    /// Queues one binary frame (no I/O).
+    ///
+    /// # Errors
+    /// `BrokenPipe` after a close frame was sent.
+    pub fn send_binary(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        if self.close_sent {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.push_frame(OP_BINARY, payload);
+        Ok(())
+    }
+
     /// Queues a pong echoing `payload` (no I/O).
     ///
     /// # Errors
@@ -488,8 +587,32 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
-    /// Queues a close frame with `code` and `reason` (once; later calls do nothing), flushes,
-    /// and half-closes the TCP write side.
+    /// Answers a peer's close frame (RFC 6455 §5.5.1): echoes its code, or sends an empty
+    /// close when it had none; then flushes. Once only, like [`WsWriter::close`].
+    ///
+    /// # Errors
+    /// The socket's I/O error.
+    pub async fn close_reply(&mut self, received: Option<u16>) -> std::io::Result<()> {
+        match received {
+            Some(code) => self.close(code, "").await,
+            None => {
+                if self.close_sent {
+                    return Ok(());
+                }
+                self.push_frame(OP_CLOSE, &[]);
+                self.close_sent = true;
+                self.flush().await
+            }
+        }
+    }
+
+    /// True once a close frame was queued.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// Queues a close frame with `code` and `reason` (once; later calls do nothing) and
+    /// flushes. The TCP connection closes when the owner drops both halves.
     ///
     /// # Errors
     /// The socket's I/O error.
@@ -584,8 +707,11 @@ mod tests {
                 Ok(m) => format!("{m:?}"),
                 Err(e) => format!("err:{}", e.kind()),
             };
-            let end =
-                item == "err:eof" || item.starts_with("Close") || item == "err:websocket_protocol";
+            let end = item.starts_with("Close")
+                || matches!(
+                    item.as_str(),
+                    "err:eof" | "err:websocket_protocol" | "err:invalid_utf8"
+                );
             got.push(item);
             if end {
                 return got;
@@ -664,7 +790,123 @@ mod tests {
     #[tokio::test]
     async fn binary_and_eof() {
         let got = messages(client_frame(2, true, b"\x00\x01"), 100, 3).await;
-        assert_eq!(got, vec!["Binary(2)", "err:eof"]);
+        assert_eq!(got, vec!["Binary([0, 1])", "err:eof"]);
+    }
+
+    fn len64_header(first: u8, len: u64) -> Vec<u8> {
+        let mut h = vec![first, 0x80 | 127];
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&[1, 2, 3, 4]);
+        h
+    }
+
+    #[tokio::test]
+    async fn huge_lengths_are_protocol_errors_not_panics() {
+        // A buffered fragment, then a continuation whose length wraps `so_far + len`.
+        let mut wire = client_frame(1, false, b"0123456789");
+        wire.extend(len64_header(0x80, u64::MAX - 9));
+        assert_eq!(
+            messages(wire, 1 << 16, 3).await,
+            vec!["err:websocket_protocol"]
+        );
+        // Top bit set on a single frame (RFC 6455 §5.2).
+        assert_eq!(
+            messages(len64_header(0x81, 1 << 63), 1 << 16, 3).await,
+            vec!["err:websocket_protocol"]
+        );
+        // Just under the top bit: over the limit, skipped (the stream then ends).
+        let mut wire = client_frame(1, false, b"ab");
+        wire.extend(len64_header(0x80, (1 << 63) - 1));
+        assert_eq!(
+            messages(wire, 1 << 16, 3).await,
+            vec!["err:message_too_large", "err:eof"]
+        );
+    }
+
+    #[tokio::test]
+    async fn close_frames_are_validated() {
+        for (payload, want) in [
+            (vec![], "Close { code: None, reason: \"\" }"),
+            (vec![0x03, 0xe8], "Close { code: Some(1000), reason: \"\" }"),
+            (
+                vec![0x0f, 0xa0, b'o', b'k'],
+                "Close { code: Some(4000), reason: \"ok\" }",
+            ),
+            (vec![0x03], "err:websocket_protocol"),
+            (vec![0x03, 0xe8, 0xc3], "err:invalid_utf8"),
+        ] {
+            assert_eq!(
+                messages(client_frame(8, true, &payload), 200, 2).await,
+                vec![want],
+                "{payload:?}"
+            );
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(!is_valid_close_code(code), "{code}");
+            assert_eq!(
+                messages(client_frame(8, true, &code.to_be_bytes()), 200, 2).await,
+                vec!["err:websocket_protocol"],
+                "{code}"
+            );
+        }
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert!(is_valid_close_code(code), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn text_must_be_utf8_failing_fast_across_fragments() {
+        assert_eq!(
+            messages(client_frame(1, true, b"ok\xff"), 200, 2).await,
+            vec!["err:invalid_utf8"]
+        );
+        // A two-byte sequence split across fragments is valid.
+        let mut wire = client_frame(1, false, b"caf\xc3");
+        wire.extend(client_frame(0, true, b"\xa9"));
+        assert_eq!(messages(wire, 200, 2).await, vec!["text:café", "err:eof"]);
+        // An impossible byte fails at its fragment, before the message ends.
+        let mut wire = client_frame(1, false, b"a\xff");
+        wire.extend(client_frame(0, false, b"never read"));
+        assert_eq!(messages(wire, 200, 2).await, vec!["err:invalid_utf8"]);
+        // A sequence left incomplete by the last fragment fails.
+        let mut wire = client_frame(1, false, b"a");
+        wire.extend(client_frame(0, true, b"\xe2\x82"));
+        assert_eq!(messages(wire, 200, 2).await, vec!["err:invalid_utf8"]);
+        // Binary messages are not checked.
+        assert_eq!(
+            messages(client_frame(2, true, b"\xff"), 200, 2).await,
+            vec!["Binary([255])", "err:eof"]
+        );
+    }
+
+    #[tokio::test]
+    async fn close_reply_echoes_the_code_or_sends_an_empty_close() {
+        for (received, want) in [
+            (
+                Some(1001u16),
+                Message::Close {
+                    code: Some(1001),
+                    reason: String::new(),
+                },
+            ),
+            (
+                None,
+                Message::Close {
+                    code: None,
+                    reason: String::new(),
+                },
+            ),
+        ] {
+            let (a, b) = tokio::io::duplex(1024);
+            let mut w = WsWriter::new(a, Role::Server);
+            w.close_reply(received).await.unwrap();
+            assert!(w.close_sent());
+            w.close(1000, "second close is not sent").await.unwrap();
+            drop(w);
+            let mut r = WsReader::new(b, Role::Client, 1024);
+            assert_eq!(r.next().await.unwrap(), want);
+            assert!(matches!(r.next().await, Err(ReadError::Eof)));
+        }
     }
 
     #[tokio::test]
@@ -770,6 +1012,31 @@ mod tests {
                     .chain(std::iter::once("err:eof".to_string()))
                     .collect();
                 prop_assert_eq!(got, want);
+            }
+
+            /// Frames with hostile header fields (any opcode, RSV bits, mask bit and any
+            /// 7/16/64-bit length, including ones near 2^63 and 2^64) never panic the reader.
+            #[test]
+            fn hostile_headers_never_panic(
+                frames in proptest::collection::vec(
+                    (any::<u8>(), any::<bool>(), 0u8..3, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..40)),
+                    1..6,
+                ),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let mut wire = Vec::new();
+                for (first, masked, enc, len, payload) in frames {
+                    wire.push(first);
+                    let m = if masked { 0x80 } else { 0 };
+                    match enc {
+                        0 => wire.push(m | (len % 126) as u8),
+                        1 => { wire.push(m | 126); wire.extend_from_slice(&(len as u16).to_be_bytes()); }
+                        _ => { wire.push(m | 127); wire.extend_from_slice(&len.to_be_bytes()); }
+                    }
+                    if masked { wire.extend_from_slice(&[9, 8, 7, 6]); }
+                    wire.extend_from_slice(&payload);
+                }
+                let _ = rt.block_on(messages(wire, 64, 3));
             }
 
             #[test]

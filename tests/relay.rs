@@ -234,6 +234,8 @@ async fn agent_close_closes_the_twilio_socket() {
     conv.init_data(T).await.unwrap();
     conv.close(1000, "conversation over").await;
     assert_eq!(wait_twilio_close(&mut client).await, Some(1000));
+    // RFC 6455 §5.5.1: the relay answers the agent's close with a close (echoing 1000).
+    assert_eq!(conv.wait_closed(T).await.unwrap(), Some(1000));
     let m = wait_metric(
         relay.addr,
         "relay_calls_total{outcome=\"agent_closed\"}",

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
 use media_relay::config::ServeArgs;
 use media_relay::Relay;

@@ -1,6 +1,6 @@
 //! Autobahn TestSuite client (`wstest -m fuzzingserver`), on the relay's own framing in the
 //! client role, connected exactly as the agent leg connects (`agent::connect::connect_ws`:
-//! fastwebsockets handshake with `Sec-WebSocket-Accept` checked, then `media_relay::ws`).
+//! fastwebsockets handshake with `Sec-WebSocket-Accept` checked, then `media_relay::wire::ws`).
 //!
 //! Usage: `autobahn_client [BASE_URL] [AGENT]` (default `ws://127.0.0.1:9002`,
 //! `media-relay`): reads `/getCaseCount`, runs every case with `/runCase?case=N&agent=…`
@@ -11,14 +11,14 @@ mod echo;
 
 use anyhow::Context;
 use media_relay::agent::connect::connect_ws;
-use media_relay::ws::Message;
+use media_relay::wire::ws::Message;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let base = args.next().unwrap_or_else(|| "ws://127.0.0.1:9002".into());
     let agent = args.next().unwrap_or_else(|| "media-relay".into());
-    let tls = media_relay::net::tls_client_config()?;
+    let tls = media_relay::wire::net::tls_client_config()?;
 
     let (mut rx, _tx) = connect_ws(&format!("{base}/getCaseCount"), &tls).await?;
     let count: u32 = match rx.next().await? {

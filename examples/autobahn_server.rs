@@ -1,6 +1,6 @@
 //! Autobahn TestSuite echo server (`wstest -m fuzzingclient`), on the relay's own framing in
 //! the server role, as the Twilio leg uses it: hyper + fastwebsockets do the upgrade exactly
-//! as `media-relay`'s `/media` route does, then `media_relay::ws` reads and writes.
+//! as `media-relay`'s `/media` route does, then `media_relay::wire::ws` reads and writes.
 //!
 //! Usage: `autobahn_server [ADDR]` (default `127.0.0.1:9001`). Loopback only by intent.
 
@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use media_relay::ws::{Prefixed, Role, WsReader, WsWriter};
+use media_relay::wire::ws::{Prefixed, Role, WsReader, WsWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Largest message echoed (bytes): Autobahn's 9.x cases go up to 16 MiB.

@@ -3,44 +3,10 @@
 
 use crate::agent::connect::ElevenLabsSettings;
 use crate::agent::AgentKind;
+pub use crate::auth::Secret;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// A secret string (API key, auth token). `Debug` and `Display` print `[redacted]`; use
-/// [`Secret::expose`] at the one place the value is sent.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(v: impl Into<String>) -> Self {
-        Self(v.into())
-    }
-    /// The secret value, for the request that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
 
 /// `media-relay`: Twilio Media Streams ⇄ voice-agent relay.
 #[derive(Debug, Parser)]

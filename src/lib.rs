@@ -23,18 +23,12 @@
 
 pub mod agent;
 pub mod audio;
+pub mod auth;
 pub mod call;
 pub mod config;
-pub mod control;
-pub mod json;
-pub mod latency;
-pub mod metrics;
-pub mod net;
-pub mod playout;
-pub mod server;
-pub mod tokens;
+pub mod http;
+pub mod obs;
 pub mod twilio;
-pub mod twiml;
-pub mod ws;
+pub mod wire;
 
-pub use server::Relay;
+pub use http::server::Relay;

@@ -7,8 +7,8 @@ mod common;
 mod twilio_rest;
 
 use common::*;
+use media_relay::auth::signature::compute_signature;
 use media_relay::config::{Secret, ServeArgs};
-use media_relay::twilio::signature::compute_signature;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,7 +258,7 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     assert_eq!(twiml.matches("relay_token").count(), 1);
     // The token is the nonce's HMAC under the secret derived from the auth token: a fresh
     // StreamTokens with the same key accepts the HMAC and only lacks the pending nonce.
-    let same_key = media_relay::tokens::StreamTokens::from_auth_token(AUTH_TOKEN);
+    let same_key = media_relay::auth::tokens::StreamTokens::from_auth_token(AUTH_TOKEN);
     assert_eq!(
         same_key.check(
             "CAany",
@@ -266,7 +266,7 @@ async fn outbound_call_sends_the_exact_twilio_request() {
             Some(&nonce),
             std::time::Instant::now()
         ),
-        Err(media_relay::tokens::TokenError::NonceUnknown)
+        Err(media_relay::auth::tokens::TokenError::NonceUnknown)
     );
     // Secrets never travel in the TwiML (the auth token is literally "token" here).
     assert!(!twiml.contains(API_TOKEN), "{twiml}");

@@ -97,7 +97,7 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
     assert!(!report.marks_received.is_empty());
     let last: u64 = report.marks_received.last().unwrap()[3..].parse().unwrap();
     let reply_ms = reply.len() as u64 / 8;
-    assert!(last <= reply_ms && last + media_relay::playout::MARK_INTERVAL_MS > reply_ms);
+    assert!(last <= reply_ms && last + media_relay::call::playout::MARK_INTERVAL_MS > reply_ms);
     assert!(!report.marks_echoed.is_empty());
 
     // Pings answered with the same event_id.

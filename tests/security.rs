@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use loadtest::twilio_sim::{StartParams, TwilioClient};
-use media_relay::config::Secret;
-use media_relay::twilio::signature::compute_signature;
+use media_relay::auth::signature::compute_signature;
+use media_relay::auth::Secret;
 
 /// protocols.md §1.6.4 example: token `12345`, `wss://relay.example.com/media`, no params.
 const MEDIA_SIGNATURE: &str = "MVVXQK8WMm1ywK7bu7blrI+Pdd8=";

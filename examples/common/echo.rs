@@ -1,9 +1,9 @@
 //! The echo loop shared by the Autobahn conformance binaries: every message goes back as
 //! it came, pings get pongs, a peer's close gets a close reply, and a read error gets the
-//! close code RFC 6455 §7.4.1 prescribes. Built only on `media_relay::ws`, the relay's own
+//! close code RFC 6455 §7.4.1 prescribes. Built only on `media_relay::wire::ws`, the relay's own
 //! data-path framing, so Autobahn tests exactly the code the call legs run.
 
-use media_relay::ws::{Message, ReadError, WsReader, WsWriter};
+use media_relay::wire::ws::{Message, ReadError, WsReader, WsWriter};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -5,9 +5,9 @@
 //! (fastwebsockets' client does not check it, stack.md) and recovering the raw stream from
 //! hyper's upgrade. Does not own what is said on the socket (see `elevenlabs`, `call`).
 
-use crate::config::Secret;
-use crate::net::{self, BoxIo, NetError};
-use crate::ws::{Prefixed, Role, WsReader, WsWriter};
+use crate::auth::Secret;
+use crate::wire::net::{self, BoxIo, NetError};
+use crate::wire::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
 use http_body_util::{Empty, Full};
 use hyper::{Request, StatusCode, Uri};

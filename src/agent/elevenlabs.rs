@@ -7,7 +7,7 @@
 //! the interruption filter state (see `call`), or sockets.
 
 use super::{AgentEvent, DecodeError};
-use crate::json::LenientU64;
+use crate::wire::json::LenientU64;
 use serde::Deserialize;
 
 /// Audio format name that means "G.711 μ-law 8 kHz" in ElevenLabs' metadata (§2.4, §2.6).

@@ -6,7 +6,7 @@
 //! numeric fields, and byte-exact output shapes. Does not own: sockets, call state, or what
 //! to do with an event (that is `call`). No tokio or fastwebsockets in here.
 
-use crate::json::LenientU64 as NumStr;
+use crate::wire::json::LenientU64 as NumStr;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -390,7 +390,7 @@ pub fn encode_mark(stream_sid: &str, name: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"event\":\"mark\",\"streamSid\":\"");
     out.extend_from_slice(stream_sid.as_bytes());
     out.extend_from_slice(b"\",\"mark\":{\"name\":");
-    crate::json::write_str(out, name);
+    crate::wire::json::write_str(out, name);
     out.extend_from_slice(b"}}");
 }
 

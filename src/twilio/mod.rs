@@ -1,5 +1,4 @@
-//! The Twilio leg: Media Streams wire codec (sans-IO) and request signatures (X-Twilio-Signature
-//! validation, enforced by `server` when `TWILIO_AUTH_TOKEN` is set; per-call tokens, not yet used).
+//! The Twilio leg: the Media Streams wire codec (sans-IO). Request signatures are in
+//! `auth::signature`.
 
 pub mod codec;
-pub mod signature;

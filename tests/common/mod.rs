@@ -46,7 +46,7 @@ pub fn elevenlabs_args(api_base: &str, agent_id: &str, api_key: Option<&str>) ->
     a.agent = Some(media_relay::agent::AgentKind::Elevenlabs);
     a.elevenlabs_agent_id = Some(agent_id.into());
     a.elevenlabs_api_base = api_base.into();
-    a.elevenlabs_api_key = api_key.map(media_relay::config::Secret::new);
+    a.elevenlabs_api_key = api_key.map(media_relay::auth::Secret::new);
     // These tests are about the media path; signatures have their own tests.
     a.insecure_skip_twilio_signature = true;
     a

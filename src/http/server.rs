@@ -8,13 +8,13 @@
 //! upgraded sockets leave hyper's view (style.md §3). Owns admission (`--max-calls`, 503),
 //! not call behaviour (see `call`).
 
+use crate::auth::signature::SignatureValidator;
+use crate::auth::tokens::{LiveStreams, StreamTokens};
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
-use crate::control::Control;
-use crate::metrics::{Metrics, UpgradeResult};
-use crate::tokens::{LiveStreams, StreamTokens};
-use crate::twilio::signature::SignatureValidator;
-use crate::ws::{Prefixed, Role, WsReader, WsWriter};
+use crate::http::control::Control;
+use crate::obs::metrics::{Metrics, UpgradeResult};
+use crate::wire::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -66,7 +66,7 @@ impl Relay {
     /// [`ConfigError`] for bad configuration (before binding), or the bind error.
     pub async fn bind(args: ServeArgs) -> anyhow::Result<Relay> {
         let settings = args.call_settings()?;
-        let tls = crate::net::tls_client_config()
+        let tls = crate::wire::net::tls_client_config()
             .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
         let metrics = Metrics::new();
         // Authenticated mode: signatures checked, streams bound to calls by relay_token.
@@ -273,7 +273,7 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
         let sig = header_str(&req, "x-twilio-signature");
         if let Err(e) = v.validate_upgrade(req.uri().path(), sig) {
             m.upgrade(UpgradeResult::RejectedSignature);
-            m.error(crate::metrics::Leg::Twilio, e.kind());
+            m.error(crate::obs::metrics::Leg::Twilio, e.kind());
             warn!(%peer, kind = e.kind(), "refused a media stream: bad Twilio signature");
             return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
         }
@@ -321,7 +321,7 @@ fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Re
             .downcast::<TokioIo<TcpStream>>()
         else {
             ctx.metrics
-                .error(crate::metrics::Leg::Internal, "upgrade_downcast");
+                .error(crate::obs::metrics::Leg::Internal, "upgrade_downcast");
             warn!("upgraded connection is not a TCP stream");
             return;
         };
@@ -369,7 +369,7 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
             state
                 .ctx
                 .metrics
-                .error(crate::metrics::Leg::Twilio, e.kind());
+                .error(crate::obs::metrics::Leg::Twilio, e.kind());
             warn!(kind = e.kind(), "refused /twiml: bad Twilio signature");
             return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
         }
@@ -400,7 +400,7 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
         token = tokens.token_for_call(call_sid);
         params.push(("relay_token", token.as_str()));
     }
-    match crate::twiml::connect_stream(&host, &params) {
+    match crate::http::twiml::connect_stream(&host, &params) {
         Ok(xml) => {
             info!(
                 call_sid = get("CallSid").unwrap_or(""),

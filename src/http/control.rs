@@ -35,10 +35,10 @@
 //! (closed label sets, anything else is `other`) and logged in a `call` span carrying
 //! `call_sid` (and `stream_sid`), like the call's own log lines. Answer: 200, empty body.
 
+use crate::auth::signature::SignatureValidator;
+use crate::auth::tokens::StreamTokens;
 use crate::config::{Secret, ServeArgs, MAX_PARAMETER_CHARS};
-use crate::metrics::{Leg, Metrics};
-use crate::tokens::StreamTokens;
-use crate::twilio::signature::SignatureValidator;
+use crate::obs::metrics::{Leg, Metrics};
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -353,7 +353,7 @@ impl Control {
             args.twilio_api_base.trim_end_matches('/')
         );
         let calls_url = match url.parse::<Uri>() {
-            Ok(u) if crate::net::scheme_is_tls(&u).is_ok() && u.host().is_some() => u,
+            Ok(u) if crate::wire::net::scheme_is_tls(&u).is_ok() && u.host().is_some() => u,
             _ => {
                 error!(api_base = %args.twilio_api_base, "TWILIO_API_BASE is not an http(s) origin: /outbound-call is disabled");
                 return None;
@@ -743,7 +743,7 @@ impl Outbound {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        crate::twiml::connect_stream(&self.public_host, &refs)
+        crate::http::twiml::connect_stream(&self.public_host, &refs)
             .map_err(|e| parameter_too_long(&e.name))
     }
 
@@ -787,7 +787,7 @@ impl Outbound {
         };
         let (status, body) = match tokio::time::timeout(
             TWILIO_REQUEST_TIMEOUT,
-            crate::net::request(&self.tls, req, MAX_TWILIO_RESPONSE_BYTES),
+            crate::wire::net::request(&self.tls, req, MAX_TWILIO_RESPONSE_BYTES),
         )
         .await
         {

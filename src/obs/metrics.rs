@@ -6,7 +6,7 @@
 //! accumulate locally and [`CallMetrics::fold`] adds batches (stack.md: a contended histogram
 //! observation costs ~400 ns, a local increment a few).
 
-use crate::latency::LatencyHistogram;
+use crate::obs::latency::LatencyHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,

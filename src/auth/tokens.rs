@@ -14,7 +14,7 @@
 //! for a call SID that already has a live one replaces it (the newest is kept, the older is
 //! closed). No I/O here.
 
-use crate::twilio::signature::CallTokenKey;
+use crate::auth::signature::CallTokenKey;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

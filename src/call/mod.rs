@@ -12,15 +12,17 @@
 //! Not owned here: HTTP and admission (`server`), wire formats (`twilio::codec`,
 //! `agent::elevenlabs`), connecting (`agent::connect`).
 
+pub mod playout;
+
 use crate::agent::connect::{self, ConnectError};
 use crate::agent::echo::EchoAgent;
 use crate::agent::{elevenlabs, AgentEvent, AgentKind};
 use crate::config::CallSettings;
-use crate::metrics::{CallMetrics, Direction, DropReason, Leg, Metrics};
-use crate::playout::{self, MarkOutcome, Playout};
+use crate::obs::metrics::{CallMetrics, Direction, DropReason, Leg, Metrics};
 use crate::twilio::codec::{self as tw, TwilioEvent};
-use crate::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
+use crate::wire::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
 use futures_util::FutureExt;
+use playout::{MarkOutcome, Playout};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
@@ -71,9 +73,9 @@ pub struct CallContext {
     /// The shared TLS client configuration for agent connections.
     pub tls: Arc<rustls::ClientConfig>,
     /// Stream token checks; `Some` only in the authenticated mode (TWILIO_AUTH_TOKEN set).
-    pub tokens: Option<Arc<crate::tokens::StreamTokens>>,
+    pub tokens: Option<Arc<crate::auth::tokens::StreamTokens>>,
     /// Live streams by call SID (duplicate policy: the newest stream replaces the older).
-    pub live: Arc<crate::tokens::LiveStreams>,
+    pub live: Arc<crate::auth::tokens::LiveStreams>,
 }
 
 /// Why a call ended: a normal ending is not an error. [`EndReason::outcome`] is the
@@ -1077,18 +1079,18 @@ mod size_tests {
         let (r, w) = c.into_split();
         let reader = WsReader::new(
             Prefixed::new(bytes::Bytes::new(), r),
-            crate::ws::Role::Server,
+            crate::wire::ws::Role::Server,
             1024,
         );
-        let writer = WsWriter::new(w, crate::ws::Role::Server);
+        let writer = WsWriter::new(w, crate::wire::ws::Role::Server);
         let ctx = Arc::new(CallContext {
             settings: crate::config::ServeArgs::defaults()
                 .call_settings()
                 .unwrap(),
             metrics: Metrics::new(),
-            tls: crate::net::tls_client_config().unwrap(),
+            tls: crate::wire::net::tls_client_config().unwrap(),
             tokens: None,
-            live: Arc::new(crate::tokens::LiveStreams::default()),
+            live: Arc::new(crate::auth::tokens::LiveStreams::default()),
         });
         let fut = run(reader, writer, ctx, CancellationToken::new());
         eprintln!(

@@ -159,13 +159,15 @@ fn ours_twilio_decode(frame: &mut [u8], scratch: &mut simd_json::Buffers, out: &
 }
 
 #[inline(always)]
-fn ours_agent_decode(frame: &mut [u8], scratch: &mut simd_json::Buffers, out: &mut Vec<u8>) {
-    match elevenlabs::decode(frame, scratch).expect("valid agent json") {
-        AgentEvent::Audio {
-            payload_b64,
-            event_id,
-        } => {
-            black_box(event_id);
+fn ours_agent_decode(
+    session: &mut elevenlabs::Session,
+    frame: &mut [u8],
+    scratch: &mut simd_json::Buffers,
+    out: &mut Vec<u8>,
+) {
+    match session.decode(frame, scratch).expect("valid agent json") {
+        AgentEvent::Audio { payload_b64, reply } => {
+            black_box(reply);
             twilio::decode_payload(payload_b64, out).expect("valid base64");
         }
         e => panic!("unexpected {e:?}"),
@@ -247,8 +249,9 @@ fn bench_elevenlabs_decode(c: &mut Criterion) {
     let mut buf = msg.clone();
     let mut scratch = simd_json::Buffers::default();
     let mut out = Vec::with_capacity(CHUNK_100MS);
+    let mut session = elevenlabs::Session::new(Default::default());
 
-    ours_agent_decode(&mut buf, &mut scratch, &mut out);
+    ours_agent_decode(&mut session, &mut buf, &mut scratch, &mut out);
     assert_eq!(out, pcm);
     assert_eq!(base_agent_decode(&msg), pcm);
 
@@ -256,7 +259,7 @@ fn bench_elevenlabs_decode(c: &mut Criterion) {
     g.bench_function(OURS, |b| {
         b.iter(|| {
             buf.copy_from_slice(black_box(&msg));
-            ours_agent_decode(&mut buf, &mut scratch, &mut out);
+            ours_agent_decode(&mut session, &mut buf, &mut scratch, &mut out);
             black_box(&out);
         })
     });
@@ -329,8 +332,9 @@ fn bench_translate_agent_to_twilio(c: &mut Criterion) {
     let mut scratch = simd_json::Buffers::default();
     let mut audio_buf = Vec::with_capacity(CHUNK_100MS);
     let mut out = Vec::with_capacity(512);
+    let mut session = elevenlabs::Session::new(Default::default());
 
-    ours_agent_decode(&mut buf, &mut scratch, &mut audio_buf);
+    ours_agent_decode(&mut session, &mut buf, &mut scratch, &mut audio_buf);
     twilio::encode_media(STREAM_SID, &audio_buf, &mut out);
     same_json(&out, &base_twilio_encode(&base_agent_decode(&msg)));
 
@@ -338,7 +342,7 @@ fn bench_translate_agent_to_twilio(c: &mut Criterion) {
     g.bench_function(OURS, |b| {
         b.iter(|| {
             buf.copy_from_slice(black_box(&msg));
-            ours_agent_decode(&mut buf, &mut scratch, &mut audio_buf);
+            ours_agent_decode(&mut session, &mut buf, &mut scratch, &mut audio_buf);
             twilio::encode_media(STREAM_SID, &audio_buf, &mut out);
             black_box(&out);
         })

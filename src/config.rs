@@ -1,9 +1,13 @@
 //! Command line and environment configuration (clap derive; every flag also reads an env
-//! var), validation before binding, and the [`Secret`] type that keeps keys out of logs.
+//! var), validation before binding, and the settings structs handed down to the layers
+//! below (`call::CallSettings`, `agent::AgentSettings`, `http::server::HttpLimits`). Imports
+//! settings types from below; nothing below imports this module.
 
 use crate::agent::connect::ElevenLabsSettings;
-use crate::agent::AgentKind;
+use crate::agent::{AgentKind, AgentSettings, AssemblyAiSettings, BargeInTrigger, OpenAiSettings};
 pub use crate::auth::Secret;
+use crate::call::tools::ToolSettings;
+use crate::call::CallSettings;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -37,10 +41,78 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_PUBLIC_HOST")]
     pub public_host: Option<String>,
 
-    /// Which agent calls talk to. Default: `elevenlabs` when ELEVENLABS_AGENT_ID is set,
-    /// otherwise the built-in `echo` agent.
+    /// Which agent calls talk to unless their `agent` parameter names another. Default:
+    /// `elevenlabs` when ELEVENLABS_AGENT_ID is set, otherwise the built-in `echo` agent.
     #[arg(long, env = "RELAY_AGENT", value_enum)]
     pub agent: Option<AgentKind>,
+
+    /// AssemblyAI Voice Agent API key (`Authorization: Bearer`).
+    #[arg(long, env = "ASSEMBLYAI_API_KEY", hide_env_values = true)]
+    pub assemblyai_api_key: Option<Secret>,
+
+    /// AssemblyAI Voice Agent WebSocket URL.
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_URL",
+        default_value = "wss://agents.assemblyai.com/v1/ws"
+    )]
+    pub assemblyai_url: String,
+
+    /// AssemblyAI voice when the call's `voice_id` parameter sets none (service default:
+    /// `ivy`).
+    #[arg(long, env = "ASSEMBLYAI_VOICE")]
+    pub assemblyai_voice: Option<String>,
+
+    /// Which AssemblyAI signal clears Twilio's playback: `reply-interrupted` (the agent's
+    /// verdict; back-channels do not cut) or `speech-started` (faster, may cut on "uh-huh").
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_BARGE_IN",
+        value_enum,
+        default_value = "reply-interrupted"
+    )]
+    pub assemblyai_barge_in: BargeInTrigger,
+
+    /// OpenAI API key (`Authorization: Bearer`).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+
+    /// OpenAI Realtime WebSocket URL (the model is its `model` query parameter).
+    #[arg(
+        long,
+        env = "OPENAI_REALTIME_URL",
+        default_value = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    )]
+    pub openai_realtime_url: String,
+
+    /// OpenAI Realtime model; replaces the URL's `model` parameter when set.
+    #[arg(long, env = "OPENAI_REALTIME_MODEL")]
+    pub openai_model: Option<String>,
+
+    /// OpenAI voice when the call's `voice_id` parameter sets none.
+    #[arg(long, env = "OPENAI_VOICE", default_value = "alloy")]
+    pub openai_voice: String,
+
+    /// Tool webhook: agents' tool calls are POSTed here (see the README's Tools section).
+    #[arg(long, env = "RELAY_TOOL_WEBHOOK_URL")]
+    pub tool_webhook_url: Option<String>,
+
+    /// Key of the tool webhook's `X-Relay-Signature` (HMAC-SHA256).
+    #[arg(long, env = "RELAY_TOOL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub tool_webhook_secret: Option<Secret>,
+
+    /// How long the tool webhook may take, in ms; the agent then gets an error result.
+    #[arg(long, env = "RELAY_TOOL_TIMEOUT_MS", default_value_t = 8000)]
+    pub tool_timeout_ms: u64,
+
+    /// Most tool calls one call may make; later ones get an error result.
+    #[arg(long, env = "RELAY_MAX_TOOL_CALLS_PER_CALL", default_value_t = 32)]
+    pub max_tool_calls_per_call: u32,
+
+    /// JSON file with the tool definitions offered to AssemblyAI and OpenAI agents: an array
+    /// of `{"name","description","parameters"}` (a call's `tools` parameter replaces them).
+    #[arg(long, env = "RELAY_AGENT_TOOLS_FILE")]
+    pub agent_tools_file: Option<std::path::PathBuf>,
 
     /// ElevenLabs API key: when set, each call fetches a signed URL (private agents).
     #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
@@ -70,10 +142,59 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_ECHO_DELAY_MS", default_value_t = 500)]
     pub echo_delay_ms: u64,
 
-    /// Caller audio kept while the agent connects, in ms (20 ms frames); overflow drops the
-    /// oldest frames and counts them.
+    /// Caller audio kept while the agent connects, in ms of audio (8 bytes per ms, however
+    /// the caller frames it); overflow drops the oldest and counts it.
     #[arg(long, env = "RELAY_EARLY_AUDIO_MS", default_value_t = 5000)]
     pub early_audio_ms: u64,
+
+    /// Caller audio waiting for a slow agent socket, in bytes of μ-law (8000 = 1 s); beyond
+    /// it the oldest is dropped and counted (`outbox_full`).
+    #[arg(long, env = "RELAY_AGENT_OUTBOX_BYTES", default_value_t = 16_000)]
+    pub agent_outbox_bytes: usize,
+
+    /// Agent audio waiting for a slow Twilio socket, in bytes of μ-law; beyond it the oldest
+    /// is dropped and counted (`outbox_full`).
+    #[arg(long, env = "RELAY_TWILIO_OUTBOX_BYTES", default_value_t = 262_144)]
+    pub twilio_outbox_bytes: usize,
+
+    /// A leg whose socket accepts nothing for this long ends the call, in ms.
+    #[arg(long, env = "RELAY_WRITE_STALL_TIMEOUT_MS", default_value_t = 5000)]
+    pub write_stall_timeout_ms: u64,
+
+    /// After `start`, a Twilio leg that sends nothing for this long ends the call, in seconds
+    /// (Twilio sends media every 20 ms, silence included).
+    #[arg(long, env = "RELAY_TWILIO_IDLE_TIMEOUT_SECS", default_value_t = 10)]
+    pub twilio_idle_timeout_secs: u64,
+
+    /// Keypad digits go to the agent once no new digit came for this long (or on `#`), in ms.
+    #[arg(long, env = "RELAY_DTMF_INTERDIGIT_MS", default_value_t = 1500)]
+    pub dtmf_interdigit_ms: u64,
+
+    /// Before the upgrade: time allowed for a request's headers, in ms.
+    #[arg(long, env = "RELAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Before the upgrade: time allowed to read a webhook body, in ms.
+    #[arg(long, env = "RELAY_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Before the upgrade: most concurrent HTTP connections that have not upgraded; more are
+    /// closed at once (counted).
+    #[arg(long, env = "RELAY_MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
+    pub max_pending_connections: usize,
+
+    /// Before the upgrade: largest request head (request line + headers), in bytes.
+    #[arg(long, env = "RELAY_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: usize,
+
+    /// Bearer token for `GET /calls` and `GET /calls/{call_sid}`; without it they answer 404.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Log line format on stderr: `text` (no colours unless stderr is a terminal) or `json`
+    /// (one object per line, for log pipelines).
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Time allowed for the agent to connect and report its session ready, in seconds.
     #[arg(long, env = "RELAY_AGENT_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
@@ -152,25 +273,13 @@ pub struct ServeArgs {
     pub agent_voice_id: Option<String>,
 }
 
-/// Per-call settings derived from [`ServeArgs`].
-#[derive(Debug, Clone)]
-pub struct CallSettings {
-    /// Which agent.
-    pub agent: AgentKind,
-    /// ElevenLabs settings when `agent` is ElevenLabs.
-    pub elevenlabs: Option<ElevenLabsSettings>,
-    /// Echo agent delay.
-    pub echo_delay: Duration,
-    /// Early-audio buffer capacity in 20 ms frames.
-    pub early_audio_frames: usize,
-    /// Agent connect + ready timeout.
-    pub agent_connect_timeout: Duration,
-    /// Upgrade → `start` timeout.
-    pub start_timeout: Duration,
-    /// Maximum call length.
-    pub max_call_duration: Duration,
-    /// Maximum bytes of agent audio per Twilio `media` message.
-    pub twilio_chunk_bytes: usize,
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A configuration error, reported before binding (exit code 64).
@@ -191,36 +300,25 @@ impl ServeArgs {
             .twilio_auth_token
             .as_ref()
             .filter(|t| !t.expose().is_empty());
-        let agent = self.agent.unwrap_or(if self.elevenlabs_agent_id.is_some() {
+        let nonempty = |s: &Option<Secret>| s.clone().filter(|k| !k.expose().trim().is_empty());
+        let agents = self.agent_settings()?;
+        let default_agent = self.agent.unwrap_or(if agents.elevenlabs.is_some() {
             AgentKind::Elevenlabs
         } else {
             AgentKind::Echo
         });
-        let elevenlabs = match agent {
-            AgentKind::Elevenlabs => {
-                let agent_id = self
-                    .elevenlabs_agent_id
-                    .clone()
-                    .filter(|s| !s.trim().is_empty())
-                    .ok_or_else(|| {
-                        ConfigError("--agent elevenlabs needs ELEVENLABS_AGENT_ID".into())
-                    })?;
-                crate::agent::connect::public_conversation_url(
-                    &self.elevenlabs_api_base,
-                    &agent_id,
-                )
-                .map_err(|e| ConfigError(e.to_string()))?;
-                Some(ElevenLabsSettings {
-                    api_key: self
-                        .elevenlabs_api_key
-                        .clone()
-                        .filter(|k| !k.expose().is_empty()),
-                    agent_id,
-                    api_base: self.elevenlabs_api_base.clone(),
-                })
-            }
-            AgentKind::Echo => None,
-        };
+        if !agents.is_configured(default_agent) {
+            return Err(ConfigError(format!(
+                "--agent {} is not configured: {}",
+                default_agent.as_str(),
+                match default_agent {
+                    AgentKind::Elevenlabs => "set ELEVENLABS_AGENT_ID",
+                    AgentKind::Assemblyai => "set ASSEMBLYAI_API_KEY",
+                    AgentKind::Openai => "set OPENAI_API_KEY",
+                    AgentKind::Echo => "",
+                }
+            )));
+        }
         if self.outbound_calls_per_minute == 0 {
             return Err(ConfigError(
                 "--outbound-calls-per-minute must be at least 1".into(),
@@ -245,6 +343,18 @@ impl ServeArgs {
         if self.early_audio_ms > 60_000 {
             return Err(ConfigError("--early-audio-ms must be at most 60000".into()));
         }
+        for (v, flag) in [
+            (self.agent_outbox_bytes, "--agent-outbox-bytes"),
+            (self.twilio_outbox_bytes, "--twilio-outbox-bytes"),
+            (self.max_pending_connections, "--max-pending-connections"),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("{flag} must be at least 1")));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(ConfigError("--max-header-bytes must be at least 1024".into()));
+        }
         for (secs, flag) in [
             (
                 self.agent_connect_timeout_secs,
@@ -252,6 +362,12 @@ impl ServeArgs {
             ),
             (self.start_timeout_secs, "--start-timeout-secs"),
             (self.max_call_duration_secs, "--max-call-duration-secs"),
+            (self.twilio_idle_timeout_secs, "--twilio-idle-timeout-secs"),
+            (self.tool_timeout_ms, "--tool-timeout-ms"),
+            (self.write_stall_timeout_ms, "--write-stall-timeout-ms"),
+            (self.dtmf_interdigit_ms, "--dtmf-interdigit-ms"),
+            (self.header_read_timeout_ms, "--header-read-timeout-ms"),
+            (self.body_read_timeout_ms, "--body-read-timeout-ms"),
         ] {
             if secs == 0 {
                 return Err(ConfigError(format!("{flag} must be at least 1")));
@@ -269,7 +385,10 @@ impl ServeArgs {
                 "TWILIO_AUTH_TOKEN needs --public-host (signatures are checked against the public origin, never the Host header)".into(),
             ));
         }
-        if token.is_none() && agent != AgentKind::Echo && !self.insecure_skip_twilio_signature {
+        let vendor_configured = agents.elevenlabs.is_some()
+            || agents.assemblyai.is_some()
+            || agents.openai.is_some();
+        if token.is_none() && vendor_configured && !self.insecure_skip_twilio_signature {
             return Err(ConfigError(
                 "a vendor agent needs TWILIO_AUTH_TOKEN (Twilio signature checks), or --insecure-skip-twilio-signature to run without them".into(),
             ));
@@ -281,16 +400,139 @@ impl ServeArgs {
                 )));
             }
         }
+        let webhook_url = match &self.tool_webhook_url {
+            None => None,
+            Some(u) if u.trim().is_empty() => None,
+            Some(u) => {
+                let uri: hyper::Uri = u.parse().map_err(|e| {
+                    ConfigError(format!("RELAY_TOOL_WEBHOOK_URL is not a URL: {e}"))
+                })?;
+                if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.host().is_none()
+                {
+                    return Err(ConfigError(
+                        "RELAY_TOOL_WEBHOOK_URL must be an http:// or https:// URL".into(),
+                    ));
+                }
+                Some(uri)
+            }
+        };
         Ok(CallSettings {
-            agent,
-            elevenlabs,
+            default_agent,
+            agents,
             echo_delay: Duration::from_millis(self.echo_delay_ms),
-            early_audio_frames: (self.early_audio_ms / 20) as usize,
+            early_audio_bytes: crate::audio::ms_to_bytes(self.early_audio_ms) as usize,
             agent_connect_timeout: Duration::from_secs(self.agent_connect_timeout_secs),
             start_timeout: Duration::from_secs(self.start_timeout_secs),
+            twilio_idle_timeout: Duration::from_secs(self.twilio_idle_timeout_secs),
             max_call_duration: Duration::from_secs(self.max_call_duration_secs),
-            twilio_chunk_bytes: (self.twilio_chunk_ms * crate::audio::MULAW_BYTES_PER_MS) as usize,
+            twilio_chunk_bytes: crate::audio::ms_to_bytes(self.twilio_chunk_ms) as usize,
+            agent_outbox_bytes: self.agent_outbox_bytes,
+            twilio_outbox_bytes: self.twilio_outbox_bytes,
+            write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms),
+            dtmf_interdigit: Duration::from_millis(self.dtmf_interdigit_ms),
+            tools: ToolSettings {
+                webhook_url,
+                secret: nonempty(&self.tool_webhook_secret),
+                timeout: Duration::from_millis(self.tool_timeout_ms),
+                max_per_call: self.max_tool_calls_per_call,
+            },
         })
+    }
+
+    /// The dialects this relay can use, from their flags.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a bad URL or tools file.
+    pub fn agent_settings(&self) -> Result<AgentSettings, ConfigError> {
+        let nonempty = |s: &Option<Secret>| s.clone().filter(|k| !k.expose().trim().is_empty());
+        let elevenlabs = match self
+            .elevenlabs_agent_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(agent_id) => {
+                crate::agent::connect::public_conversation_url(
+                    &self.elevenlabs_api_base,
+                    &agent_id,
+                )
+                .map_err(|e| ConfigError(e.to_string()))?;
+                Some(ElevenLabsSettings {
+                    api_key: nonempty(&self.elevenlabs_api_key),
+                    agent_id,
+                    api_base: self.elevenlabs_api_base.clone(),
+                })
+            }
+            None => None,
+        };
+        let ws_url = |url: &str, var: &str| -> Result<String, ConfigError> {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| ConfigError(format!("{var} is not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("ws") | Some("wss")) || uri.host().is_none() {
+                return Err(ConfigError(format!("{var} must be a ws:// or wss:// URL")));
+            }
+            Ok(url.to_owned())
+        };
+        let assemblyai = match nonempty(&self.assemblyai_api_key) {
+            Some(api_key) => Some(AssemblyAiSettings {
+                api_key,
+                url: ws_url(&self.assemblyai_url, "ASSEMBLYAI_URL")?,
+                voice: self.assemblyai_voice.clone().filter(|v| !v.is_empty()),
+                barge_in: self.assemblyai_barge_in,
+            }),
+            None => None,
+        };
+        let openai = match nonempty(&self.openai_api_key) {
+            Some(api_key) => {
+                let mut url = ws_url(&self.openai_realtime_url, "OPENAI_REALTIME_URL")?;
+                if let Some(model) = self.openai_model.as_deref().filter(|m| !m.is_empty()) {
+                    url = with_query_param(&url, "model", model);
+                }
+                Some(OpenAiSettings {
+                    api_key,
+                    url,
+                    voice: self.openai_voice.clone(),
+                })
+            }
+            None => None,
+        };
+        let tools = match &self.agent_tools_file {
+            None => serde_json::Value::Array(Vec::new()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read --agent-tools-file {}: {e}", path.display()))
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    ConfigError(format!("--agent-tools-file is not JSON: {e}"))
+                })?;
+                let ok = v.as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|t| t.get("name").is_some_and(serde_json::Value::is_string))
+                });
+                if !ok {
+                    return Err(ConfigError(
+                        "--agent-tools-file must hold a JSON array of objects with a \"name\"".into(),
+                    ));
+                }
+                v
+            }
+        };
+        Ok(AgentSettings {
+            elevenlabs,
+            assemblyai,
+            openai,
+            tools,
+        })
+    }
+
+    /// The limits that protect the HTTP server before the upgrade.
+    pub fn http_limits(&self) -> crate::http::server::HttpLimits {
+        crate::http::server::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            max_pending_connections: self.max_pending_connections,
+            max_header_bytes: self.max_header_bytes,
+        }
     }
 
     /// The configured agent settings as stream parameters (name, value), for `/twiml`.
@@ -314,6 +556,20 @@ impl ServeArgs {
             Command::Serve(a) => a,
         }
     }
+}
+
+/// `url` with query parameter `name` set to `value` (replaced if present).
+fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != name)
+        .collect();
+    pairs.push((name.to_owned(), value.to_owned()));
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    format!("{base}?{q}")
 }
 
 #[cfg(test)]
@@ -350,7 +606,7 @@ mod tests {
     #[test]
     fn agent_defaults_and_validation() {
         assert_eq!(
-            args(&[]).unwrap().call_settings().unwrap().agent,
+            args(&[]).unwrap().call_settings().unwrap().default_agent,
             AgentKind::Echo
         );
         let s = args(&[
@@ -361,7 +617,7 @@ mod tests {
         .unwrap()
         .call_settings()
         .unwrap();
-        assert_eq!(s.agent, AgentKind::Elevenlabs);
+        assert_eq!(s.default_agent, AgentKind::Elevenlabs);
         // A vendor agent without signature checks must be asked for explicitly.
         assert!(args(&["--elevenlabs-agent-id", "x"])
             .unwrap()
@@ -395,6 +651,36 @@ mod tests {
             .call_settings()
             .is_err());
         assert!(args(&["--listen", "nope"]).is_err());
+        // A default agent must be configured; per-dialect settings are validated.
+        assert!(args(&["--agent", "openai"]).unwrap().call_settings().is_err());
+        let openai = args(&[
+            "--agent",
+            "openai",
+            "--openai-api-key",
+            "sk",
+            "--openai-model",
+            "gpt-realtime-2",
+            "--insecure-skip-twilio-signature",
+        ])
+        .unwrap()
+        .call_settings()
+        .unwrap();
+        assert_eq!(
+            openai.agents.openai.unwrap().url,
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime-2"
+        );
+        assert!(args(&["--assemblyai-api-key", "k", "--assemblyai-url", "https://x"])
+            .unwrap()
+            .call_settings()
+            .is_err());
+        assert!(args(&["--tool-webhook-url", "ftp://x"])
+            .unwrap()
+            .call_settings()
+            .is_err());
+        assert!(args(&["--agent-outbox-bytes", "0"])
+            .unwrap()
+            .call_settings()
+            .is_err());
         assert!(args(&[
             "--elevenlabs-agent-id",
             "x",

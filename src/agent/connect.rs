@@ -1,11 +1,16 @@
-//! Connecting the agent leg: the ElevenLabs signed-URL fetch (protocols.md §2.1) and the
-//! client WebSocket handshake over TCP or TLS, ending in split halves.
+//! Connecting the agent leg: what each dialect connects to ([`ConnectSpec`]: URL, headers,
+//! an optional REST step), the ElevenLabs signed-URL fetch over the pooled HTTP client, and
+//! the client WebSocket handshake over TCP or TLS, ending in split halves.
 //!
-//! Owns URL derivation, the `xi-api-key` request, `Sec-WebSocket-Accept` verification
-//! (fastwebsockets' client does not check it, stack.md) and recovering the raw stream from
-//! hyper's upgrade. Does not own what is said on the socket (see `elevenlabs`, `call`).
+//! Owns URL derivation, the `xi-api-key` request (ElevenLabs "get signed URL" endpoint,
+//! <https://elevenlabs.io/docs/agents-platform/api-reference/conversations/get-signed-url>),
+//! `Authorization: Bearer` for AssemblyAI and OpenAI, `Sec-WebSocket-Accept` verification
+//! (fastwebsockets' client does not check it) and recovering the raw stream from hyper's
+//! upgrade. Does not own what is said on the socket (the dialects, `call`).
 
+use super::{AgentKind, AgentSettings, CallParams};
 use crate::auth::Secret;
+use crate::wire::http_client::HttpClient;
 use crate::wire::net::{self, BoxIo, NetError};
 use crate::wire::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
@@ -15,11 +20,15 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 
-/// Largest agent message accepted, in bytes. ElevenLabs' own SDK accepts 16 MiB because a
-/// first audio event can be large (§2.6).
+/// Largest agent message accepted, in bytes. ElevenLabs' Python SDK accepts 16 MiB because a
+/// first audio event can be large; OpenAI allows events of up to 15 MiB.
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Time allowed for the ElevenLabs signed-URL request.
+pub const SIGNED_URL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read half of an agent socket.
 pub type AgentRead = WsReader<Prefixed<ReadHalf<BoxIo>>>;
@@ -59,6 +68,9 @@ pub enum ConnectError {
     /// Connecting took longer than the configured timeout.
     #[error("agent connect timed out")]
     Timeout,
+    /// The call asked for an agent the relay has no settings for.
+    #[error("{0} is not configured on this relay")]
+    NotConfigured(&'static str),
 }
 
 impl ConnectError {
@@ -71,6 +83,7 @@ impl ConnectError {
             ConnectError::Handshake(_) => "handshake",
             ConnectError::BadAccept => "bad_accept",
             ConnectError::Timeout => "connect_timeout",
+            ConnectError::NotConfigured(_) => "agent_not_configured",
         }
     }
 }
@@ -102,26 +115,27 @@ fn encode_query(v: &str) -> String {
 }
 
 /// Fetches a signed conversation URL: `GET {base}/v1/convai/conversation/get-signed-url
-/// ?agent_id=` with header `xi-api-key` (§2.1). The URL is treated as opaque.
+/// ?agent_id=` with header `xi-api-key`, over the pooled client. The URL is treated as opaque.
 ///
 /// # Errors
 /// [`ConnectError::SignedUrlStatus`], [`ConnectError::SignedUrlBody`], or a network error.
 pub async fn fetch_signed_url(
-    s: &ElevenLabsSettings,
+    http: &HttpClient,
+    api_base: &str,
+    agent_id: &str,
     api_key: &Secret,
-    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<String, ConnectError> {
     let url = format!(
         "{}/v1/convai/conversation/get-signed-url?agent_id={}",
-        s.api_base.trim_end_matches('/'),
-        encode_query(&s.agent_id)
+        api_base.trim_end_matches('/'),
+        encode_query(agent_id)
     );
     let req = Request::get(url.as_str())
         .header("xi-api-key", api_key.expose())
         .header("accept", "application/json")
         .body(Full::new(Bytes::new()))
         .map_err(|e| NetError::InvalidUrl(e.to_string()))?;
-    let (status, body) = net::request(tls, req, 64 * 1024).await?;
+    let (status, body) = http.request(req, 64 * 1024, SIGNED_URL_TIMEOUT).await?;
     if status != StatusCode::OK {
         return Err(ConnectError::SignedUrlStatus(status));
     }
@@ -137,20 +151,88 @@ pub async fn fetch_signed_url(
     Ok(parsed.signed_url)
 }
 
-/// Resolves the conversation URL (signed if an API key is configured) and opens the
-/// WebSocket. Returns the split halves.
-///
-/// # Errors
-/// Any [`ConnectError`] (the caller applies the timeout).
-pub async fn connect_elevenlabs(
-    s: &ElevenLabsSettings,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<(AgentRead, AgentWrite), ConnectError> {
-    let url = match &s.api_key {
-        Some(key) => fetch_signed_url(s, key, tls).await?,
-        None => public_conversation_url(&s.api_base, &s.agent_id)?,
-    };
-    connect_ws(&url, tls).await
+/// Where and how one call's agent leg connects.
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    /// The dialect.
+    pub kind: AgentKind,
+    /// The WebSocket URL (`ws://` or `wss://`), unless a signed URL must be fetched first.
+    pub url: String,
+    /// Extra upgrade-request headers (e.g. `Authorization: Bearer …`).
+    pub headers: Vec<(&'static str, Secret)>,
+    /// ElevenLabs private agent: fetch a signed URL first (REST origin, agent id, API key).
+    pub signed_url: Option<(String, String, Secret)>,
+}
+
+impl ConnectSpec {
+    /// The connect plan for `kind` with this call's parameters (a per-call ElevenLabs agent
+    /// id replaces the configured one).
+    ///
+    /// # Errors
+    /// [`ConnectError::NotConfigured`] when the relay has no settings for `kind` (or it is
+    /// echo, which does not connect); [`ConnectError::Net`] for a bad configured URL.
+    pub fn new(
+        kind: AgentKind,
+        settings: &AgentSettings,
+        params: &CallParams,
+    ) -> Result<ConnectSpec, ConnectError> {
+        let not_configured = || ConnectError::NotConfigured(kind.as_str());
+        match kind {
+            AgentKind::Elevenlabs => {
+                let el = settings.elevenlabs.as_ref().ok_or_else(not_configured)?;
+                let agent_id = params.agent_id.as_deref().unwrap_or(&el.agent_id);
+                let url = public_conversation_url(&el.api_base, agent_id)?;
+                Ok(ConnectSpec {
+                    kind,
+                    url,
+                    headers: Vec::new(),
+                    signed_url: el
+                        .api_key
+                        .clone()
+                        .map(|k| (el.api_base.clone(), agent_id.to_owned(), k)),
+                })
+            }
+            AgentKind::Assemblyai => {
+                let a = settings.assemblyai.as_ref().ok_or_else(not_configured)?;
+                Ok(ConnectSpec {
+                    kind,
+                    url: a.url.clone(),
+                    headers: vec![("authorization", bearer(&a.api_key))],
+                    signed_url: None,
+                })
+            }
+            AgentKind::Openai => {
+                let o = settings.openai.as_ref().ok_or_else(not_configured)?;
+                Ok(ConnectSpec {
+                    kind,
+                    url: o.url.clone(),
+                    headers: vec![("authorization", bearer(&o.api_key))],
+                    signed_url: None,
+                })
+            }
+            AgentKind::Echo => Err(not_configured()),
+        }
+    }
+
+    /// Resolves the URL (fetching a signed one if needed) and opens the WebSocket.
+    ///
+    /// # Errors
+    /// Any [`ConnectError`] (the call machine applies the overall timeout).
+    pub async fn connect(
+        self,
+        http: &HttpClient,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<(AgentRead, AgentWrite), ConnectError> {
+        let url = match &self.signed_url {
+            Some((base, agent_id, key)) => fetch_signed_url(http, base, agent_id, key).await?,
+            None => self.url.clone(),
+        };
+        connect_ws_with(&url, &self.headers, tls).await
+    }
+}
+
+fn bearer(key: &Secret) -> Secret {
+    Secret::new(format!("Bearer {}", key.expose()))
 }
 
 struct SpawnExecutor;
@@ -174,6 +256,18 @@ pub async fn connect_ws(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<(AgentRead, AgentWrite), ConnectError> {
+    connect_ws_with(url, &[], tls).await
+}
+
+/// [`connect_ws`] with extra upgrade-request headers (values are secrets: never logged).
+///
+/// # Errors
+/// As [`connect_ws`].
+pub async fn connect_ws_with(
+    url: &str,
+    headers: &[(&'static str, Secret)],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(AgentRead, AgentWrite), ConnectError> {
     let uri: Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| NetError::InvalidUrl(e.to_string()))?;
@@ -184,12 +278,19 @@ pub async fn connect_ws(
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_owned();
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header(hyper::header::HOST, net::authority(&uri)?)
         .header(hyper::header::UPGRADE, "websocket")
         .header(hyper::header::CONNECTION, "upgrade")
         .header("Sec-WebSocket-Key", &key)
-        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Version", "13");
+    for (name, value) in headers {
+        let mut v = hyper::header::HeaderValue::from_str(value.expose())
+            .map_err(|_| NetError::InvalidUrl(format!("invalid {name} header value")))?;
+        v.set_sensitive(true);
+        req = req.header(*name, v);
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| NetError::InvalidUrl(e.to_string()))?;
     let (ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, io)

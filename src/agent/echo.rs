@@ -2,7 +2,9 @@
 //! runs end to end with no vendor account. Sans-IO: the call loop feeds caller frames with
 //! the current time and takes frames that are due; a timer in the call wakes it.
 //!
-//! Memory is bounded: at most `capacity_frames` frames are held; overflow drops the oldest.
+//! Memory is bounded in frames and in bytes: at most the delay's worth of 20 ms frames plus
+//! one second, and at most the delay's worth of μ-law bytes plus one second (a caller sending
+//! oversized frames cannot make it hold more); overflow drops the oldest frames.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 pub struct EchoAgent {
     delay: Duration,
     capacity_frames: usize,
+    capacity_bytes: usize,
     /// Audio bytes of all queued frames, back to back.
     audio: VecDeque<u8>,
     /// (due time, length in bytes) per queued frame, oldest first.
@@ -20,26 +23,33 @@ pub struct EchoAgent {
 
 impl EchoAgent {
     /// An echo agent returning audio after `delay`, holding at most the delay's worth of
-    /// 20 ms frames plus one second of slack.
+    /// 20 ms frames (and of μ-law bytes) plus one second of slack.
     pub fn new(delay: Duration) -> Self {
         let capacity_frames = (delay.as_millis() / 20) as usize + 50;
+        let capacity_bytes =
+            crate::audio::ms_to_bytes(delay.as_millis() as u64 + 1000) as usize;
         Self {
             delay,
             capacity_frames,
+            capacity_bytes,
             audio: VecDeque::new(),
             frames: VecDeque::new(),
         }
     }
 
     /// Queues one caller frame received at `now`. Returns how many old frames were dropped
-    /// to make room (0 or 1).
+    /// to make room. A frame larger than the byte capacity is cut to it.
     pub fn push(&mut self, now: Instant, audio: &[u8]) -> u64 {
+        let audio = &audio[..audio.len().min(self.capacity_bytes)];
         let mut dropped = 0;
-        if self.frames.len() >= self.capacity_frames {
-            if let Some((_, len)) = self.frames.pop_front() {
-                self.audio.drain(..len);
-                dropped = 1;
-            }
+        while self.frames.len() >= self.capacity_frames
+            || self.audio.len() + audio.len() > self.capacity_bytes
+        {
+            let Some((_, len)) = self.frames.pop_front() else {
+                break;
+            };
+            self.audio.drain(..len);
+            dropped += 1;
         }
         self.audio.extend(audio);
         self.frames.push_back((now + self.delay, audio.len()));
@@ -84,6 +94,23 @@ mod tests {
         assert!(e.pop_due(t0 + Duration::from_millis(200), &mut out));
         assert_eq!(out, [3]);
         assert_eq!(e.next_due(), None);
+    }
+
+    #[test]
+    fn holds_at_most_the_delay_plus_one_second_of_bytes() {
+        let t0 = Instant::now();
+        let mut e = EchoAgent::new(Duration::from_millis(500));
+        // 12 KiB = 1.5 s of audio per frame, more than the 12,000-byte cap.
+        let big = vec![7u8; 12 * 1024];
+        let mut dropped = 0;
+        for _ in 0..10 {
+            dropped += e.push(t0, &big);
+            assert!(e.audio.len() <= 12_000, "{}", e.audio.len());
+        }
+        assert_eq!(dropped, 9);
+        let mut out = Vec::new();
+        assert!(e.pop_due(t0 + Duration::from_secs(1), &mut out));
+        assert_eq!(out.len(), 12_000);
     }
 
     #[test]

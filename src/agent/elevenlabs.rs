@@ -1,21 +1,27 @@
 //! ElevenLabs Conversational AI WebSocket dialect: sans-IO decode of server messages into
-//! [`AgentEvent`]s and encode of the client messages (protocols.md §2.2–§2.5).
+//! [`AgentEvent`]s and encode of the client messages. Wire shapes from the ElevenLabs Agents
+//! Platform WebSocket API reference
+//! (<https://elevenlabs.io/docs/agents-platform/api-reference/agents-platform/websocket>).
 //!
 //! Owns: the wire shapes, the custom-parameter → `conversation_initiation_client_data`
-//! mapping, and tolerant handling of the UNCERTAIN items (legacy `audio.chunk`, an
-//! `interruption_event` without `event_id`). Does not own: connecting (see `agent::connect`),
-//! the interruption filter state (see `call`), or sockets.
+//! mapping, and tolerant handling of uncertain items (a legacy `audio.chunk` shape, an
+//! `interruption_event` without `event_id`, unknown types). The reply key is the audio
+//! `event_id` itself. Does not own: connecting (see `agent::connect`), the interruption filter
+//! (see `call`), or sockets.
 
-use super::{AgentEvent, DecodeError};
+use super::{AgentEvent, CallParams, DecodeError, ReplyKey, Speaker, ToolOutput};
 use crate::wire::json::LenientU64;
 use serde::Deserialize;
 
-/// Audio format name that means "G.711 μ-law 8 kHz" in ElevenLabs' metadata (§2.4, §2.6).
+/// Audio format name that means "G.711 μ-law 8 kHz" in ElevenLabs' metadata.
 pub const ULAW_8000: &str = "ulaw_8000";
 
-/// Custom parameters that become `conversation_config_override` fields instead of dynamic
-/// variables: (`customParameters` name, JSON path under the override).
-pub const OVERRIDE_PARAMETERS: [&str; 4] = ["prompt", "first_message", "language", "voice_id"];
+/// One call's ElevenLabs session: its parameters and the newest audio `event_id` seen.
+#[derive(Debug)]
+pub struct Session {
+    params: CallParams,
+    max_event_id: u64,
+}
 
 #[derive(Deserialize)]
 struct Wire<'a> {
@@ -29,7 +35,7 @@ struct Wire<'a> {
     #[serde(default)]
     interruption_event: Option<WireEventId>,
     #[serde(default)]
-    ping_event: Option<WireEventId>,
+    ping_event: Option<WirePing>,
     #[serde(borrow, default)]
     conversation_initiation_metadata_event: Option<WireMetadata<'a>>,
     #[serde(borrow, default)]
@@ -90,6 +96,16 @@ struct WireToolCall<'a> {
     tool_name: Option<&'a str>,
     #[serde(borrow, default)]
     tool_call_id: Option<&'a str>,
+    #[serde(default)]
+    parameters: Option<simd_json::OwnedValue>,
+}
+
+#[derive(Deserialize)]
+struct WirePing {
+    #[serde(default)]
+    event_id: LenientU64,
+    #[serde(default)]
+    ping_ms: LenientU64,
 }
 
 #[derive(Deserialize)]
@@ -102,83 +118,130 @@ struct WireError<'a> {
     error_type: Option<&'a str>,
 }
 
-/// Decodes one ElevenLabs server text frame in place (§2.4). Borrowing and scratch reuse as
-/// in the Twilio codec.
-///
-/// # Errors
-/// [`DecodeError::MalformedJson`] for invalid JSON, [`DecodeError::MissingType`] when there
-/// is no `type`, [`DecodeError::MissingField`] when `audio` has no payload or `ping` has no
-/// `event_id`. Unknown types decode to [`AgentEvent::Other`].
-pub fn decode<'a>(
-    frame: &'a mut [u8],
-    scratch: &mut simd_json::Buffers,
-) -> Result<AgentEvent<'a>, DecodeError> {
-    let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
-        .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
-    let kind = w.kind.ok_or(DecodeError::MissingType)?;
-    Ok(match kind {
-        "audio" => {
-            let (payload, event_id) = match (w.audio_event, w.audio) {
-                (Some(a), _) if a.audio_base_64.is_some() => (a.audio_base_64, a.event_id.0),
-                (_, Some(l)) => (l.chunk, None),
-                (a, None) => (None, a.and_then(|a| a.event_id.0)),
-            };
-            AgentEvent::Audio {
-                payload_b64: payload
-                    .ok_or(DecodeError::MissingField("audio_event.audio_base_64"))?,
-                event_id,
-            }
+impl Session {
+    /// A session for a call with these parameters.
+    pub fn new(params: CallParams) -> Session {
+        Session {
+            params,
+            max_event_id: 0,
         }
-        "interruption" => AgentEvent::Interruption {
-            event_id: w.interruption_event.and_then(|e| e.event_id.0),
-        },
-        "ping" => AgentEvent::Ping {
-            event_id: w
-                .ping_event
-                .and_then(|e| e.event_id.0)
-                .ok_or(DecodeError::MissingField("ping_event.event_id"))?,
-        },
-        "conversation_initiation_metadata" => {
-            let m = w
-                .conversation_initiation_metadata_event
-                .ok_or(DecodeError::MissingField(
-                    "conversation_initiation_metadata_event",
-                ))?;
-            AgentEvent::Ready {
-                conversation_id: m.conversation_id,
-                input_format: m.user_input_audio_format,
-                output_format: m.agent_output_audio_format,
+    }
+
+    /// The newest audio `event_id` seen (what an interruption without an id cuts).
+    pub fn current_reply(&self) -> ReplyKey {
+        ReplyKey(self.max_event_id)
+    }
+
+    /// Decodes one server text frame in place (borrowing and scratch reuse as in the Twilio
+    /// codec).
+    ///
+    /// # Errors
+    /// [`DecodeError::MalformedJson`] for invalid JSON, [`DecodeError::MissingType`] when
+    /// there is no `type`, [`DecodeError::MissingField`] when `audio` has no payload or `ping`
+    /// has no `event_id`. Unknown types decode to [`AgentEvent::Other`].
+    pub fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
+            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+        let kind = w.kind.ok_or(DecodeError::MissingType)?;
+        Ok(match kind {
+            "audio" => {
+                let (payload, event_id) = match (w.audio_event, w.audio) {
+                    (Some(a), _) if a.audio_base_64.is_some() => (a.audio_base_64, a.event_id.0),
+                    (_, Some(l)) => (l.chunk, None),
+                    (a, None) => (None, a.and_then(|a| a.event_id.0)),
+                };
+                let payload_b64 =
+                    payload.ok_or(DecodeError::MissingField("audio_event.audio_base_64"))?;
+                // Audio without an id belongs to the newest reply.
+                let id = event_id.unwrap_or(self.max_event_id);
+                self.max_event_id = self.max_event_id.max(id);
+                AgentEvent::Audio {
+                    reply: ReplyKey(id),
+                    payload_b64,
+                }
             }
-        }
-        "agent_response" => AgentEvent::AgentResponse {
-            text: w
-                .agent_response_event
-                .and_then(|e| e.agent_response)
-                .unwrap_or(""),
-        },
-        "user_transcript" => AgentEvent::UserTranscript {
-            text: w
-                .user_transcription_event
-                .and_then(|e| e.user_transcript)
-                .unwrap_or(""),
-        },
-        "client_tool_call" => {
-            let t = w.client_tool_call;
-            AgentEvent::ToolCall {
-                name: t.as_ref().and_then(|t| t.tool_name).unwrap_or(""),
-                call_id: t.as_ref().and_then(|t| t.tool_call_id).unwrap_or(""),
+            "interruption" => AgentEvent::Interrupted {
+                through: w
+                    .interruption_event
+                    .and_then(|e| e.event_id.0)
+                    .map(ReplyKey),
+            },
+            "ping" => {
+                let p = w
+                    .ping_event
+                    .ok_or(DecodeError::MissingField("ping_event.event_id"))?;
+                AgentEvent::Ping {
+                    id: p
+                        .event_id
+                        .0
+                        .ok_or(DecodeError::MissingField("ping_event.event_id"))?,
+                    rtt_ms: p.ping_ms.0,
+                }
             }
-        }
-        "error" => {
-            let e = w.error_event;
-            AgentEvent::Error {
-                code: e.as_ref().and_then(|e| e.code.0),
-                error_type: e.as_ref().and_then(|e| e.error_type),
-                message: e.as_ref().and_then(|e| e.message),
+            "conversation_initiation_metadata" => {
+                let m = w
+                    .conversation_initiation_metadata_event
+                    .ok_or(DecodeError::MissingField(
+                        "conversation_initiation_metadata_event",
+                    ))?;
+                let ok = |f: Option<&str>| f == Some(ULAW_8000);
+                AgentEvent::Ready {
+                    session_id: m.conversation_id,
+                    formats_ok: ok(m.user_input_audio_format) && ok(m.agent_output_audio_format),
+                    input_format: m.user_input_audio_format,
+                    output_format: m.agent_output_audio_format,
+                }
             }
-        }
-        other => AgentEvent::Other { kind: other },
-    })
+            "agent_response" => AgentEvent::Transcript {
+                speaker: Speaker::Agent,
+                text: w
+                    .agent_response_event
+                    .and_then(|e| e.agent_response)
+                    .unwrap_or(""),
+            },
+            "user_transcript" => AgentEvent::Transcript {
+                speaker: Speaker::Caller,
+                text: w
+                    .user_transcription_event
+                    .and_then(|e| e.user_transcript)
+                    .unwrap_or(""),
+            },
+            "client_tool_call" => {
+                let t = w
+                    .client_tool_call
+                    .ok_or(DecodeError::MissingField("client_tool_call"))?;
+                AgentEvent::ToolCall {
+                    id: t
+                        .tool_call_id
+                        .ok_or(DecodeError::MissingField("client_tool_call.tool_call_id"))?,
+                    name: t.tool_name.unwrap_or(""),
+                    arguments: super::json_object(t.parameters),
+                }
+            }
+            "agent_response_complete" => AgentEvent::ReplyDone { interrupted: false },
+            "error" => {
+                let e = w.error_event;
+                AgentEvent::Error {
+                    code: e.as_ref().and_then(|e| e.error_type),
+                    numeric_code: e.as_ref().and_then(|e| e.code.0),
+                    message: e.as_ref().and_then(|e| e.message),
+                    // The close frame that follows ends the call.
+                    fatal: false,
+                }
+            }
+            other => AgentEvent::Other { kind: other },
+        })
+    }
+
+    /// `conversation_initiation_client_data` (see [`encode_initiation`]).
+    pub fn encode_session_init(&self, out: &mut Vec<u8>) -> bool {
+        encode_initiation(&self.params, out);
+        true
+    }
 }
 
 /// Writes `{"user_audio_chunk":"<base64>"}` (§2.3; no `type` field) into `out` (cleared).
@@ -199,33 +262,32 @@ pub fn encode_pong(event_id: u64, out: &mut Vec<u8>) {
     let _ = write!(out, "{{\"type\":\"pong\",\"event_id\":{event_id}}}");
 }
 
-/// Builds `conversation_initiation_client_data` (§2.3) from a call's `customParameters`:
-/// `prompt` → `agent.prompt.prompt`, `first_message` → `agent.first_message`, `language` →
+/// Builds `conversation_initiation_client_data` from a call's parameters: `prompt` →
+/// `agent.prompt.prompt`, `first_message` → `agent.first_message`, `language` →
 /// `agent.language`, `voice_id` → `tts.voice_id` under `conversation_config_override`; every
-/// other parameter becomes a string dynamic variable, except names starting with `relay_`
-/// (the relay's own, e.g. the per-call token), which are never forwarded.
-pub fn encode_initiation(params: &[(&str, &str)], out: &mut Vec<u8>) {
+/// variable becomes a string dynamic variable (the relay's own `relay_*` parameters and
+/// `agent` never reach here, see [`CallParams::from_custom_parameters`]).
+pub fn encode_initiation(p: &CallParams, out: &mut Vec<u8>) {
     use serde_json::{json, Map, Value};
     let mut agent = Map::new();
     let mut tts = Map::new();
-    let mut vars = Map::new();
-    for &(k, v) in params {
-        match k {
-            "prompt" => {
-                agent.insert("prompt".into(), json!({ "prompt": v }));
-            }
-            "first_message" | "language" => {
-                agent.insert(k.into(), Value::String(v.into()));
-            }
-            "voice_id" => {
-                tts.insert("voice_id".into(), Value::String(v.into()));
-            }
-            _ if k.starts_with("relay_") => {}
-            _ => {
-                vars.insert(k.into(), Value::String(v.into()));
-            }
-        }
+    if let Some(v) = &p.prompt {
+        agent.insert("prompt".into(), json!({ "prompt": v }));
     }
+    if let Some(v) = &p.first_message {
+        agent.insert("first_message".into(), Value::String(v.clone()));
+    }
+    if let Some(v) = &p.language {
+        agent.insert("language".into(), Value::String(v.clone()));
+    }
+    if let Some(v) = &p.voice {
+        tts.insert("voice_id".into(), Value::String(v.clone()));
+    }
+    let vars: Map<String, Value> = p
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let mut msg = Map::new();
     msg.insert(
         "type".into(),
@@ -251,6 +313,35 @@ pub fn encode_initiation(params: &[(&str, &str)], out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, &Value::Object(msg));
 }
 
+/// `{"type":"client_tool_result","tool_call_id":…,"result":"…","is_error":…}`: `result` is a
+/// string (the JSON text of a non-string result; the error message on failure).
+pub fn encode_tool_result(call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) {
+    let (result, is_error) = match output {
+        Ok(v) => (super::result_text(v), false),
+        Err(e) => (e.clone(), true),
+    };
+    out.clear();
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &serde_json::json!({
+            "type": "client_tool_result",
+            "tool_call_id": call_id,
+            "result": result,
+            "is_error": is_error,
+        }),
+    );
+}
+
+/// DTMF as a `user_message` (the caller's keypad entry is their turn; ElevenLabs has no
+/// keypad input message): `{"type":"user_message","text":"<DTMF_TEXT>"}`.
+pub fn encode_dtmf(digits: &str, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &serde_json::json!({ "type": "user_message", "text": super::dtmf_text(digits) }),
+    );
+}
+
 /// Meaning of an ElevenLabs close code (§2.5), for log lines.
 pub fn close_code_meaning(code: u16) -> &'static str {
     match code {
@@ -269,47 +360,52 @@ mod tests {
     fn dec(s: &str) -> Result<String, DecodeError> {
         let mut b = s.as_bytes().to_vec();
         let mut sc = simd_json::Buffers::default();
-        decode(&mut b, &mut sc).map(|e| format!("{e:?}"))
+        Session::new(CallParams::default())
+            .decode(&mut b, &mut sc)
+            .map(|e| format!("{e:?}"))
     }
 
     #[test]
-    fn decodes_protocol_samples() {
-        // protocols.md §2.4 examples.
+    fn decodes_the_documented_samples() {
+        // Examples from the ElevenLabs WebSocket API reference.
         assert_eq!(
             dec(r#"{ "type": "conversation_initiation_metadata",
   "conversation_initiation_metadata_event": {
     "conversation_id": "conv_01jx", "agent_output_audio_format": "ulaw_8000", "user_input_audio_format": "ulaw_8000" } }"#)
             .unwrap(),
-            r#"Ready { conversation_id: Some("conv_01jx"), input_format: Some("ulaw_8000"), output_format: Some("ulaw_8000") }"#
+            r#"Ready { session_id: Some("conv_01jx"), formats_ok: true, input_format: Some("ulaw_8000"), output_format: Some("ulaw_8000") }"#
         );
+        assert!(dec(r#"{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"agent_output_audio_format":"pcm_16000","user_input_audio_format":"ulaw_8000"}}"#)
+            .unwrap()
+            .contains("formats_ok: false"));
         assert_eq!(
             dec(r#"{ "type": "audio", "audio_event": { "audio_base_64": "//7+/n5+", "event_id": 7 } }"#).unwrap(),
-            r#"Audio { payload_b64: "//7+/n5+", event_id: Some(7) }"#
+            r#"Audio { reply: ReplyKey(7), payload_b64: "//7+/n5+" }"#
         );
         assert_eq!(
             dec(r#"{ "type": "interruption", "interruption_event": { "event_id": 8 } }"#).unwrap(),
-            "Interruption { event_id: Some(8) }"
+            "Interrupted { through: Some(ReplyKey(8)) }"
         );
         assert_eq!(
             dec(r#"{ "type": "ping", "ping_event": { "event_id": 12345, "ping_ms": 50 } }"#)
                 .unwrap(),
-            "Ping { event_id: 12345 }"
+            "Ping { id: 12345, rtt_ms: Some(50) }"
         );
         assert_eq!(
             dec(r#"{ "type": "user_transcript", "user_transcription_event": { "user_transcript": "I need help", "event_id": 6 } }"#).unwrap(),
-            r#"UserTranscript { text: "I need help" }"#
+            r#"Transcript { speaker: Caller, text: "I need help" }"#
         );
         assert_eq!(
             dec(r#"{ "type": "agent_response", "agent_response_event": { "agent_response": "Sure, what's your order number?", "event_id": 7 } }"#).unwrap(),
-            r#"AgentResponse { text: "Sure, what's your order number?" }"#
+            r#"Transcript { speaker: Agent, text: "Sure, what's your order number?" }"#
         );
         assert_eq!(
             dec(r#"{ "type": "client_tool_call", "client_tool_call": { "tool_name": "lookup_order", "tool_call_id": "toolu_1", "parameters": {"order":"42"}, "event_id": 9 } }"#).unwrap(),
-            r#"ToolCall { name: "lookup_order", call_id: "toolu_1" }"#
+            r#"ToolCall { id: "toolu_1", name: "lookup_order", arguments: Ok(Object {"order": String("42")}) }"#
         );
         assert_eq!(
             dec(r#"{ "type": "error", "error_event": { "code": 1008, "message": "bad", "error_type": "override_error", "reason": "x", "debug_message": null, "details": null } }"#).unwrap(),
-            r#"Error { code: Some(1008), error_type: Some("override_error"), message: Some("bad") }"#
+            r#"Error { code: Some("override_error"), numeric_code: Some(1008), message: Some("bad"), fatal: false }"#
         );
         assert_eq!(
             dec(r#"{ "type": "vad_score", "vad_score_event": { "vad_score": 0.93 } }"#).unwrap(),
@@ -319,21 +415,31 @@ mod tests {
 
     #[test]
     fn tolerant_paths_for_uncertain_items() {
-        // UNCERTAIN §2.4: legacy audio shape.
+        // Legacy audio shape from an older ElevenLabs Twilio guide: no id, newest reply.
+        let mut s = Session::new(CallParams::default());
+        let mut sc = simd_json::Buffers::default();
+        let mut b = br#"{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":4}}"#.to_vec();
+        s.decode(&mut b, &mut sc).unwrap();
+        let mut b = br#"{"type":"audio","audio":{"chunk":"AAAA"}}"#.to_vec();
         assert_eq!(
-            dec(r#"{"type":"audio","audio":{"chunk":"AAAA"}}"#).unwrap(),
-            r#"Audio { payload_b64: "AAAA", event_id: None }"#
+            format!("{:?}", s.decode(&mut b, &mut sc).unwrap()),
+            r#"Audio { reply: ReplyKey(4), payload_b64: "AAAA" }"#
         );
-        // UNCERTAIN §2.4: interruption carrying `reason` instead of `event_id`.
+        assert_eq!(s.current_reply(), ReplyKey(4));
+        // An interruption carrying `reason` instead of `event_id` (one docs snippet).
         assert_eq!(
             dec(r#"{"type":"interruption","interruption_event":{"reason":"user spoke"}}"#).unwrap(),
-            "Interruption { event_id: None }"
+            "Interrupted { through: None }"
         );
         // event_id as a string.
         assert_eq!(
             dec(r#"{"type":"ping","ping_event":{"event_id":"3"}}"#).unwrap(),
-            "Ping { event_id: 3 }"
+            "Ping { id: 3, rtt_ms: None }"
         );
+        // Tool arguments that are not an object are reported, not fatal.
+        assert!(dec(r#"{"type":"client_tool_call","client_tool_call":{"tool_call_id":"t","parameters":[1]}}"#)
+            .unwrap()
+            .contains("Err(\"arguments are not a JSON object\")"));
     }
 
     #[test]
@@ -362,23 +468,39 @@ mod tests {
         assert_eq!(out, br#"{"user_audio_chunk":"//4="}"#);
         encode_pong(12345, &mut out);
         assert_eq!(out, br#"{"type":"pong","event_id":12345}"#);
+        encode_tool_result("toolu_1", &Ok(serde_json::json!({"ok": true})), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"client_tool_result","tool_call_id":"toolu_1","result":"{\"ok\":true}","is_error":false})
+        );
+        encode_tool_result("toolu_2", &Err("webhook timed out".into()), &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"], "webhook timed out");
+        assert_eq!(v["is_error"], true);
+        encode_dtmf("42#", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "user_message");
+        assert_eq!(v["text"], "The caller pressed 42# on the phone keypad.");
     }
 
     #[test]
     fn initiation_maps_overrides_and_dynamic_variables() {
+        let raw: Vec<(String, String)> = [
+            ("prompt", "You are \"Acme\"."),
+            ("first_message", "Hi!"),
+            ("language", "en"),
+            ("voice_id", "v1"),
+            ("customer_name", "Jane"),
+            ("From", "+15551234567"),
+            ("relay_token", "secret"),
+            ("agent", "elevenlabs"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let mut out = Vec::new();
-        encode_initiation(
-            &[
-                ("prompt", "You are \"Acme\"."),
-                ("first_message", "Hi!"),
-                ("language", "en"),
-                ("voice_id", "v1"),
-                ("customer_name", "Jane"),
-                ("From", "+15551234567"),
-                ("relay_token", "secret"),
-            ],
-            &mut out,
-        );
+        encode_initiation(&CallParams::from_custom_parameters(&raw), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "conversation_initiation_client_data");
         let o = &v["conversation_config_override"];
@@ -391,7 +513,7 @@ mod tests {
         assert_eq!(vars["customer_name"], "Jane");
         assert_eq!(vars["From"], "+15551234567");
 
-        encode_initiation(&[], &mut out);
+        encode_initiation(&CallParams::default(), &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v.get("conversation_config_override").is_none());
         assert_eq!(v["dynamic_variables"], serde_json::json!({}));
@@ -405,7 +527,7 @@ mod tests {
             fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
                 let mut b = bytes;
                 let mut sc = simd_json::Buffers::default();
-                let _ = decode(&mut b, &mut sc);
+                let _ = Session::new(CallParams::default()).decode(&mut b, &mut sc);
             }
 
             #[test]

@@ -1,12 +1,18 @@
-//! G.711 μ-law audio facts the relay relies on (protocols.md §5.1).
+//! G.711 μ-law audio facts the relay relies on (ITU-T G.711; Twilio Media Streams send
+//! 8 kHz mono μ-law, <https://www.twilio.com/docs/voice/media-streams/websocket-messages>),
+//! and the caller speech detector ([`vad`]).
 //!
-//! Owns the constants only: the relay never transcodes, so there is no DSP here.
+//! The relay never transcodes: audio is only ever decoded to measure its energy.
 
-/// Audio bytes per millisecond of μ-law at 8 kHz mono, one byte per sample (§5.1: 1 ms = 8
-/// bytes).
+pub mod vad;
+
+/// Duration of one Twilio media frame (160 μ-law bytes).
+pub const FRAME_DURATION: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Audio bytes per millisecond of μ-law at 8 kHz mono, one byte per sample (1 ms = 8 bytes).
 pub const MULAW_BYTES_PER_MS: u64 = 8;
 
-/// Bytes in one 20 ms μ-law chunk (160 samples; §1.3, community-assumed, never asserted on
+/// Bytes in one 20 ms μ-law chunk (160 samples; Twilio's usual frame, never asserted on
 /// input).
 pub const MULAW_CHUNK_BYTES: usize = 160;
 

@@ -1,4 +1,5 @@
-//! Playout accounting for agent audio sent to Twilio (protocols.md §1.4, §5.4).
+//! Playout accounting for agent audio sent to Twilio (Twilio Media Streams `mark` and
+//! `clear`, <https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
 //! The relay names every mark after the cumulative milliseconds of agent audio it had sent
 //! when the mark was queued (`"ms-1340"`). Twilio echoes a mark when the audio before it has
@@ -26,9 +27,17 @@ pub enum MarkOutcome {
     Unknown,
 }
 
+/// Most marks whose send time is kept for the playout-lag measurement (one per ≥ 100 ms of
+/// audio: 512 cover 51 s of queued audio; older send times are forgotten, not grown).
+pub const MAX_TIMED_MARKS: usize = 512;
+
 /// Per-call playout state.
 #[derive(Debug, Default, Clone)]
 pub struct Playout {
+    /// Send time of marks in flight: (offset ms, when written), oldest first.
+    in_flight: std::collections::VecDeque<(u64, std::time::Instant)>,
+    /// Offset (ms) of the newest mark echoed as played.
+    played_through_ms: u64,
     /// μ-law bytes of agent audio written to Twilio.
     sent_bytes: u64,
     /// `sent_ms` at the last mark queued (marks are only sent when audio was sent since).
@@ -66,9 +75,47 @@ impl Playout {
         })
     }
 
+    /// Records when the mark for offset `ms` went to Twilio (for the playout lag).
+    pub fn on_mark_sent(&mut self, ms: u64, now: std::time::Instant) {
+        if self.in_flight.len() >= MAX_TIMED_MARKS {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back((ms, now));
+    }
+
     /// Records that a `clear` was sent: every mark already sent is flushed, not played.
     pub fn on_clear(&mut self) {
         self.cleared_through_ms = self.last_mark_ms;
+        self.in_flight.clear();
+    }
+
+    /// Offset (ms of agent audio since the call began) up to which Twilio confirmed playing.
+    pub fn played_through_ms(&self) -> u64 {
+        self.played_through_ms
+    }
+
+    /// Like [`Playout::on_mark_echo`], and for a played mark also the time since it was
+    /// sent (the playout lag), when its send time is known.
+    pub fn on_mark_echo_at(
+        &mut self,
+        name: &str,
+        now: std::time::Instant,
+    ) -> (MarkOutcome, Option<std::time::Duration>) {
+        let outcome = self.on_mark_echo(name);
+        let mut lag = None;
+        if let MarkOutcome::Played(_) = outcome {
+            let through = self.played_through_ms;
+            while let Some(&(ms, at)) = self.in_flight.front() {
+                if ms > through {
+                    break;
+                }
+                self.in_flight.pop_front();
+                if ms == through {
+                    lag = Some(now.saturating_duration_since(at));
+                }
+            }
+        }
+        (outcome, lag)
     }
 
     /// Upper bound on the ms of audio Twilio still holds (§5.4 `queued_ms`).
@@ -98,6 +145,7 @@ impl Playout {
         } else {
             self.played_ms += delta;
             self.marks_played += 1;
+            self.played_through_ms = ms;
             MarkOutcome::Played(delta)
         }
     }
@@ -146,6 +194,31 @@ mod tests {
         assert_eq!(p.take_mark(), Some(400));
         assert_eq!(p.on_mark_echo("ms-400"), MarkOutcome::Played(100));
         assert_eq!(p.totals(), (300, 100, 2, 1));
+    }
+
+    #[test]
+    fn playout_lag_and_played_offset() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| std::time::Duration::from_millis(n);
+        let mut p = Playout::default();
+        p.on_audio_sent(800);
+        let m1 = p.take_mark().unwrap();
+        p.on_mark_sent(m1, t0);
+        p.on_audio_sent(800);
+        let m2 = p.take_mark().unwrap();
+        p.on_mark_sent(m2, t0 + ms(5));
+        assert_eq!(
+            p.on_mark_echo_at("ms-100", t0 + ms(120)),
+            (MarkOutcome::Played(100), Some(ms(120)))
+        );
+        assert_eq!(p.played_through_ms(), 100);
+        p.on_clear();
+        // Flushed marks give no lag and do not move the played offset.
+        assert_eq!(
+            p.on_mark_echo_at("ms-200", t0 + ms(130)),
+            (MarkOutcome::Flushed(100), None)
+        );
+        assert_eq!(p.played_through_ms(), 100);
     }
 
     #[test]

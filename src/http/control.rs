@@ -39,6 +39,7 @@ use crate::auth::signature::SignatureValidator;
 use crate::auth::tokens::StreamTokens;
 use crate::config::{Secret, ServeArgs, MAX_PARAMETER_CHARS};
 use crate::obs::metrics::{Leg, Metrics};
+use crate::wire::http_client::HttpClient;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -248,7 +249,7 @@ struct Outbound {
     status_callback: String,
     default_from: Option<String>,
     agent_params: Vec<(&'static str, String)>,
-    tls: Arc<rustls::ClientConfig>,
+    http: HttpClient,
     tokens: Option<Arc<StreamTokens>>,
     limiter: KeyedLimiter,
 }
@@ -316,12 +317,12 @@ impl Control {
     /// are always served; they are signature-checked when `signatures` is `Some`.
     pub fn new(
         args: &ServeArgs,
-        tls: Arc<rustls::ClientConfig>,
+        http: HttpClient,
         metrics: Arc<Metrics>,
         signatures: Option<SignatureValidator>,
         tokens: Option<Arc<StreamTokens>>,
     ) -> Control {
-        let outbound = Self::outbound_settings(args, tls, tokens);
+        let outbound = Self::outbound_settings(args, http, tokens);
         Control {
             outbound,
             metrics,
@@ -331,7 +332,7 @@ impl Control {
 
     fn outbound_settings(
         args: &ServeArgs,
-        tls: Arc<rustls::ClientConfig>,
+        http: HttpClient,
         tokens: Option<Arc<StreamTokens>>,
     ) -> Option<Outbound> {
         let non_empty = |s: &Option<Secret>| s.clone().filter(|s| !s.expose().is_empty());
@@ -379,7 +380,7 @@ impl Control {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             agent_params: args.agent_parameters(),
-            tls,
+            http,
             tokens,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
         })
@@ -785,15 +786,13 @@ impl Outbound {
                 "could not reach the Twilio REST API",
             )
         };
-        let (status, body) = match tokio::time::timeout(
-            TWILIO_REQUEST_TIMEOUT,
-            crate::wire::net::request(&self.tls, req, MAX_TWILIO_RESPONSE_BYTES),
-        )
-        .await
+        let (status, body) = match self
+            .http
+            .request(req, MAX_TWILIO_RESPONSE_BYTES, TWILIO_REQUEST_TIMEOUT)
+            .await
         {
-            Err(_) => return Err(unreachable("timed out".into())),
-            Ok(Err(e)) => return Err(unreachable(format!("{} ({e})", e.kind()))),
-            Ok(Ok(x)) => x,
+            Err(e) => return Err(unreachable(format!("{} ({e})", e.kind()))),
+            Ok(x) => x,
         };
         let answer: TwilioAnswer = serde_json::from_slice(&body).unwrap_or_default();
         if status.is_success() {

@@ -1,22 +1,25 @@
-//! The HTTP server: accept loop, hyper http1 connections with upgrades, routing, call
-//! admission, and drain on shutdown.
+//! The HTTP server: accept loop, hyper http1 connections with upgrades, limits before the
+//! upgrade, routing, call admission, and drain on shutdown.
 //!
 //! Routes: `GET /media` (Twilio Media Streams WebSocket, upgraded by hand with
 //! fastwebsockets), `POST /twiml` (incoming-call webhook → TwiML), `POST /outbound-call`,
-//! `POST /call-status`, `POST /stream-status` (see `control`), `GET /metrics`,
-//! `GET /healthz`, `GET /readyz`. Calls are tracked by a `TaskTracker` of our own because
-//! upgraded sockets leave hyper's view (style.md §3). Owns admission (`--max-calls`, 503),
-//! not call behaviour (see `call`).
+//! `POST /call-status`, `POST /stream-status` (see `control`), `GET /calls[/{call_sid}]`
+//! (see `admin`), `GET /metrics`, `GET /healthz`, `GET /readyz`. Calls are tracked by a
+//! `TaskTracker` of our own because upgraded sockets leave hyper's view. Owns admission
+//! (`--max-calls`, 503) and the pre-upgrade limits ([`HttpLimits`]), not call behaviour
+//! (see `call`).
 
 use crate::auth::signature::SignatureValidator;
 use crate::auth::tokens::{LiveStreams, StreamTokens};
+use super::{text, BearerToken, Resp};
+use crate::agent::AgentKind;
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
 use crate::http::control::Control;
 use crate::obs::metrics::{Metrics, UpgradeResult};
 use crate::wire::ws::{Prefixed, Role, WsReader, WsWriter};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,6 +38,22 @@ use tracing::{debug, info, warn};
 /// Largest webhook body accepted, in bytes.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 64 * 1024;
 
+/// Limits that protect the server before a connection upgrades (or while it serves plain
+/// HTTP). Defaults are far above anything a Twilio webhook needs.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time allowed for a request's head (hyper's header read timeout). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time allowed to read a webhook body. Default 10 s.
+    pub body_read_timeout: Duration,
+    /// Most concurrent connections that have not upgraded; more are closed at once. Default
+    /// 1024.
+    pub max_pending_connections: usize,
+    /// Largest request head in bytes (hyper's read buffer limit, at least 8 KiB). Default
+    /// 16 KiB.
+    pub max_header_bytes: usize,
+}
+
 /// How long closing calls may take after the drain timeout cancelled them.
 pub const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -51,6 +70,10 @@ struct State {
     signatures: Option<SignatureValidator>,
     /// Outbound calls and status callbacks.
     control: Control,
+    limits: HttpLimits,
+    /// HTTP connections accepted and not yet upgraded or closed.
+    pending: AtomicUsize,
+    admin_token: Option<BearerToken>,
 }
 
 /// A bound relay, ready to [`Relay::run`].
@@ -68,7 +91,9 @@ impl Relay {
         let settings = args.call_settings()?;
         let tls = crate::wire::net::tls_client_config()
             .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
+        let http = crate::wire::http_client::HttpClient::new(&tls);
         let metrics = Metrics::new();
+        metrics.calls_max.set(args.max_calls as f64);
         // Authenticated mode: signatures checked, streams bound to calls by relay_token.
         let (signatures, tokens) = match (&args.twilio_auth_token, &args.public_host) {
             (Some(token), Some(host)) if !token.expose().is_empty() => {
@@ -88,7 +113,7 @@ impl Relay {
         }
         let control = Control::new(
             &args,
-            tls.clone(),
+            http.clone(),
             metrics.clone(),
             signatures.clone(),
             tokens.clone(),
@@ -96,12 +121,21 @@ impl Relay {
         let listener = TcpListener::bind(args.listen).await?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
-                settings,
+                settings: Arc::new(settings),
                 metrics,
                 tls,
+                http,
                 tokens,
                 live: Arc::new(LiveStreams::default()),
+                calls: Arc::new(crate::obs::calls::CallRegistry::default()),
             }),
+            limits: args.http_limits(),
+            pending: AtomicUsize::new(0),
+            admin_token: args
+                .admin_token
+                .as_ref()
+                .filter(|t| !t.expose().is_empty())
+                .map(|t| BearerToken::new(t.expose())),
             args,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -140,7 +174,7 @@ impl Relay {
             }
         });
         info!(
-            agent = state.ctx.settings.agent.as_str(),
+            agent = state.ctx.settings.default_agent.as_str(),
             addr = ?listener.local_addr().ok(),
             "media-relay listening"
         );
@@ -149,6 +183,7 @@ impl Relay {
         shutdown.await;
 
         state.draining.store(true, Ordering::SeqCst);
+        state.ctx.metrics.draining.set(1.0);
         let drain = Duration::from_secs(state.args.drain_timeout_secs);
         info!(
             active_calls = state.active.load(Ordering::SeqCst),
@@ -180,6 +215,8 @@ impl Relay {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    let m = &state.ctx.metrics;
+    let timer = hyper_util::rt::TokioTimer::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -194,27 +231,55 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
                 continue;
             }
         };
+        // Cap connections that have not upgraded: a flood of idle or slow clients cannot
+        // exhaust descriptors or memory, and calls in progress are not counted.
+        if state.pending.fetch_add(1, Ordering::SeqCst) >= state.limits.max_pending_connections {
+            state.pending.fetch_sub(1, Ordering::SeqCst);
+            m.count("relay_http_connections_rejected_total", &[("reason", "limit")], 1);
+            debug!(%peer, "refused a connection: too many pending HTTP connections");
+            drop(stream);
+            continue;
+        }
+        m.gauge_pending(state.pending.load(Ordering::SeqCst));
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let timer = timer.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(req, state.clone(), peer));
-            if let Err(e) = http1::Builder::new()
+            let _pending = Pending(state.clone());
+            let svc_state = state.clone();
+            let svc = service_fn(move |req| route(req, svc_state.clone(), peer));
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(timer)
+                .header_read_timeout(state.limits.header_read_timeout)
+                .max_buf_size(state.limits.max_header_bytes.max(8192));
+            if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await
             {
+                if e.is_timeout() {
+                    state.ctx.metrics.count(
+                        "relay_http_connections_rejected_total",
+                        &[("reason", "header_timeout")],
+                        1,
+                    );
+                }
                 debug!(error = %e, %peer, "HTTP connection ended with an error");
             }
         });
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+/// Counts a connection as pending (not upgraded) until it upgrades or closes: hyper's
+/// connection future ends at either.
+struct Pending(Arc<State>);
 
-fn text(status: StatusCode, body: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let n = self.0.pending.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.ctx.metrics.gauge_pending(n);
+    }
 }
 
 async fn route(
@@ -235,6 +300,12 @@ async fn route(
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             r
+        }
+        (&Method::GET, "/calls") => {
+            super::admin::calls(&req, state.admin_token.as_ref(), &state.ctx.calls)
+        }
+        (&Method::GET, p) if p.starts_with("/calls/") => {
+            super::admin::calls(&req, state.admin_token.as_ref(), &state.ctx.calls)
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -357,12 +428,28 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
     });
-    let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES)
-        .collect()
-        .await
+    let agent = match agent_from_query(req.uri().query(), &state.ctx.settings) {
+        Ok(a) => a,
+        Err(msg) => return super::error_json(StatusCode::BAD_REQUEST, "invalid_agent", &msg),
+    };
+    let body = match super::read_body(
+        req.into_body(),
+        MAX_WEBHOOK_BODY_BYTES,
+        state.limits.body_read_timeout,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+        Ok(b) => b,
+        Err(e) => {
+            if e == super::BodyError::Timeout {
+                state.ctx.metrics.count(
+                    "relay_http_connections_rejected_total",
+                    &[("reason", "body_timeout")],
+                    1,
+                );
+            }
+            return super::body_error(e);
+        }
     };
     if let Some(v) = &state.signatures {
         if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
@@ -391,6 +478,9 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
     let agent_params = state.args.agent_parameters();
     for (k, v) in &agent_params {
         params.push((k, v.as_str()));
+    }
+    if let Some(a) = agent {
+        params.push(("agent", a.as_str()));
     }
     let token;
     if let Some(tokens) = &state.ctx.tokens {
@@ -421,4 +511,30 @@ async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
             )
         }
     }
+}
+
+/// The `agent` query parameter of `/twiml` (an operator points each Twilio number's webhook
+/// at `/twiml?agent=NAME`; Twilio's signature covers the query). `None` without one.
+///
+/// # Errors
+/// A message for an unknown or unconfigured agent (answered 400 at TwiML time, so the call
+/// never reaches a stream).
+fn agent_from_query(
+    query: Option<&str>,
+    settings: &crate::call::CallSettings,
+) -> Result<Option<AgentKind>, String> {
+    let Some(name) = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "agent")
+            .map(|(_, v)| v.into_owned())
+    }) else {
+        return Ok(None);
+    };
+    let kind = AgentKind::from_name(&name).ok_or_else(|| {
+        format!("unknown agent {name:?}: use elevenlabs, assemblyai, openai or echo")
+    })?;
+    if !settings.agents.is_configured(kind) {
+        return Err(format!("agent {name} is not configured on this relay"));
+    }
+    Ok(Some(kind))
 }

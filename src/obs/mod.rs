@@ -1,5 +1,7 @@
-//! Observability: the Prometheus metric families ([`metrics`]) and the compact per-call
-//! latency histograms folded into them in batches ([`latency`]). No I/O besides rendering.
+//! Observability: the Prometheus metric families ([`metrics`]), the compact per-call latency
+//! histograms folded into them in batches ([`latency`]), and the live/recent call figures
+//! behind `GET /calls` ([`calls`]). No I/O besides rendering.
 
+pub mod calls;
 pub mod latency;
 pub mod metrics;

@@ -6,8 +6,8 @@
 //! numeric fields, and byte-exact output shapes. Does not own: sockets, call state, or what
 //! to do with an event (that is `call`). No tokio or fastwebsockets in here.
 
-use crate::wire::json::LenientU64 as NumStr;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use crate::wire::json::{LenientU64 as NumStr, MaybeStr};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 
@@ -95,6 +95,8 @@ pub struct Start<'a> {
     pub encoding: Option<&'a str>,
     /// `start.mediaFormat.sampleRate` if present (a JSON number, 8000).
     pub sample_rate: Option<u64>,
+    /// `start.mediaFormat.channels` if present (a JSON number, 1).
+    pub channels: Option<u64>,
 }
 
 /// Fields of an inbound `media` message (§1.3).
@@ -164,6 +166,8 @@ struct WireMediaFormat<'a> {
     encoding: Option<&'a str>,
     #[serde(default, rename = "sampleRate")]
     sample_rate: NumStr,
+    #[serde(default)]
+    channels: NumStr,
 }
 
 #[derive(Deserialize)]
@@ -201,51 +205,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
             }
             fn visit_unit<E: de::Error>(self) -> Result<Params<'a>, E> {
                 Ok(Params(Vec::new()))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// A value that is kept if it is a string and ignored (whatever its shape) otherwise.
-struct MaybeStr<'a>(Option<&'a str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = MaybeStr<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(Some(v)))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeStr<'a>, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<MaybeStr<'a>, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<MaybeStr<'a>, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeStr(None))
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
@@ -318,9 +277,9 @@ pub fn decode<'a>(
             if !is_valid_stream_sid(stream_sid) {
                 return Err(DecodeError::InvalidStreamSid);
             }
-            let (encoding, sample_rate) = match s.media_format {
-                Some(f) => (f.encoding, f.sample_rate.0),
-                None => (None, None),
+            let (encoding, sample_rate, channels) = match s.media_format {
+                Some(f) => (f.encoding, f.sample_rate.0, f.channels.0),
+                None => (None, None, None),
             };
             TwilioEvent::Start(Start {
                 stream_sid,
@@ -329,6 +288,7 @@ pub fn decode<'a>(
                 custom_parameters: s.custom_parameters.0,
                 encoding,
                 sample_rate,
+                channels,
             })
         }
         "dtmf" => TwilioEvent::Dtmf {
@@ -362,9 +322,32 @@ pub struct PayloadError;
 #[inline]
 pub fn decode_payload(payload: &str, out: &mut Vec<u8>) -> Result<(), PayloadError> {
     out.clear();
-    base64_simd::STANDARD
-        .decode_append(payload.as_bytes(), out)
-        .map_err(|_| PayloadError)
+    decode_payload_append(payload, out).map(|_| ())
+}
+
+/// Like [`decode_payload`], but appends to `out` and returns the number of bytes appended;
+/// on error `out` is left as it was.
+///
+/// # Errors
+/// [`PayloadError`] if `payload` is not valid standard base64.
+#[inline]
+pub fn decode_payload_append(payload: &str, out: &mut Vec<u8>) -> Result<usize, PayloadError> {
+    let before = out.len();
+    match base64_simd::STANDARD.decode_append(payload.as_bytes(), &mut *out) {
+        Ok(_) => Ok(out.len() - before),
+        Err(_) => {
+            out.truncate(before);
+            Err(PayloadError)
+        }
+    }
+}
+
+/// True when a `start.mediaFormat` is G.711 μ-law, 8000 Hz, mono (Twilio's documented and
+/// only format for Media Streams). Absent fields are accepted; present ones must match.
+pub fn is_mulaw_8k_mono(start: &Start<'_>) -> bool {
+    start.encoding.is_none_or(|e| e == "audio/x-mulaw")
+        && start.sample_rate.is_none_or(|r| r == 8000)
+        && start.channels.is_none_or(|c| c == 1)
 }
 
 /// Writes an outbound `media` message (§1.4) into `out` (cleared first):

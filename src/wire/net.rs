@@ -1,15 +1,11 @@
-//! Outbound connections: TCP or TLS streams to `http(s)://` / `ws(s)://` URLs, the shared
-//! rustls client configuration, and a small HTTP/1 request helper (hyper client) for the
-//! setup calls around a call (ElevenLabs signed URL; Twilio REST later).
+//! Outbound connections: TCP or TLS streams to `ws(s)://` URLs (agent WebSockets) and the
+//! shared rustls client configuration. HTTP requests go through `http_client`.
 //!
 //! Owns: name resolution + connect, TLS (one `Arc<ClientConfig>` for the process, so
 //! session resumption works across calls, stack.md "TLS"), body size limits. Does not own
 //! WebSocket framing (see `ws`) or any protocol.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -39,6 +35,9 @@ pub enum NetError {
     /// The response body exceeded the limit.
     #[error("response body over {0} bytes")]
     BodyTooLarge(usize),
+    /// The exchange took longer than allowed.
+    #[error("timed out")]
+    Timeout,
 }
 
 impl NetError {
@@ -50,6 +49,7 @@ impl NetError {
             NetError::Tls(_) => "tls",
             NetError::Http(_) => "http",
             NetError::BodyTooLarge(_) => "body_too_large",
+            NetError::Timeout => "timeout",
         }
     }
 }
@@ -115,57 +115,4 @@ pub fn authority(uri: &Uri) -> Result<String, NetError> {
     uri.authority()
         .map(|a| a.as_str().to_owned())
         .ok_or_else(|| NetError::InvalidUrl("no authority".into()))
-}
-
-/// One HTTP/1.1 request on a fresh connection. `req`'s URI must be absolute; it is rewritten
-/// to origin form and a `Host` header is added. Returns the status and a body of at most
-/// `max_body_bytes`.
-///
-/// # Errors
-/// Any [`NetError`].
-pub async fn request(
-    tls: &Arc<rustls::ClientConfig>,
-    mut req: Request<Full<Bytes>>,
-    max_body_bytes: usize,
-) -> Result<(StatusCode, Bytes), NetError> {
-    let uri = req.uri().clone();
-    let io = open_stream(&uri, tls).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| NetError::Http(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
-        }
-    });
-    let host = authority(&uri)?;
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    *req.uri_mut() = path
-        .parse()
-        .map_err(|e: hyper::http::uri::InvalidUri| NetError::InvalidUrl(e.to_string()))?;
-    req.headers_mut().insert(
-        hyper::header::HOST,
-        host.parse()
-            .map_err(|e: hyper::header::InvalidHeaderValue| NetError::InvalidUrl(e.to_string()))?,
-    );
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| NetError::Http(e.to_string()))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                NetError::BodyTooLarge(max_body_bytes)
-            } else {
-                NetError::Http(e.to_string())
-            }
-        })?
-        .to_bytes();
-    Ok((status, body))
 }

@@ -24,7 +24,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// Which end of the connection we are: a server expects masked frames and sends unmasked
 /// ones; a client the reverse (RFC 6455 §5.3).
@@ -470,7 +470,9 @@ enum Frame {
 pub struct WsWriter<W> {
     io: W,
     role: Role,
+    /// Frames queued; `out[..written]` already reached the socket.
     out: Vec<u8>,
+    written: usize,
     close_sent: bool,
     /// xorshift state for client masking keys.
     mask_state: u64,
@@ -495,6 +497,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             io,
             role,
             out: Vec::new(),
+            written: 0,
             close_sent: false,
             mask_state: u64::from_le_bytes(seed) | 1,
         }
@@ -510,6 +513,11 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
     }
 
     fn push_frame(&mut self, opcode: u8, payload: &[u8]) {
+        if self.written > OUT_BUFFER_KEEP_BYTES && self.written * 2 > self.out.len() {
+            // A stalled socket is draining slowly: drop what it already took.
+            self.out.drain(..self.written);
+            self.written = 0;
+        }
         let len = payload.len();
         let masked = self.role == Role::Client;
         self.out.reserve(14 + len);
@@ -571,20 +579,50 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
-    /// Writes everything queued in one `write_all` (not cancel-safe: the caller abandons the
-    /// socket if it times out).
+    /// Writes everything queued (one write in the common case). Cancel-safe, see
+    /// [`WsWriter::poll_flush`].
     ///
     /// # Errors
     /// The socket's I/O error.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > OUT_BUFFER_KEEP_BYTES {
-                self.out = Vec::new();
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Writes queued frames until all reached the socket (then `Ready(Ok)`), the socket is
+    /// full (`Pending`, progress kept), or it fails. Cancel-safe: what was written is
+    /// remembered in the writer, so dropping the future loses nothing, and frames may be
+    /// queued between polls.
+    ///
+    /// # Errors
+    /// The socket's I/O error (`WriteZero` if it accepts nothing).
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        Ok(())
+        // TLS streams buffer records; plain TCP flush is a no-op.
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > OUT_BUFFER_KEEP_BYTES {
+            self.out = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Bytes queued that have not reached the socket yet.
+    #[inline]
+    pub fn pending_bytes(&self) -> usize {
+        self.out.len() - self.written
     }
 
     /// Answers a peer's close frame (RFC 6455 §5.5.1): echoes its code, or sends an empty
@@ -973,6 +1011,38 @@ mod tests {
         w.flush().await.unwrap();
         assert_eq!(w.out.capacity(), 0);
         assert!(w.out.is_empty());
+    }
+
+    /// A flush cancelled while the socket is full loses nothing: frames queued meanwhile
+    /// follow, in order, once the peer reads.
+    #[tokio::test]
+    async fn flush_is_cancel_safe_and_resumes() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut w = WsWriter::new(a, Role::Server);
+        let first = vec![b'1'; 300];
+        w.send_text(&first).unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), w.flush())
+                .await
+                .is_err(),
+            "the 64-byte pipe cannot take 300 bytes"
+        );
+        assert!(w.pending_bytes() > 0 && w.pending_bytes() < 304);
+        w.send_text(b"second").unwrap();
+        let mut r = WsReader::new(b, Role::Client, 1024);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                match r.next().await.unwrap() {
+                    Message::Text(t) => got.push(t.to_vec()),
+                    m => panic!("{m:?}"),
+                }
+            }
+            got
+        });
+        w.flush().await.unwrap();
+        assert_eq!(w.pending_bytes(), 0);
+        assert_eq!(reader.await.unwrap(), vec![first, b"second".to_vec()]);
     }
 
     #[tokio::test]

@@ -1,0 +1,447 @@
+//! AssemblyAI Voice Agent API dialect: sans-IO decode of server events into [`AgentEvent`]s
+//! and encode of client events, from AssemblyAI's Voice Agent API documentation
+//! (<https://www.assemblyai.com/docs/voice-agents/voice-agent-api>: events reference, message
+//! sequence, audio format, tool calling, turn detection and interruptions).
+//!
+//! Owns the wire shapes and three tolerant paths the documentation leaves open: error events
+//! that carry no `type` field at all, tool calls whose arguments are in `arguments` or in
+//! `args`, and `reply.audio` that arrives without a `reply.started` before it. The reply key
+//! is a counter bumped per reply (`reply.audio` carries no reply id). Does not own when to
+//! send what (the call machine) or sockets.
+
+use super::{
+    AgentEvent, AgentSettings, AssemblyAiSettings, BargeInTrigger, CallParams, DecodeError,
+    ReplyKey, Speaker, ToolOutput,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// The encoding name of G.711 μ-law in AssemblyAI's `format` objects.
+pub const PCMU: &str = "audio/pcmu";
+
+/// `session.error` codes after which the session is over (AssemblyAI's error list: auth,
+/// internal errors, capacity, resume failures, the duration cap, agent start-up). Any other
+/// code (`invalid_format`, `invalid_audio`, `invalid_value`, `immutable_field`,
+/// `invalid_config`, or one not yet documented) leaves the session open.
+pub const FATAL_ERROR_CODES: [&str; 9] = [
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "INTERNAL_ERROR",
+    "server_error",
+    "session_not_found",
+    "session_forbidden",
+    "session_expired",
+    "agent_init_failed",
+    "agent_timeout",
+];
+
+/// One call's AssemblyAI session.
+#[derive(Debug)]
+pub struct Session {
+    /// The first `session.update`, built once.
+    init: Vec<u8>,
+    barge_in: BargeInTrigger,
+    /// Reply counter (the reply key) and whether a reply is open.
+    reply: u64,
+    reply_open: bool,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    session_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    data: Option<&'a str>,
+    #[serde(borrow, default)]
+    text: Option<&'a str>,
+    #[serde(borrow, default)]
+    status: Option<&'a str>,
+    #[serde(default)]
+    interrupted: Option<bool>,
+    #[serde(borrow, default)]
+    call_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    name: Option<&'a str>,
+    #[serde(default)]
+    arguments: Option<simd_json::OwnedValue>,
+    #[serde(default)]
+    args: Option<simd_json::OwnedValue>,
+    #[serde(borrow, default)]
+    code: Option<&'a str>,
+    #[serde(borrow, default)]
+    message: Option<&'a str>,
+    #[serde(borrow, default)]
+    error: Option<&'a str>,
+}
+
+impl Session {
+    /// A session for one call: the first `session.update` carries μ-law 8 kHz both ways plus
+    /// the call's prompt, greeting, voice and tools (locked after the first update).
+    pub fn new(s: &AssemblyAiSettings, agents: &AgentSettings, p: CallParams) -> Session {
+        let fmt = json!({ "encoding": PCMU, "sample_rate": 8000 });
+        let mut session = Map::new();
+        if let Some(v) = &p.prompt {
+            session.insert("system_prompt".into(), Value::String(v.clone()));
+        }
+        if let Some(v) = &p.first_message {
+            session.insert("greeting".into(), Value::String(v.clone()));
+        }
+        let tools = flat_tools(p.tools.as_ref().unwrap_or(&agents.tools));
+        if !tools.is_empty() {
+            session.insert("tools".into(), Value::Array(tools));
+        }
+        session.insert("input".into(), json!({ "format": fmt }));
+        let mut output = Map::new();
+        if let Some(v) = p.voice.as_ref().or(s.voice.as_ref()) {
+            output.insert("voice".into(), Value::String(v.clone()));
+        }
+        output.insert("format".into(), fmt);
+        session.insert("output".into(), Value::Object(output));
+        let init = serde_json::to_vec(&json!({ "type": "session.update", "session": session }))
+            .unwrap_or_default();
+        Session {
+            init,
+            barge_in: s.barge_in,
+            reply: 0,
+            reply_open: false,
+        }
+    }
+
+    /// The configured barge-in trigger.
+    pub fn barge_in(&self) -> BargeInTrigger {
+        self.barge_in
+    }
+
+    /// The reply audio is attributed to.
+    pub fn current_reply(&self) -> ReplyKey {
+        ReplyKey(self.reply)
+    }
+
+    /// The first `session.update`.
+    pub fn encode_session_init(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.extend_from_slice(&self.init);
+        true
+    }
+
+    /// Decodes one server event in place.
+    ///
+    /// # Errors
+    /// [`DecodeError::MalformedJson`], [`DecodeError::MissingType`] (no `type` and not an
+    /// error shape), [`DecodeError::MissingField`] (`reply.audio` without `data`, `tool.call`
+    /// without `call_id`).
+    pub fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
+            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+        let Some(kind) = w.kind else {
+            // Tolerated: error events without a `type` field.
+            if w.code.is_some() || w.error.is_some() {
+                return Ok(error_event(w.code.or(w.error), w.message));
+            }
+            return Err(DecodeError::MissingType);
+        };
+        Ok(match kind {
+            "reply.audio" => {
+                let payload_b64 = w.data.ok_or(DecodeError::MissingField("reply.audio.data"))?;
+                if !self.reply_open {
+                    // Audio without `reply.started`: a reply of its own.
+                    self.reply += 1;
+                    self.reply_open = true;
+                }
+                AgentEvent::Audio {
+                    reply: ReplyKey(self.reply),
+                    payload_b64,
+                }
+            }
+            "session.ready" => AgentEvent::Ready {
+                session_id: w.session_id,
+                // The formats were set in the first update and cannot change afterwards.
+                formats_ok: true,
+                input_format: Some(PCMU),
+                output_format: Some(PCMU),
+            },
+            "input.speech.started" => AgentEvent::SpeechStarted,
+            "input.speech.stopped" => AgentEvent::SpeechStopped,
+            "reply.started" => {
+                self.reply += 1;
+                self.reply_open = true;
+                AgentEvent::ReplyStarted
+            }
+            "reply.done" => {
+                self.reply_open = false;
+                AgentEvent::ReplyDone {
+                    // A missing status counts as completed.
+                    interrupted: w.status == Some("interrupted"),
+                }
+            }
+            "transcript.agent" if w.interrupted == Some(true) => AgentEvent::Interrupted {
+                through: Some(ReplyKey(self.reply)),
+            },
+            "transcript.agent" => AgentEvent::Transcript {
+                speaker: Speaker::Agent,
+                text: w.text.unwrap_or(""),
+            },
+            "transcript.user" => AgentEvent::Transcript {
+                speaker: Speaker::Caller,
+                text: w.text.unwrap_or(""),
+            },
+            "tool.call" => AgentEvent::ToolCall {
+                id: w.call_id.ok_or(DecodeError::MissingField("tool.call.call_id"))?,
+                name: w.name.unwrap_or(""),
+                arguments: super::json_object(w.arguments.or(w.args)),
+            },
+            "session.error" | "error" => error_event(w.code.or(w.error), w.message),
+            "session.ended" => AgentEvent::Ended,
+            other => AgentEvent::Other { kind: other },
+        })
+    }
+}
+
+fn error_event<'a>(code: Option<&'a str>, message: Option<&'a str>) -> AgentEvent<'a> {
+    AgentEvent::Error {
+        code,
+        numeric_code: None,
+        message,
+        fatal: code.is_some_and(|c| FATAL_ERROR_CODES.contains(&c)),
+    }
+}
+
+/// Tool definitions in AssemblyAI's flat shape `{type:"function", name, description,
+/// parameters}` (entries that are not objects with a name are skipped).
+fn flat_tools(tools: &Value) -> Vec<Value> {
+    tools
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t.get("name").is_some_and(Value::is_string))
+                .map(|t| {
+                    let mut t = t.clone();
+                    if let Some(o) = t.as_object_mut() {
+                        o.entry("type").or_insert_with(|| json!("function"));
+                    }
+                    t
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `{"type":"input.audio","audio":"<base64>"}` into `out` (cleared).
+#[inline]
+pub fn encode_input_audio(audio: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(32 + base64_simd::STANDARD.encoded_length(audio.len()));
+    out.extend_from_slice(b"{\"type\":\"input.audio\",\"audio\":\"");
+    base64_simd::STANDARD.encode_append(audio, out);
+    out.extend_from_slice(b"\"}");
+}
+
+/// `{"type":"tool.result","call_id":…,"result":"<string>"}`: a failure is a result too (the
+/// API has no error flag), as `{"error": message}` text.
+pub fn encode_tool_result(call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) {
+    let result = match output {
+        Ok(v) => super::result_text(v),
+        Err(e) => json!({ "error": e }).to_string(),
+    };
+    out.clear();
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &json!({ "type": "tool.result", "call_id": call_id, "result": result }),
+    );
+}
+
+/// DTMF as `reply.create` with the keypad entry as instructions (the API has no keypad
+/// input; a reply is what the caller expects after pressing keys).
+pub fn encode_dtmf(digits: &str, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = serde_json::to_writer(
+        &mut *out,
+        &json!({ "type": "reply.create", "instructions": super::dtmf_text(digits) }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+
+    fn settings(barge_in: BargeInTrigger) -> AssemblyAiSettings {
+        AssemblyAiSettings {
+            api_key: Secret::new("k"),
+            url: "wss://agents.assemblyai.com/v1/ws".into(),
+            voice: Some("ivy".into()),
+            barge_in,
+        }
+    }
+
+    fn session() -> Session {
+        Session::new(
+            &settings(BargeInTrigger::ReplyInterrupted),
+            &AgentSettings::default(),
+            CallParams::default(),
+        )
+    }
+
+    fn dec(s: &mut Session, json: &str) -> Result<String, DecodeError> {
+        let mut b = json.as_bytes().to_vec();
+        let mut sc = simd_json::Buffers::default();
+        s.decode(&mut b, &mut sc).map(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn first_update_carries_pcmu_both_ways_and_the_call_settings() {
+        let agents = AgentSettings {
+            tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
+            ..AgentSettings::default()
+        };
+        let p = CallParams {
+            prompt: Some("Be brief.".into()),
+            first_message: Some("Hi! How can I help?".into()),
+            ..CallParams::default()
+        };
+        let s = Session::new(&settings(BargeInTrigger::ReplyInterrupted), &agents, p);
+        let mut out = Vec::new();
+        assert!(s.encode_session_init(&mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "session.update");
+        let s = &v["session"];
+        assert_eq!(s["system_prompt"], "Be brief.");
+        assert_eq!(s["greeting"], "Hi! How can I help?");
+        for dir in ["input", "output"] {
+            assert_eq!(s[dir]["format"]["encoding"], "audio/pcmu");
+            assert_eq!(s[dir]["format"]["sample_rate"], 8000);
+        }
+        assert_eq!(s["output"]["voice"], "ivy");
+        assert_eq!(
+            s["tools"],
+            json!([{"type":"function","name":"lookup_order","description":"d","parameters":{"type":"object"}}])
+        );
+    }
+
+    #[test]
+    fn decodes_the_documented_events() {
+        let mut s = session();
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "session.ready", "session_id": "sess_abc123" }"#).unwrap(),
+            r#"Ready { session_id: Some("sess_abc123"), formats_ok: true, input_format: Some("audio/pcmu"), output_format: Some("audio/pcmu") }"#
+        );
+        assert_eq!(dec(&mut s, r#"{"type":"input.speech.started"}"#).unwrap(), "SpeechStarted");
+        assert_eq!(dec(&mut s, r#"{"type":"input.speech.stopped"}"#).unwrap(), "SpeechStopped");
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "transcript.user", "text": "What's the weather in Tokyo?", "item_id": "item_abc123" }"#).unwrap(),
+            r#"Transcript { speaker: Caller, text: "What's the weather in Tokyo?" }"#
+        );
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "reply.started", "reply_id": "reply_abc123" }"#).unwrap(),
+            "ReplyStarted"
+        );
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "reply.audio", "data": "//7+" }"#).unwrap(),
+            r#"Audio { reply: ReplyKey(1), payload_b64: "//7+" }"#
+        );
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "transcript.agent", "text": "It's 22°C and sunny.", "reply_id": "reply_abc123", "item_id": "item_abc123", "interrupted": false }"#).unwrap(),
+            r#"Transcript { speaker: Agent, text: "It's 22°C and sunny." }"#
+        );
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "reply.done", "status": "completed" }"#).unwrap(),
+            "ReplyDone { interrupted: false }"
+        );
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "tool.call", "call_id": "call_abc123", "name": "get_weather", "arguments": { "location": "Tokyo" } }"#).unwrap(),
+            r#"ToolCall { id: "call_abc123", name: "get_weather", arguments: Ok(Object {"location": String("Tokyo")}) }"#
+        );
+        assert_eq!(dec(&mut s, r#"{ "type": "session.ended" }"#).unwrap(), "Ended");
+        assert_eq!(
+            dec(&mut s, r#"{"type":"session.updated"}"#).unwrap(),
+            r#"Other { kind: "session.updated" }"#
+        );
+    }
+
+    #[test]
+    fn barge_in_signals_and_reply_keys() {
+        let mut s = session();
+        dec(&mut s, r#"{"type":"reply.started","reply_id":"r1"}"#).unwrap();
+        assert_eq!(s.current_reply(), ReplyKey(1));
+        assert_eq!(
+            dec(&mut s, r#"{"type":"transcript.agent","text":"It's","interrupted":true}"#).unwrap(),
+            "Interrupted { through: Some(ReplyKey(1)) }"
+        );
+        // Late audio of the cut reply keeps its key (the machine drops it).
+        assert!(dec(&mut s, r#"{"type":"reply.audio","data":"AA=="}"#)
+            .unwrap()
+            .contains("ReplyKey(1)"));
+        assert_eq!(
+            dec(&mut s, r#"{"type":"reply.done","status":"interrupted"}"#).unwrap(),
+            "ReplyDone { interrupted: true }"
+        );
+        // A missing status counts as completed.
+        assert_eq!(
+            dec(&mut s, r#"{"type":"reply.done"}"#).unwrap(),
+            "ReplyDone { interrupted: false }"
+        );
+        // Audio with no reply.started before it opens a reply of its own.
+        assert!(dec(&mut s, r#"{"type":"reply.audio","data":"AA=="}"#)
+            .unwrap()
+            .contains("ReplyKey(2)"));
+        let speech = Session::new(
+            &settings(BargeInTrigger::SpeechStarted),
+            &AgentSettings::default(),
+            CallParams::default(),
+        );
+        assert_eq!(speech.barge_in(), BargeInTrigger::SpeechStarted);
+    }
+
+    #[test]
+    fn tolerant_paths() {
+        let mut s = session();
+        // Tool arguments under `args` (the official Twilio example reads this name).
+        assert_eq!(
+            dec(&mut s, r#"{"type":"tool.call","call_id":"c1","name":"end_call","args":{"reason":"done"}}"#).unwrap(),
+            r#"ToolCall { id: "c1", name: "end_call", arguments: Ok(Object {"reason": String("done")}) }"#
+        );
+        // An error event with no type field at all.
+        assert_eq!(
+            dec(&mut s, r#"{"code":"UNAUTHORIZED","message":"bad key"}"#).unwrap(),
+            r#"Error { code: Some("UNAUTHORIZED"), numeric_code: None, message: Some("bad key"), fatal: true }"#
+        );
+        assert_eq!(
+            dec(&mut s, r#"{"error":"session_expired"}"#).unwrap(),
+            r#"Error { code: Some("session_expired"), numeric_code: None, message: None, fatal: true }"#
+        );
+        // Non-fatal codes leave the session open; unknown codes too.
+        for code in ["invalid_format", "invalid_audio", "invalid_value", "immutable_field", "invalid_config", "something_new"] {
+            let e = dec(&mut s, &format!(r#"{{"type":"session.error","code":"{code}","message":"m"}}"#)).unwrap();
+            assert!(e.ends_with("fatal: false }"), "{e}");
+        }
+        for code in FATAL_ERROR_CODES {
+            let e = dec(&mut s, &format!(r#"{{"type":"session.error","code":"{code}"}}"#)).unwrap();
+            assert!(e.ends_with("fatal: true }"), "{e}");
+        }
+        assert_eq!(dec(&mut s, r#"{"no":"type"}"#).unwrap_err().kind(), "missing_type");
+        assert_eq!(dec(&mut s, r#"{"type":"reply.audio"}"#).unwrap_err().kind(), "missing_field");
+    }
+
+    #[test]
+    fn encodes_client_events() {
+        let mut out = Vec::new();
+        encode_input_audio(&[0xff, 0x7f], &mut out);
+        assert_eq!(out, br#"{"type":"input.audio","audio":"/38="}"#);
+        encode_tool_result("call_1", &Ok(json!({"temp_c": 22})), &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, json!({"type":"tool.result","call_id":"call_1","result":"{\"temp_c\":22}"}));
+        encode_tool_result("call_2", &Err("tool webhook timed out".into()), &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"], r#"{"error":"tool webhook timed out"}"#);
+        encode_dtmf("7", &mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "reply.create");
+        assert_eq!(v["instructions"], "The caller pressed 7 on the phone keypad.");
+    }
+}

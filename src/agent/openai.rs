@@ -1,0 +1,483 @@
+//! OpenAI Realtime API (GA) dialect: sans-IO decode of server events into [`AgentEvent`]s and
+//! encode of client events, from OpenAI's Realtime API reference
+//! (<https://platform.openai.com/docs/api-reference/realtime>) and its Twilio guide.
+//!
+//! Owns the wire shapes, `session.update` with `audio/pcmu` both ways, the greeting as a
+//! `response.create`, function-call results (a `function_call_output` item, then
+//! `response.create`), and `conversation.item.truncate` after a barge-in. The reply key is a
+//! counter bumped for each new `item_id` in the audio deltas; the current item id is kept for
+//! the truncate. Beta event names (`response.audio.delta`, `response.audio.done`) are accepted
+//! too. Does not own when to send what (the call machine) or sockets.
+
+use super::{
+    AgentEvent, AgentSettings, CallParams, DecodeError, OpenAiSettings, ReplyKey, Speaker,
+    ToolOutput,
+};
+use crate::wire::json::{write_str, MaybeStr};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// The GA format type of G.711 μ-law.
+pub const PCMU: &str = "audio/pcmu";
+
+/// One call's OpenAI Realtime session.
+#[derive(Debug)]
+pub struct Session {
+    /// `session.update`, then (with a greeting) `response.create`.
+    init: Vec<Vec<u8>>,
+    /// Reply key of the current audio item, and its `item_id`.
+    reply: u64,
+    item_id: String,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    item_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    delta: Option<&'a str>,
+    #[serde(borrow, default)]
+    call_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    name: Option<&'a str>,
+    #[serde(default)]
+    arguments: Option<simd_json::OwnedValue>,
+    #[serde(borrow, default)]
+    transcript: Option<&'a str>,
+    #[serde(borrow, default)]
+    session: Option<WireSession<'a>>,
+    #[serde(borrow, default)]
+    response: Option<WireResponse<'a>>,
+    #[serde(borrow, default)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireSession<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a str>,
+    #[serde(borrow, default)]
+    audio: Option<WireAudio<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireAudio<'a> {
+    #[serde(borrow, default)]
+    input: Option<WireDirection<'a>>,
+    #[serde(borrow, default)]
+    output: Option<WireDirection<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireDirection<'a> {
+    #[serde(borrow, default)]
+    format: Option<WireFormat<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireFormat<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: MaybeStr<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse<'a> {
+    #[serde(borrow, default)]
+    status: MaybeStr<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireError<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: MaybeStr<'a>,
+    #[serde(borrow, default)]
+    code: MaybeStr<'a>,
+    #[serde(borrow, default)]
+    message: MaybeStr<'a>,
+}
+
+impl Session {
+    /// A session for one call: `session.update` (`type: realtime`, audio output only,
+    /// `audio/pcmu` in and out, server VAD, voice, instructions, tools) and, when the call
+    /// has a greeting, `response.create` asking the model to say it.
+    pub fn new(s: &OpenAiSettings, agents: &AgentSettings, p: CallParams) -> Session {
+        let mut session = Map::new();
+        session.insert("type".into(), json!("realtime"));
+        session.insert("output_modalities".into(), json!(["audio"]));
+        let voice = p.voice.as_deref().unwrap_or(&s.voice);
+        session.insert(
+            "audio".into(),
+            json!({
+                "input": { "format": { "type": PCMU }, "turn_detection": { "type": "server_vad" } },
+                "output": { "format": { "type": PCMU }, "voice": voice },
+            }),
+        );
+        if let Some(v) = &p.prompt {
+            session.insert("instructions".into(), Value::String(v.clone()));
+        }
+        let tools = function_tools(p.tools.as_ref().unwrap_or(&agents.tools));
+        if !tools.is_empty() {
+            session.insert("tools".into(), Value::Array(tools));
+            session.insert("tool_choice".into(), json!("auto"));
+        }
+        let mut init =
+            vec![
+                serde_json::to_vec(&json!({ "type": "session.update", "session": session }))
+                    .unwrap_or_default(),
+            ];
+        if let Some(greeting) = &p.first_message {
+            init.push(
+                serde_json::to_vec(&json!({
+                    "type": "response.create",
+                    "response": { "instructions": format!("Greet the caller by saying exactly: {greeting}") },
+                }))
+                .unwrap_or_default(),
+            );
+        }
+        Session {
+            init,
+            reply: 0,
+            item_id: String::new(),
+        }
+    }
+
+    /// The reply key of the current audio item.
+    pub fn current_reply(&self) -> ReplyKey {
+        ReplyKey(self.reply)
+    }
+
+    /// Session-opening message number `index`.
+    pub fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        match self.init.get(index) {
+            Some(m) => {
+                out.clear();
+                out.extend_from_slice(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `conversation.item.truncate` for reply `reply` at `audio_end_ms` (only for the current
+    /// item: earlier items finished playing).
+    pub fn encode_truncate(&self, reply: ReplyKey, audio_end_ms: u64, out: &mut Vec<u8>) -> bool {
+        if reply.0 != self.reply || self.item_id.is_empty() {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(b"{\"type\":\"conversation.item.truncate\",\"item_id\":");
+        write_str(out, &self.item_id);
+        out.extend_from_slice(b",\"content_index\":0,\"audio_end_ms\":");
+        out.extend_from_slice(audio_end_ms.to_string().as_bytes());
+        out.push(b'}');
+        true
+    }
+
+    /// Decodes one server event in place.
+    ///
+    /// # Errors
+    /// [`DecodeError::MalformedJson`], [`DecodeError::MissingType`],
+    /// [`DecodeError::MissingField`] (an audio delta without `delta`, a function call without
+    /// `call_id`).
+    pub fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
+            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+        let kind = w.kind.ok_or(DecodeError::MissingType)?;
+        Ok(match kind {
+            "response.output_audio.delta" | "response.audio.delta" => {
+                let payload_b64 = w
+                    .delta
+                    .ok_or(DecodeError::MissingField("response.output_audio.delta.delta"))?;
+                let item = w.item_id.unwrap_or("");
+                if self.reply == 0 || item != self.item_id {
+                    self.reply += 1;
+                    self.item_id.clear();
+                    self.item_id.push_str(item);
+                }
+                AgentEvent::Audio {
+                    reply: ReplyKey(self.reply),
+                    payload_b64,
+                }
+            }
+            "response.output_audio.done" | "response.audio.done" => AgentEvent::AudioDone,
+            "input_audio_buffer.speech_started" => AgentEvent::SpeechStarted,
+            "input_audio_buffer.speech_stopped" => AgentEvent::SpeechStopped,
+            "session.updated" => {
+                let fmt = |d: Option<&WireDirection<'a>>| {
+                    d.and_then(|d| d.format.as_ref()).and_then(|f| f.kind.0)
+                };
+                let audio = w.session.as_ref().and_then(|s| s.audio.as_ref());
+                let input = fmt(audio.and_then(|a| a.input.as_ref()));
+                let output = fmt(audio.and_then(|a| a.output.as_ref()));
+                // Absent formats are tolerated (the update asked for μ-law); present ones must be.
+                let ok = |f: Option<&str>| f.is_none_or(|f| f == PCMU);
+                AgentEvent::Ready {
+                    session_id: w.session.as_ref().and_then(|s| s.id),
+                    formats_ok: ok(input) && ok(output),
+                    input_format: input,
+                    output_format: output,
+                }
+            }
+            "response.created" => AgentEvent::ReplyStarted,
+            "response.done" => AgentEvent::ReplyDone {
+                interrupted: w.response.as_ref().and_then(|r| r.status.0) == Some("cancelled"),
+            },
+            "response.function_call_arguments.done" => AgentEvent::ToolCall {
+                id: w.call_id.ok_or(DecodeError::MissingField(
+                    "response.function_call_arguments.done.call_id",
+                ))?,
+                name: w.name.unwrap_or(""),
+                arguments: super::json_object(w.arguments),
+            },
+            "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
+                AgentEvent::Transcript {
+                    speaker: Speaker::Agent,
+                    text: w.transcript.unwrap_or(""),
+                }
+            }
+            "conversation.item.input_audio_transcription.completed" => AgentEvent::Transcript {
+                speaker: Speaker::Caller,
+                text: w.transcript.unwrap_or(""),
+            },
+            "error" => {
+                let e = w.error.as_ref();
+                AgentEvent::Error {
+                    code: e.and_then(|e| e.code.0.or(e.kind.0)),
+                    numeric_code: None,
+                    message: e.and_then(|e| e.message.0),
+                    // The session stays open; a fatal problem closes the socket.
+                    fatal: false,
+                }
+            }
+            other => AgentEvent::Other { kind: other },
+        })
+    }
+}
+
+/// Tool definitions in the GA shape `{type:"function", name, description, parameters}`.
+fn function_tools(tools: &Value) -> Vec<Value> {
+    tools
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t.get("name").is_some_and(Value::is_string))
+                .map(|t| {
+                    let mut t = t.clone();
+                    if let Some(o) = t.as_object_mut() {
+                        o.entry("type").or_insert_with(|| json!("function"));
+                    }
+                    t
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `{"type":"input_audio_buffer.append","audio":"<base64>"}` into `out` (cleared).
+#[inline]
+pub fn encode_append(audio: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(48 + base64_simd::STANDARD.encoded_length(audio.len()));
+    out.extend_from_slice(b"{\"type\":\"input_audio_buffer.append\",\"audio\":\"");
+    base64_simd::STANDARD.encode_append(audio, out);
+    out.extend_from_slice(b"\"}");
+}
+
+/// `{"type":"response.create"}`.
+fn encode_response_create(out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(br#"{"type":"response.create"}"#);
+}
+
+/// Part 0: the `function_call_output` item (`output` is a string: the result's JSON text, or
+/// `{"error": message}`); part 1: `response.create` so the model answers with it.
+pub fn encode_tool_result(part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+    match part {
+        0 => {
+            let text = match output {
+                Ok(v) => super::result_text(v),
+                Err(e) => json!({ "error": e }).to_string(),
+            };
+            out.clear();
+            let _ = serde_json::to_writer(
+                &mut *out,
+                &json!({
+                    "type": "conversation.item.create",
+                    "item": { "type": "function_call_output", "call_id": call_id, "output": text },
+                }),
+            );
+            true
+        }
+        1 => {
+            encode_response_create(out);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Part 0: the keypad entry as a user text item; part 1: `response.create`.
+pub fn encode_dtmf(part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+    match part {
+        0 => {
+            out.clear();
+            let _ = serde_json::to_writer(
+                &mut *out,
+                &json!({
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{ "type": "input_text", "text": super::dtmf_text(digits) }],
+                    },
+                }),
+            );
+            true
+        }
+        1 => {
+            encode_response_create(out);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+
+    fn settings() -> OpenAiSettings {
+        OpenAiSettings {
+            api_key: Secret::new("k"),
+            url: "wss://api.openai.com/v1/realtime?model=gpt-realtime".into(),
+            voice: "alloy".into(),
+        }
+    }
+
+    fn dec(s: &mut Session, json: &str) -> Result<String, DecodeError> {
+        let mut b = json.as_bytes().to_vec();
+        let mut sc = simd_json::Buffers::default();
+        s.decode(&mut b, &mut sc).map(|e| format!("{e:?}"))
+    }
+
+    fn session() -> Session {
+        Session::new(&settings(), &AgentSettings::default(), CallParams::default())
+    }
+
+    #[test]
+    fn session_update_asks_for_pcmu_both_ways_and_greets() {
+        let agents = AgentSettings {
+            tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
+            ..AgentSettings::default()
+        };
+        let p = CallParams {
+            prompt: Some("Be brief.".into()),
+            first_message: Some("Hi, Acme here.".into()),
+            voice: Some("marin".into()),
+            ..CallParams::default()
+        };
+        let s = Session::new(&settings(), &agents, p);
+        let mut out = Vec::new();
+        assert!(s.encode_session_init(0, &mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "session.update");
+        let ss = &v["session"];
+        assert_eq!(ss["type"], "realtime");
+        assert_eq!(ss["audio"]["input"]["format"]["type"], "audio/pcmu");
+        assert_eq!(ss["audio"]["output"]["format"]["type"], "audio/pcmu");
+        assert_eq!(ss["audio"]["output"]["voice"], "marin");
+        assert_eq!(ss["instructions"], "Be brief.");
+        assert_eq!(ss["tools"][0]["type"], "function");
+        assert_eq!(ss["tools"][0]["name"], "lookup_order");
+        assert!(s.encode_session_init(1, &mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "response.create");
+        assert!(v["response"]["instructions"].as_str().unwrap().contains("Hi, Acme here."));
+        assert!(!s.encode_session_init(2, &mut out));
+        // Without a greeting there is only the update.
+        assert!(!session().encode_session_init(1, &mut out));
+    }
+
+    #[test]
+    fn decodes_the_documented_events_and_keys_replies_by_item() {
+        let mut s = session();
+        assert_eq!(
+            dec(&mut s, r#"{"type":"session.updated","session":{"id":"sess_1","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"},"voice":"alloy"}}}}"#).unwrap(),
+            r#"Ready { session_id: Some("sess_1"), formats_ok: true, input_format: Some("audio/pcmu"), output_format: Some("audio/pcmu") }"#
+        );
+        assert!(dec(&mut s, r#"{"type":"session.updated","session":{"audio":{"output":{"format":{"type":"audio/pcm","rate":24000}}}}}"#)
+            .unwrap()
+            .contains("formats_ok: false"));
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1", "item_id": "item_a", "output_index": 0, "content_index": 0, "delta": "//7+" }"#).unwrap(),
+            r#"Audio { reply: ReplyKey(1), payload_b64: "//7+" }"#
+        );
+        assert!(dec(&mut s, r#"{"type":"response.output_audio.delta","item_id":"item_a","delta":"AA=="}"#).unwrap().contains("ReplyKey(1)"));
+        // A new item is a new reply; the beta name works too.
+        assert!(dec(&mut s, r#"{"type":"response.audio.delta","item_id":"item_b","delta":"AA=="}"#).unwrap().contains("ReplyKey(2)"));
+        assert_eq!(s.current_reply(), ReplyKey(2));
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "input_audio_buffer.speech_started", "event_id": "event_2", "audio_start_ms": 12840, "item_id": "item_user_1" }"#).unwrap(),
+            "SpeechStarted"
+        );
+        assert_eq!(dec(&mut s, r#"{"type":"response.output_audio.done","item_id":"item_b"}"#).unwrap(), "AudioDone");
+        assert_eq!(
+            dec(&mut s, r#"{"type":"response.done","response":{"status":"cancelled"}}"#).unwrap(),
+            "ReplyDone { interrupted: true }"
+        );
+        assert_eq!(
+            dec(&mut s, r#"{"type":"response.function_call_arguments.done","call_id":"call_1","name":"lookup_order","arguments":"{\"order\":\"42\"}","item_id":"i","response_id":"r","output_index":0}"#).unwrap(),
+            r#"ToolCall { id: "call_1", name: "lookup_order", arguments: Ok(Object {"order": String("42")}) }"#
+        );
+        assert_eq!(
+            dec(&mut s, r#"{"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"invalid_value","message":"bad","param":null,"event_id":null}}"#).unwrap(),
+            r#"Error { code: Some("invalid_value"), numeric_code: None, message: Some("bad"), fatal: false }"#
+        );
+        // A numeric or null code does not make the event undecodable.
+        assert!(dec(&mut s, r#"{"type":"error","error":{"type":"server_error","code":null}}"#).unwrap().contains("server_error"));
+        assert_eq!(dec(&mut s, r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(), r#"Other { kind: "rate_limits.updated" }"#);
+    }
+
+    #[test]
+    fn truncate_names_the_current_item() {
+        let mut s = session();
+        let mut out = Vec::new();
+        assert!(!s.encode_truncate(ReplyKey(1), 100, &mut out));
+        dec(&mut s, r#"{"type":"response.output_audio.delta","item_id":"item_asst_1","delta":"AA=="}"#).unwrap();
+        assert!(s.encode_truncate(ReplyKey(1), 1340, &mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"conversation.item.truncate","item_id":"item_asst_1","content_index":0,"audio_end_ms":1340})
+        );
+        assert!(!s.encode_truncate(ReplyKey(0), 1, &mut out));
+    }
+
+    #[test]
+    fn encodes_tool_results_and_dtmf_as_two_messages() {
+        let mut out = Vec::new();
+        encode_append(&[0xff], &mut out);
+        assert_eq!(out, br#"{"type":"input_audio_buffer.append","audio":"/w=="}"#);
+        assert!(encode_tool_result(0, "call_1", &Ok(json!({"status":"shipped"})), &mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"conversation.item.create","item":{"type":"function_call_output","call_id":"call_1","output":"{\"status\":\"shipped\"}"}})
+        );
+        assert!(encode_tool_result(1, "call_1", &Ok(json!(1)), &mut out));
+        assert_eq!(out, br#"{"type":"response.create"}"#);
+        assert!(!encode_tool_result(2, "call_1", &Ok(json!(1)), &mut out));
+        assert!(encode_dtmf(0, "5", &mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["item"]["content"][0]["text"], "The caller pressed 5 on the phone keypad.");
+        assert!(encode_dtmf(1, "5", &mut out));
+        assert!(!encode_dtmf(2, "5", &mut out));
+    }
+}

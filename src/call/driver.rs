@@ -49,6 +49,9 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// socket always readable would otherwise starve the branches the biased select polls last).
 const STARVATION_CHECK_TURNS: u32 = 8;
 
+/// How often a live call republishes its figures for `GET /calls`.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Scratch buffers grown beyond this by a large message are released after the turn.
 const SCRATCH_KEEP_BYTES: usize = 4096;
 
@@ -138,6 +141,7 @@ async fn drive(
         }
     };
     let mut turns: u32 = 0;
+    let (mut last_fold, mut last_summary) = (started, started);
 
     loop {
         // 1. What the machine asked for.
@@ -199,10 +203,13 @@ async fn drive(
         if legs.scratch.capacity() > SCRATCH_KEEP_BYTES {
             legs.scratch = Vec::with_capacity(512);
         }
-        if m.metrics().fold_due() {
+        if m.metrics().fold_due(now.saturating_duration_since(last_fold)) {
             m.metrics_mut().fold(&ctx.metrics);
-            ctx.calls
-                .update(registry_id, m.summary(Instant::now(), started_unix_ms));
+            last_fold = now;
+            if now.saturating_duration_since(last_summary) >= SUMMARY_INTERVAL {
+                ctx.calls.update(registry_id, m.summary(now, started_unix_ms));
+                last_summary = now;
+            }
         }
         if m.end_reason().is_some() {
             break;
@@ -668,4 +675,46 @@ fn finish(
 
 fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The call task's future and the machine are part of every call's memory (budget: 24 KiB
+    /// per call at the margin, sockets included); print them so a change shows.
+    #[tokio::test]
+    async fn call_future_size() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (r, w) = c.into_split();
+        let reader = WsReader::new(
+            Prefixed::new(bytes::Bytes::new(), r),
+            crate::wire::ws::Role::Server,
+            1024,
+        );
+        let writer = WsWriter::new(w, crate::wire::ws::Role::Server);
+        let settings = crate::config::ServeArgs::defaults().call_settings().unwrap();
+        let tls = crate::wire::net::tls_client_config().unwrap();
+        let ctx = Arc::new(CallContext {
+            settings: Arc::new(settings),
+            metrics: crate::obs::metrics::Metrics::new(),
+            http: crate::wire::http_client::HttpClient::new(&tls),
+            tls,
+            tokens: None,
+            live: Arc::new(crate::auth::tokens::LiveStreams::default()),
+            calls: Arc::new(crate::obs::calls::CallRegistry::default()),
+        });
+        let fut = run(reader, writer, ctx.clone(), CancellationToken::new());
+        eprintln!(
+            "call future: {} bytes; CallMachine: {} bytes; CallMetrics: {} bytes; summary: {} bytes",
+            std::mem::size_of_val(&fut),
+            std::mem::size_of::<CallMachine>(),
+            std::mem::size_of::<crate::obs::metrics::CallMetrics>(),
+            std::mem::size_of::<crate::obs::calls::CallSummary>(),
+        );
+        assert!(std::mem::size_of_val(&fut) < 16 * 1024);
+    }
 }

@@ -163,7 +163,8 @@ impl Relay {
         let Relay { listener, state } = self;
         let upkeep_state = state.clone();
         let upkeep = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Histogram observations wait in the exporter until upkeep: keep that short.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();

@@ -1,9 +1,15 @@
-//! Per-call latency accumulation: a compact log-scale histogram kept by the call task and
-//! folded into the shared Prometheus histogram in batches, so the per-frame cost is one
-//! array increment instead of a contended atomic histogram observation (hundreds of
-//! nanoseconds contended, a few here). Owns no I/O and no global state.
+//! Per-call latency accumulation and the shared per-frame histograms it folds into.
+//!
+//! [`LatencyHistogram`]: a compact log-scale histogram kept by the call task; recording is one
+//! array increment. [`FrameHistogram`]: a Prometheus histogram with fixed `le` buckets made of
+//! atomic counters, for the families observed once per frame (relay-added latency, inbound
+//! jitter). A fold adds a call's pending counts bucket by bucket: a few atomic adds per fold,
+//! no matter how many frames. (`metrics-exporter-prometheus` keeps every observation, with a
+//! timestamp, until its upkeep runs; at 150 observations per call per second that buffered
+//! about 13 KiB per call.) Owns no I/O and no global state.
 
-use metrics::Histogram;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Buckets per power of two (resolution ~19 %).
@@ -107,10 +113,10 @@ impl LatencyHistogram {
         None
     }
 
-    /// Adds the observations recorded since the last fold to `target` (seconds), one
-    /// `record_many` per non-empty bucket at the bucket's upper bound, so Prometheus bucket
-    /// counts stay exact for bounds that fall on our bucket edges and `_sum` is within ~19 %.
-    pub fn fold_into(&mut self, target: &Histogram) {
+    /// Adds the observations recorded since the last fold to `target`, each at its bucket's
+    /// upper bound, so Prometheus bucket counts stay exact for bounds that fall on our bucket
+    /// edges and `_sum` is within ~19 %.
+    pub fn fold_into(&mut self, target: &FrameHistogram) {
         for (i, (p, f)) in self
             .pending
             .iter_mut()
@@ -118,12 +124,70 @@ impl LatencyHistogram {
             .enumerate()
         {
             if *p > 0 {
-                target.record_many(upper_micros(i) / 1e6, *p as usize);
+                target.add(upper_micros(i), u64::from(*p));
                 *f += *p;
                 *p = 0;
             }
         }
         self.unfolded = 0;
+    }
+}
+
+/// A Prometheus histogram family member with fixed buckets, counted in atomics.
+#[derive(Debug)]
+pub struct FrameHistogram {
+    /// Bucket upper bounds in seconds, ascending (the `+Inf` bucket is implicit).
+    edges: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl FrameHistogram {
+    /// An empty histogram with these bucket bounds (seconds).
+    pub fn new(edges: &'static [f64]) -> FrameHistogram {
+        FrameHistogram {
+            edges,
+            counts: (0..=edges.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` observations of `micros` µs.
+    pub fn add(&self, micros: f64, n: u64) {
+        let secs = micros / 1e6;
+        // A value on an edge belongs to that bucket (`le`); allow for float rounding.
+        let i = self
+            .edges
+            .iter()
+            .position(|&e| secs <= e * (1.0 + 1e-9))
+            .unwrap_or(self.edges.len());
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((micros * n as f64) as u64, Ordering::Relaxed);
+    }
+
+    /// Appends this member's `_bucket`, `_sum` and `_count` lines (Prometheus text format)
+    /// for metric `name` with `labels` (`k="v",…`, may be empty).
+    pub fn render(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            match self.edges.get(i) {
+                Some(e) => {
+                    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{e}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
     }
 }
 
@@ -147,6 +211,28 @@ mod tests {
                 assert!(upper_micros(b - 1) < us as f64, "{us}");
             }
         }
+    }
+
+    #[test]
+    fn frame_histogram_counts_exactly_on_shared_edges() {
+        static EDGES: [f64; 3] = [0.000_128, 0.001_024, 0.008_192];
+        let target = FrameHistogram::new(&EDGES);
+        let mut h = LatencyHistogram::default();
+        for us in [100u64, 128, 129, 1000, 1024, 5000, 20_000] {
+            h.record(Duration::from_micros(us));
+        }
+        h.fold_into(&target);
+        h.fold_into(&target); // nothing pending: no change
+        let mut out = String::new();
+        target.render("x_seconds", "direction=\"a\"", &mut out);
+        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.000128\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.001024\"} 5\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.008192\"} 6\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"+Inf\"} 7\n"), "{out}");
+        assert!(out.contains("x_seconds_count{direction=\"a\"} 7\n"), "{out}");
+        let mut bare = String::new();
+        FrameHistogram::new(&EDGES).render("y", "", &mut bare);
+        assert!(bare.contains("y_bucket{le=\"+Inf\"} 0\n") && bare.contains("y_count 0\n"), "{bare}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! batches in ([`CallMetrics::fold`]); a contended histogram observation costs hundreds of
 //! nanoseconds, a local increment a few.
 
-use crate::obs::latency::LatencyHistogram;
+use crate::obs::latency::{FrameHistogram, LatencyHistogram};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::Arc;
@@ -345,11 +345,11 @@ pub const PLAYOUT_LAG_BUCKETS: [f64; 14] = [
 /// Buckets (seconds) of `relay_agent_ping_rtt_seconds`.
 pub const PING_RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 
-/// Histogram families and their buckets.
-const HISTOGRAMS: [(&str, &[f64]); 11] = [
-    ("relay_forward_latency_seconds", &FORWARD_LATENCY_BUCKETS),
+/// Histogram families kept by the exporter, and their buckets (the per-frame families
+/// `relay_forward_latency_seconds` and `relay_inbound_jitter_seconds` are [`FrameHistogram`]s
+/// of our own, see `obs::latency`).
+const HISTOGRAMS: [(&str, &[f64]); 9] = [
     ("relay_call_forward_latency_p99_seconds", &FORWARD_LATENCY_BUCKETS),
-    ("relay_inbound_jitter_seconds", &JITTER_BUCKETS),
     ("relay_agent_connect_duration_seconds", &CONNECT_BUCKETS),
     ("relay_call_duration_seconds", &CALL_DURATION_BUCKETS),
     ("relay_turn_latency_seconds", &TURN_BUCKETS),
@@ -390,11 +390,11 @@ pub struct Metrics {
     pub call_duration: Histogram,
     frames: [Counter; 2],
     audio_bytes: [Counter; 2],
-    latency: [Histogram; 2],
+    latency: [FrameHistogram; 2],
     call_latency_p99: [Histogram; 2],
     drops: [[Counter; 4]; 2],
     /// `relay_inbound_jitter_seconds`.
-    pub jitter: Histogram,
+    pub jitter: FrameHistogram,
     /// `relay_inbound_frames_missing_total`.
     pub frames_missing: Counter,
     agents: [AgentHistograms; 4],
@@ -509,12 +509,7 @@ impl Metrics {
             frames: dirs.map(|d| counter("relay_frames_total", &[("direction", d.as_str())])),
             audio_bytes: dirs
                 .map(|d| counter("relay_audio_bytes_total", &[("direction", d.as_str())])),
-            latency: dirs.map(|d| {
-                hist(
-                    "relay_forward_latency_seconds",
-                    &[("direction", d.as_str())],
-                )
-            }),
+            latency: dirs.map(|_| FrameHistogram::new(&FORWARD_LATENCY_BUCKETS)),
             call_latency_p99: dirs.map(|d| {
                 hist(
                     "relay_call_forward_latency_p99_seconds",
@@ -529,7 +524,7 @@ impl Metrics {
                     )
                 })
             }),
-            jitter: hist("relay_inbound_jitter_seconds", &[]),
+            jitter: FrameHistogram::new(&JITTER_BUCKETS),
             frames_missing: counter("relay_inbound_frames_missing_total", &[]),
             agents,
             events,
@@ -572,8 +567,8 @@ impl Metrics {
         &self.audio_bytes[d as usize]
     }
 
-    /// `relay_forward_latency_seconds{direction}` handle.
-    pub fn latency(&self, d: Direction) -> &Histogram {
+    /// `relay_forward_latency_seconds{direction}`.
+    pub fn latency(&self, d: Direction) -> &FrameHistogram {
         &self.latency[d as usize]
     }
 
@@ -648,7 +643,18 @@ impl Metrics {
     pub fn render(&self) -> String {
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.run_upkeep();
-        self.handle.render()
+        let mut out = self.handle.render();
+        out.push_str("# HELP relay_forward_latency_seconds Relay-added latency per frame: fully read to written to the other leg's socket.\n# TYPE relay_forward_latency_seconds histogram\n");
+        for d in Direction::ALL {
+            self.latency[d as usize].render(
+                "relay_forward_latency_seconds",
+                &format!("direction=\"{}\"", d.as_str()),
+                &mut out,
+            );
+        }
+        out.push_str("# HELP relay_inbound_jitter_seconds How far the inter-arrival time of Twilio media messages deviates from 20 ms.\n# TYPE relay_inbound_jitter_seconds histogram\n");
+        self.jitter.render("relay_inbound_jitter_seconds", "", &mut out);
+        out
     }
 
     /// Drains pending histogram samples; call periodically (the recorder does not).
@@ -710,16 +716,8 @@ fn describe(r: &PrometheusRecorder) {
         "Messages of unknown type, tolerated and skipped, by agent and leg.",
     );
     h(
-        "relay_forward_latency_seconds",
-        "Relay-added latency per frame: fully read to written to the other leg's socket.",
-    );
-    h(
         "relay_call_forward_latency_p99_seconds",
         "Each ended call's p99 relay-added latency, by direction (one observation per call).",
-    );
-    h(
-        "relay_inbound_jitter_seconds",
-        "How far the inter-arrival time of Twilio media messages deviates from 20 ms.",
     );
     c(
         "relay_inbound_frames_missing_total",
@@ -957,12 +955,17 @@ impl CallMetrics {
         self.frames[d as usize]
     }
 
-    /// True when a fold is due: an event is waiting, or enough frames accumulated.
+    /// Events are folded at most this often (a call with marks flowing has an event every
+    /// 100 ms; Prometheus scrapes every few seconds).
+    pub const EVENT_FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// True when a fold is due: enough frames accumulated, or an event has waited since the
+    /// last fold, `since_fold` ago, for at least [`CallMetrics::EVENT_FOLD_INTERVAL`].
     #[inline]
-    pub fn fold_due(&self) -> bool {
-        self.events_dirty
-            || self.latency[0].unfolded() >= Self::FOLD_EVERY_FRAMES
+    pub fn fold_due(&self, since_fold: std::time::Duration) -> bool {
+        self.latency[0].unfolded() >= Self::FOLD_EVERY_FRAMES
             || self.latency[1].unfolded() >= Self::FOLD_EVERY_FRAMES
+            || (self.events_dirty && since_fold >= Self::EVENT_FOLD_INTERVAL)
     }
 
     /// Adds everything accumulated since the last fold to the shared metrics.

@@ -1,7 +1,7 @@
 //! `media-relay` binary: parse configuration, set up logging, bind, serve until SIGTERM/SIGINT.
 
 use clap::Parser;
-use media_relay::config::{Cli, Command};
+use media_relay::config::{Cli, Command, LogFormat};
 use media_relay::Relay;
 use tracing_subscriber::EnvFilter;
 
@@ -13,12 +13,8 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let Command::Serve(args) = cli.command;
+    init_logging(args.log_format);
     if let Err(e) = args.call_settings() {
         eprintln!("media-relay: {e}");
         std::process::exit(EXIT_CONFIG);
@@ -49,6 +45,24 @@ fn main() {
         } else {
             1
         });
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): plain text (colours only when
+/// stderr is a terminal) or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

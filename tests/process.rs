@@ -104,3 +104,47 @@ async fn sigterm_drains_calls_then_exits() {
     assert!(exit.success(), "{exit:?}");
     assert!(tokio::time::Instant::now() < deadline);
 }
+
+/// `--log-format json` writes one JSON object per line to stderr; the default text format
+/// has no ANSI colour codes when stderr is not a terminal (here: a pipe).
+#[test]
+fn log_formats() {
+    use std::io::{BufRead, BufReader};
+    for (format, json) in [("json", true), ("text", false)] {
+        let port = free_port();
+        let mut child = relay_command()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                format,
+            ])
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        while let Some(Ok(line)) = lines.next() {
+            let done = line.contains("media-relay listening");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.iter().any(|l| l.contains("media-relay listening")),
+            "{seen:?}"
+        );
+        for line in &seen {
+            assert!(!line.contains('\u{1b}'), "ANSI escape in {line:?}");
+            if json {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v.get("level").is_some() && v.get("fields").is_some(), "{v}");
+            }
+        }
+    }
+}

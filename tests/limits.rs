@@ -1,0 +1,135 @@
+//! Limits before the upgrade (issue 8): header-read timeout, body-read timeout, the cap on
+//! connections that have not upgraded, and the request-head size cap. Slow and greedy
+//! clients over real loopback sockets; calls in progress are unaffected.
+
+mod common;
+
+use common::raw::RawWs;
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn limited_args() -> media_relay::config::ServeArgs {
+    let mut a = args();
+    a.header_read_timeout_ms = 500;
+    a.body_read_timeout_ms = 500;
+    a.max_pending_connections = 4;
+    a
+}
+
+/// Reads until EOF (or `timeout`); returns what arrived and whether EOF came in time.
+async fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    (String::from_utf8_lossy(&out).into_owned(), r.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_request_line_is_cut_off_after_the_header_timeout() {
+    let relay = start_relay(limited_args()).await;
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(b"GET /hea").await.unwrap();
+    let t = Instant::now();
+    let (_, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "connection still open after 5 s");
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    let m = metrics(relay.addr).await;
+    assert_eq!(
+        metric(&m, "relay_http_connections_rejected_total{reason=\"header_timeout\"}"),
+        1.0
+    );
+    // A normal request still works.
+    assert_eq!(try_http(relay.addr, "/healthz").await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_webhook_body_gets_408() {
+    let relay = start_relay(limited_args()).await;
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(
+        b"POST /twiml HTTP/1.1\r\nHost: relay.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nCallSid=CA",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    let m = metrics(relay.addr).await;
+    assert_eq!(
+        metric(&m, "relay_http_connections_rejected_total{reason=\"body_timeout\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_pending_cap_are_closed_and_calls_do_not_count() {
+    let relay = start_relay(limited_args()).await;
+    // Two upgraded calls do not count against the cap of 4.
+    let mut calls = Vec::new();
+    for i in 0..2 {
+        let mut ws = RawWs::connect(relay.addr, "/media").await;
+        ws.send(&common::raw::connected_and_start(
+            &format!("CA0000000000000000000000000000000{i}"),
+            &format!("MZ0000000000000000000000000000000{i}"),
+        ))
+        .await;
+        calls.push(ws);
+    }
+    assert_eq!(wait_metric_eq(relay.addr, "relay_calls_active", 2.0).await, 2.0);
+    // Four idle connections fill the cap (each sends part of a request, so hyper waits).
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(b"GET /").await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fifth is closed at once, without an answer.
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (answer, closed) = read_to_close(&mut s, Duration::from_secs(2)).await;
+    assert!(closed && answer.is_empty(), "{answer:?}");
+    // Once the idle connections go away, requests are served again.
+    drop(idle);
+    let mut ok = false;
+    for _ in 0..50 {
+        if try_http(relay.addr, "/healthz").await == Some(200) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok);
+    let m = metrics(relay.addr).await;
+    assert!(metric(&m, "relay_http_connections_rejected_total{reason=\"limit\"}") >= 1.0);
+    // The calls were never disturbed.
+    for ws in &mut calls {
+        ws.send(&common::raw::text(r#"{"event":"stop"}"#)).await;
+        assert_eq!(ws.until_close(Duration::from_secs(5)).await.and_then(|f| f.close_code()), Some(1000));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused() {
+    let mut a = limited_args();
+    a.max_header_bytes = 8192;
+    let relay = start_relay(a).await;
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let big = "x".repeat(20_000);
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: relay.test\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let (answer, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(try_http(relay.addr, "/healthz").await, Some(200));
+}

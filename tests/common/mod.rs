@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fault_agent;
 pub mod raw;
 
 use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};

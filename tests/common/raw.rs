@@ -63,7 +63,20 @@ pub struct RawWs {
 impl RawWs {
     /// Upgrades `GET path` on `addr` and returns the raw socket.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::upgrade(stream, path).await
+    }
+
+    /// Like [`RawWs::connect`] with a small receive buffer, so a client that stops reading
+    /// fills its window quickly.
+    pub async fn connect_small_window(addr: SocketAddr, path: &str) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        Self::upgrade(stream, path).await
+    }
+
+    async fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );

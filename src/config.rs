@@ -353,7 +353,9 @@ impl ServeArgs {
             }
         }
         if self.max_header_bytes < 1024 {
-            return Err(ConfigError("--max-header-bytes must be at least 1024".into()));
+            return Err(ConfigError(
+                "--max-header-bytes must be at least 1024".into(),
+            ));
         }
         for (secs, flag) in [
             (
@@ -385,9 +387,8 @@ impl ServeArgs {
                 "TWILIO_AUTH_TOKEN needs --public-host (signatures are checked against the public origin, never the Host header)".into(),
             ));
         }
-        let vendor_configured = agents.elevenlabs.is_some()
-            || agents.assemblyai.is_some()
-            || agents.openai.is_some();
+        let vendor_configured =
+            agents.elevenlabs.is_some() || agents.assemblyai.is_some() || agents.openai.is_some();
         if token.is_none() && vendor_configured && !self.insecure_skip_twilio_signature {
             return Err(ConfigError(
                 "a vendor agent needs TWILIO_AUTH_TOKEN (Twilio signature checks), or --insecure-skip-twilio-signature to run without them".into(),
@@ -500,18 +501,21 @@ impl ServeArgs {
             None => serde_json::Value::Array(Vec::new()),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("cannot read --agent-tools-file {}: {e}", path.display()))
+                    ConfigError(format!(
+                        "cannot read --agent-tools-file {}: {e}",
+                        path.display()
+                    ))
                 })?;
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    ConfigError(format!("--agent-tools-file is not JSON: {e}"))
-                })?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| ConfigError(format!("--agent-tools-file is not JSON: {e}")))?;
                 let ok = v.as_array().is_some_and(|a| {
                     a.iter()
                         .all(|t| t.get("name").is_some_and(serde_json::Value::is_string))
                 });
                 if !ok {
                     return Err(ConfigError(
-                        "--agent-tools-file must hold a JSON array of objects with a \"name\"".into(),
+                        "--agent-tools-file must hold a JSON array of objects with a \"name\""
+                            .into(),
                     ));
                 }
                 v
@@ -652,7 +656,10 @@ mod tests {
             .is_err());
         assert!(args(&["--listen", "nope"]).is_err());
         // A default agent must be configured; per-dialect settings are validated.
-        assert!(args(&["--agent", "openai"]).unwrap().call_settings().is_err());
+        assert!(args(&["--agent", "openai"])
+            .unwrap()
+            .call_settings()
+            .is_err());
         let openai = args(&[
             "--agent",
             "openai",
@@ -669,10 +676,12 @@ mod tests {
             openai.agents.openai.unwrap().url,
             "wss://api.openai.com/v1/realtime?model=gpt-realtime-2"
         );
-        assert!(args(&["--assemblyai-api-key", "k", "--assemblyai-url", "https://x"])
-            .unwrap()
-            .call_settings()
-            .is_err());
+        assert!(
+            args(&["--assemblyai-api-key", "k", "--assemblyai-url", "https://x"])
+                .unwrap()
+                .call_settings()
+                .is_err()
+        );
         assert!(args(&["--tool-webhook-url", "ftp://x"])
             .unwrap()
             .call_settings()

@@ -1,6 +1,7 @@
-//! `POST /outbound-call` against a local mock Twilio REST server, and the signed status
-//! callbacks `POST /call-status` / `POST /stream-status` (issue 4 items 4 and 5; protocols.md
-//! §1.7–§1.9). Everything over loopback with the real relay.
+//! `POST /outbound-call` against a local mock Twilio REST server, the signed TwiML fetch
+//! `POST /twiml/outbound` that binds an outbound call's stream to its call SID on any
+//! instance, and the signed status callbacks `POST /call-status` / `POST /stream-status`.
+//! Everything over loopback with the real relay.
 
 mod common;
 #[path = "common/twilio_rest.rs"]
@@ -148,6 +149,31 @@ fn sign(path: &str, params: &[(&str, &str)]) -> String {
     )
 }
 
+/// The query of the signed TwiML URL of Twilio request `i`, decoded into pairs.
+fn url_params(twilio: &MockTwilio, i: usize) -> Vec<(String, String)> {
+    let url = twilio.requests()[i].form_values("Url")[0].clone();
+    let query = url.split_once('?').expect("a query").1.to_owned();
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// What Twilio does when the callee answers: POST the call's `Url` with the call's form
+/// (`CallSid` among the usual voice parameters), signed over the URL and the form.
+async fn fetch_twiml(addr: SocketAddr, url: &str, call_sid: &str) -> Answer {
+    let path_and_query = url
+        .strip_prefix("https://relay.example.com")
+        .expect("the relay's public origin");
+    let params = [
+        ("AccountSid", ACCOUNT_SID),
+        ("CallSid", call_sid),
+        ("CallStatus", "in-progress"),
+        ("Direction", "outbound-api"),
+        ("From", "+15557654321"),
+        ("To", "+15551230001"),
+    ];
+    let sig = sign(path_and_query, &params);
+    callback(addr, path_and_query, &params, Some(&sig)).await
+}
+
 /// The value of `<Parameter name="{name}" value="…"/>` in TwiML, if present.
 fn twiml_parameter(twiml: &str, name: &str) -> Option<String> {
     let marker = format!("<Parameter name=\"{name}\" value=\"");
@@ -169,7 +195,8 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         "prompt": "You are calling about order 42.",
         "first_message": "Hi, this is Acme & Co.",
         "dynamic_variables": {"customer_name": "Ada", "order_total": 42.5, "vip": true},
-        "agent": "sales_agent-1"
+        "agent": "echo",
+        "agent_id": "sales_agent-1"
     });
     let r = outbound(relay.addr, Some(BEARER), &body.to_string()).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -206,7 +233,8 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         [
             "To",
             "From",
-            "Twiml",
+            "Url",
+            "Method",
             "StatusCallback",
             "StatusCallbackMethod",
             "StatusCallbackEvent",
@@ -217,6 +245,7 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         "exactly these form fields"
     );
     assert_eq!(req.form_values("To"), ["+15551230001"]);
+    assert_eq!(req.form_values("Method"), ["POST"]);
     assert_eq!(req.form_values("From"), ["+15557654321"]);
     assert_eq!(
         req.form_values("StatusCallback"),
@@ -231,43 +260,33 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     let raw = String::from_utf8(req.body.clone()).unwrap();
     assert!(raw.contains("To=%2B15551230001"), "{raw}");
 
-    let twiml = &req.form_values("Twiml")[0];
+    let url = req.form_values("Url")[0].clone();
     assert!(
-        twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\""),
-        "{twiml}"
+        url.starts_with("https://relay.example.com/twiml/outbound?"),
+        "{url}"
     );
-    let p = |n| twiml_parameter(twiml, n);
+    let params = url_params(&twilio, 0);
+    let p = |n: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
     // Request values override the configured prompt; other settings stay.
     assert_eq!(
         p("prompt").as_deref(),
         Some("You are calling about order 42.")
     );
-    assert_eq!(
-        p("first_message").as_deref(),
-        Some("Hi, this is Acme &amp; Co.")
-    );
+    assert_eq!(p("first_message").as_deref(), Some("Hi, this is Acme & Co."));
     assert_eq!(p("language").as_deref(), Some("en"));
     assert_eq!(p("customer_name").as_deref(), Some("Ada"));
     assert_eq!(p("order_total").as_deref(), Some("42.5"));
     assert_eq!(p("vip").as_deref(), Some("true"));
+    assert_eq!(p("agent").as_deref(), Some("echo"));
     assert_eq!(p("relay_agent_id").as_deref(), Some("sales_agent-1"));
-    let nonce = p("relay_nonce").expect("relay_nonce");
-    let token = p("relay_token").expect("relay_token");
-    assert!(nonce.len() >= 16, "{nonce}");
-    assert_eq!(token.len(), 43, "{token}");
-    assert_eq!(twiml.matches("relay_token").count(), 1);
-    // The token is the nonce's HMAC under the secret derived from the auth token: a fresh
-    // StreamTokens with the same key accepts the HMAC and only lacks the pending nonce.
-    let same_key = media_relay::auth::tokens::StreamTokens::from_auth_token(AUTH_TOKEN);
-    assert_eq!(
-        same_key.check(
-            "CAany",
-            Some(&token),
-            Some(&nonce),
-            std::time::Instant::now()
-        ),
-        Err(media_relay::auth::tokens::TokenError::NonceUnknown)
-    );
+    assert!(p("exp").is_some() && p("sig").is_some());
+    assert!(p("relay_token").is_none(), "the token is bound when Twilio fetches the URL");
+    let twiml = url.clone();
     // Secrets never travel in the TwiML (the auth token is literally "token" here).
     assert!(!twiml.contains(API_TOKEN), "{twiml}");
     assert!(!twiml.contains(&format!("\"{AUTH_TOKEN}\"")), "{twiml}");
@@ -279,7 +298,7 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         "{m}"
     );
 
-    // A second call gets a fresh nonce.
+    // A second call without a prompt gets the configured one.
     let r = outbound(
         relay.addr,
         Some(BEARER),
@@ -287,13 +306,8 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let reqs = twilio.requests();
-    let twiml2 = &reqs[1].form_values("Twiml")[0];
-    assert_ne!(twiml_parameter(twiml2, "relay_nonce"), Some(nonce));
-    assert_eq!(
-        twiml_parameter(twiml2, "prompt").as_deref(),
-        Some("configured prompt")
-    );
+    let params2 = url_params(&twilio, 1);
+    assert!(params2.contains(&("prompt".into(), "configured prompt".into())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,17 +433,17 @@ async fn outbound_call_validates_the_request() {
         ),
         // Agent id.
         (
-            r#"{"to":"+15551230001","from":"+15557654321","agent":""}"#,
+            r#"{"to":"+15551230001","from":"+15557654321","agent_id":""}"#,
             400,
-            "invalid_agent",
+            "invalid_agent_id",
         ),
         (
-            r#"{"to":"+15551230001","from":"+15557654321","agent":"a b"}"#,
+            r#"{"to":"+15551230001","from":"+15557654321","agent_id":"a b"}"#,
             400,
-            "invalid_agent",
+            "invalid_agent_id",
         ),
         (
-            r#"{"to":"+15551230001","from":"+15557654321","agent":"../etc"}"#,
+            r#"{"to":"+15551230001","from":"+15557654321","agent":"openai"}"#,
             400,
             "invalid_agent",
         ),
@@ -456,12 +470,12 @@ async fn outbound_call_validates_the_request() {
         r.assert_error(*status, code);
     }
     let agent65 = format!(
-        r#"{{"to":"+15551230001","from":"+15557654321","agent":"{}"}}"#,
+        r#"{{"to":"+15551230001","from":"+15557654321","agent_id":"{}"}}"#,
         "a".repeat(65)
     );
     outbound(relay.addr, Some(BEARER), &agent65)
         .await
-        .assert_error(400, "invalid_agent");
+        .assert_error(400, "invalid_agent_id");
 
     // A parameter Twilio would refuse (name + value ≥ 500 characters).
     let long = serde_json::json!({
@@ -829,51 +843,65 @@ async fn status_callback_bodies_are_limited() {
     assert_eq!(r.status, 413, "{}", r.body);
 }
 
-/// The whole outbound path: `/outbound-call` → inline TwiML at (mock) Twilio → Twilio opens
-/// the signed stream with the TwiML's parameters → audio flows; the nonce is single-use.
+/// The whole outbound path across two instances: `/outbound-call` on instance A creates the
+/// call with a signed `Url`; (mock) Twilio fetches it from instance B, which shares only the
+/// auth token (and so the derived token secret) and the public host; instance B answers TwiML
+/// whose `relay_token` binds the stream to the call SID, and admits the stream. A stream for
+/// another call SID with that token, a tampered URL and an unsigned fetch are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbound_stream_is_admitted_once_with_its_nonce() {
+async fn outbound_call_placed_on_one_instance_streams_through_another() {
     use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
     let twilio = MockTwilio::start().await;
     let mut a = control_args(&twilio.origin());
     a.twilio_phone_number = Some("+15557654321".into());
     a.echo_delay_ms = 20;
-    let relay = start_relay(a).await;
+    let instance_a = start_relay(a.clone()).await;
+    let instance_b = start_relay(a).await;
     let placed = outbound(
-        relay.addr,
+        instance_a.addr,
         Some(BEARER),
         r#"{"to":"+15551230001","first_message":"Hello from Acme"}"#,
     )
     .await;
     assert_eq!(placed.status, 200, "{}", placed.body);
     let call_sid = placed.json()["call_sid"].as_str().unwrap().to_owned();
-    let twiml = twilio.requests()[0].form_values("Twiml")[0].clone();
-    let params: Vec<(String, String)> = ["first_message", "relay_nonce", "relay_token"]
+    let url = twilio.requests()[0].form_values("Url")[0].clone();
+
+    // Twilio fetches the TwiML from instance B.
+    let fetched = fetch_twiml(instance_b.addr, &url, &call_sid).await;
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert_eq!(fetched.header("content-type"), Some("text/xml"));
+    let twiml = fetched.body.clone();
+    assert!(twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\""), "{twiml}");
+    let params: Vec<(String, String)> = ["first_message", "relay_token"]
         .iter()
         .map(|n| (n.to_string(), twiml_parameter(&twiml, n).unwrap()))
         .collect();
-    // What Twilio would send: the signed upgrade, then start with the TwiML's parameters.
+    assert_eq!(params[0].1, "Hello from Acme");
+
+    // What Twilio would send next: the signed upgrade, then start with the TwiML's parameters.
     let sig = compute_signature(AUTH_TOKEN.as_bytes(), "wss://relay.example.com/media", &[]);
     let headers = vec![("X-Twilio-Signature".to_string(), sig)];
     let mut start = StartParams::for_call(9);
-    start.call_sid = call_sid;
-    start.custom_parameters = params;
-
-    let mut first = TwilioClient::connect(&relay.media_url(), &headers)
+    start.call_sid = call_sid.clone();
+    start.custom_parameters = params.clone();
+    let mut stream = TwilioClient::connect(&instance_b.media_url(), &headers)
         .await
         .unwrap();
-    first.send_connected().await.unwrap();
-    first.send_start(&start).await.unwrap();
-    first.send_media(&[0x33; 160]).await.unwrap();
-    assert_eq!(next_media(&mut first).await, vec![0x33; 160]);
-    first.send_stop().await.unwrap();
+    stream.send_connected().await.unwrap();
+    stream.send_start(&start).await.unwrap();
+    stream.send_media(&[0x33; 160]).await.unwrap();
+    assert_eq!(next_media(&mut stream).await, vec![0x33; 160]);
+    stream.send_stop().await.unwrap();
 
-    // Replaying the same parameters on a new stream: the nonce is spent.
-    let mut replay = TwilioClient::connect(&relay.media_url(), &headers)
+    // The token does not open a stream for another call.
+    let mut other = start.clone();
+    other.call_sid = "CA00000000000000000000000000000bad".into();
+    let mut replay = TwilioClient::connect(&instance_a.media_url(), &headers)
         .await
         .unwrap();
     replay.send_connected().await.unwrap();
-    replay.send_start(&start).await.unwrap();
+    replay.send_start(&other).await.unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), replay.recv())
             .await
@@ -884,19 +912,33 @@ async fn outbound_stream_is_admitted_once_with_its_nonce() {
                 assert_eq!(code, Some(1008));
                 break;
             }
-            Some(TwilioInbound::Media { .. }) => panic!("replayed stream got audio"),
+            Some(TwilioInbound::Media { .. }) => panic!("a foreign call's token got audio"),
             Some(_) => continue,
             None => panic!("closed without a close frame"),
         }
     }
     let m = wait_metric(
-        relay.addr,
-        "relay_stream_tokens_total{result=\"token_nonce_unknown\"}",
+        instance_a.addr,
+        "relay_stream_tokens_total{result=\"token_invalid\"}",
         1.0,
     )
     .await;
+    assert_eq!(metric(&m, "relay_stream_tokens_total{result=\"token_invalid\"}"), 1.0);
+    let m = metrics(instance_b.addr).await;
+    assert_eq!(metric(&m, "relay_stream_tokens_total{result=\"valid\"}"), 1.0);
+
+    // A tampered query, and a fetch without Twilio's signature, are refused.
+    let tampered = url.replace("Hello", "Bye");
+    fetch_twiml(instance_b.addr, &tampered, &call_sid)
+        .await
+        .assert_error(403, "invalid_url");
+    let path = url.strip_prefix("https://relay.example.com").unwrap();
+    callback(instance_b.addr, path, &[("CallSid", call_sid.as_str())], None)
+        .await
+        .assert_error(403, "invalid_signature");
+    let m = metrics(instance_b.addr).await;
     assert_eq!(
-        metric(&m, "relay_stream_tokens_total{result=\"valid\"}"),
+        metric(&m, "relay_errors_total{leg=\"twilio\",kind=\"outbound_url_signature\"}"),
         1.0
     );
 }

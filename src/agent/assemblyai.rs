@@ -44,6 +44,9 @@ pub struct Session {
     /// Reply counter (the reply key) and whether a reply is open.
     reply: u64,
     reply_open: bool,
+    /// The last reply ended interrupted: audio before the next `reply.started` is its stale
+    /// tail, not a new reply.
+    last_interrupted: bool,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +109,7 @@ impl Session {
             barge_in: s.barge_in,
             reply: 0,
             reply_open: false,
+            last_interrupted: false,
         }
     }
 
@@ -148,9 +152,12 @@ impl Session {
         };
         Ok(match kind {
             "reply.audio" => {
-                let payload_b64 = w.data.ok_or(DecodeError::MissingField("reply.audio.data"))?;
-                if !self.reply_open {
-                    // Audio without `reply.started`: a reply of its own.
+                let payload_b64 = w
+                    .data
+                    .ok_or(DecodeError::MissingField("reply.audio.data"))?;
+                if !self.reply_open && !self.last_interrupted {
+                    // Audio without `reply.started`: a reply of its own (unless it trails an
+                    // interrupted reply, whose key it keeps so the machine drops it).
                     self.reply += 1;
                     self.reply_open = true;
                 }
@@ -171,14 +178,15 @@ impl Session {
             "reply.started" => {
                 self.reply += 1;
                 self.reply_open = true;
+                self.last_interrupted = false;
                 AgentEvent::ReplyStarted
             }
             "reply.done" => {
+                // A missing status counts as completed.
+                let interrupted = w.status == Some("interrupted");
                 self.reply_open = false;
-                AgentEvent::ReplyDone {
-                    // A missing status counts as completed.
-                    interrupted: w.status == Some("interrupted"),
-                }
+                self.last_interrupted = interrupted;
+                AgentEvent::ReplyDone { interrupted }
             }
             "transcript.agent" if w.interrupted == Some(true) => AgentEvent::Interrupted {
                 through: Some(ReplyKey(self.reply)),
@@ -192,7 +200,9 @@ impl Session {
                 text: w.text.unwrap_or(""),
             },
             "tool.call" => AgentEvent::ToolCall {
-                id: w.call_id.ok_or(DecodeError::MissingField("tool.call.call_id"))?,
+                id: w
+                    .call_id
+                    .ok_or(DecodeError::MissingField("tool.call.call_id"))?,
                 name: w.name.unwrap_or(""),
                 arguments: super::json_object(w.arguments.or(w.args)),
             },
@@ -328,17 +338,31 @@ mod tests {
     fn decodes_the_documented_events() {
         let mut s = session();
         assert_eq!(
-            dec(&mut s, r#"{ "type": "session.ready", "session_id": "sess_abc123" }"#).unwrap(),
+            dec(
+                &mut s,
+                r#"{ "type": "session.ready", "session_id": "sess_abc123" }"#
+            )
+            .unwrap(),
             r#"Ready { session_id: Some("sess_abc123"), formats_ok: true, input_format: Some("audio/pcmu"), output_format: Some("audio/pcmu") }"#
         );
-        assert_eq!(dec(&mut s, r#"{"type":"input.speech.started"}"#).unwrap(), "SpeechStarted");
-        assert_eq!(dec(&mut s, r#"{"type":"input.speech.stopped"}"#).unwrap(), "SpeechStopped");
+        assert_eq!(
+            dec(&mut s, r#"{"type":"input.speech.started"}"#).unwrap(),
+            "SpeechStarted"
+        );
+        assert_eq!(
+            dec(&mut s, r#"{"type":"input.speech.stopped"}"#).unwrap(),
+            "SpeechStopped"
+        );
         assert_eq!(
             dec(&mut s, r#"{ "type": "transcript.user", "text": "What's the weather in Tokyo?", "item_id": "item_abc123" }"#).unwrap(),
             r#"Transcript { speaker: Caller, text: "What's the weather in Tokyo?" }"#
         );
         assert_eq!(
-            dec(&mut s, r#"{ "type": "reply.started", "reply_id": "reply_abc123" }"#).unwrap(),
+            dec(
+                &mut s,
+                r#"{ "type": "reply.started", "reply_id": "reply_abc123" }"#
+            )
+            .unwrap(),
             "ReplyStarted"
         );
         assert_eq!(
@@ -357,7 +381,10 @@ mod tests {
             dec(&mut s, r#"{ "type": "tool.call", "call_id": "call_abc123", "name": "get_weather", "arguments": { "location": "Tokyo" } }"#).unwrap(),
             r#"ToolCall { id: "call_abc123", name: "get_weather", arguments: Ok(Object {"location": String("Tokyo")}) }"#
         );
-        assert_eq!(dec(&mut s, r#"{ "type": "session.ended" }"#).unwrap(), "Ended");
+        assert_eq!(
+            dec(&mut s, r#"{ "type": "session.ended" }"#).unwrap(),
+            "Ended"
+        );
         assert_eq!(
             dec(&mut s, r#"{"type":"session.updated"}"#).unwrap(),
             r#"Other { kind: "session.updated" }"#
@@ -370,7 +397,11 @@ mod tests {
         dec(&mut s, r#"{"type":"reply.started","reply_id":"r1"}"#).unwrap();
         assert_eq!(s.current_reply(), ReplyKey(1));
         assert_eq!(
-            dec(&mut s, r#"{"type":"transcript.agent","text":"It's","interrupted":true}"#).unwrap(),
+            dec(
+                &mut s,
+                r#"{"type":"transcript.agent","text":"It's","interrupted":true}"#
+            )
+            .unwrap(),
             "Interrupted { through: Some(ReplyKey(1)) }"
         );
         // Late audio of the cut reply keeps its key (the machine drops it).
@@ -381,6 +412,10 @@ mod tests {
             dec(&mut s, r#"{"type":"reply.done","status":"interrupted"}"#).unwrap(),
             "ReplyDone { interrupted: true }"
         );
+        // Audio trailing the interrupted reply keeps its key (stale), until a new reply.
+        assert!(dec(&mut s, r#"{"type":"reply.audio","data":"AA=="}"#)
+            .unwrap()
+            .contains("ReplyKey(1)"));
         // A missing status counts as completed.
         assert_eq!(
             dec(&mut s, r#"{"type":"reply.done"}"#).unwrap(),
@@ -403,7 +438,11 @@ mod tests {
         let mut s = session();
         // Tool arguments under `args` (the official Twilio example reads this name).
         assert_eq!(
-            dec(&mut s, r#"{"type":"tool.call","call_id":"c1","name":"end_call","args":{"reason":"done"}}"#).unwrap(),
+            dec(
+                &mut s,
+                r#"{"type":"tool.call","call_id":"c1","name":"end_call","args":{"reason":"done"}}"#
+            )
+            .unwrap(),
             r#"ToolCall { id: "c1", name: "end_call", arguments: Ok(Object {"reason": String("done")}) }"#
         );
         // An error event with no type field at all.
@@ -416,16 +455,37 @@ mod tests {
             r#"Error { code: Some("session_expired"), numeric_code: None, message: None, fatal: true }"#
         );
         // Non-fatal codes leave the session open; unknown codes too.
-        for code in ["invalid_format", "invalid_audio", "invalid_value", "immutable_field", "invalid_config", "something_new"] {
-            let e = dec(&mut s, &format!(r#"{{"type":"session.error","code":"{code}","message":"m"}}"#)).unwrap();
+        for code in [
+            "invalid_format",
+            "invalid_audio",
+            "invalid_value",
+            "immutable_field",
+            "invalid_config",
+            "something_new",
+        ] {
+            let e = dec(
+                &mut s,
+                &format!(r#"{{"type":"session.error","code":"{code}","message":"m"}}"#),
+            )
+            .unwrap();
             assert!(e.ends_with("fatal: false }"), "{e}");
         }
         for code in FATAL_ERROR_CODES {
-            let e = dec(&mut s, &format!(r#"{{"type":"session.error","code":"{code}"}}"#)).unwrap();
+            let e = dec(
+                &mut s,
+                &format!(r#"{{"type":"session.error","code":"{code}"}}"#),
+            )
+            .unwrap();
             assert!(e.ends_with("fatal: true }"), "{e}");
         }
-        assert_eq!(dec(&mut s, r#"{"no":"type"}"#).unwrap_err().kind(), "missing_type");
-        assert_eq!(dec(&mut s, r#"{"type":"reply.audio"}"#).unwrap_err().kind(), "missing_field");
+        assert_eq!(
+            dec(&mut s, r#"{"no":"type"}"#).unwrap_err().kind(),
+            "missing_type"
+        );
+        assert_eq!(
+            dec(&mut s, r#"{"type":"reply.audio"}"#).unwrap_err().kind(),
+            "missing_field"
+        );
     }
 
     #[test]
@@ -435,13 +495,19 @@ mod tests {
         assert_eq!(out, br#"{"type":"input.audio","audio":"/38="}"#);
         encode_tool_result("call_1", &Ok(json!({"temp_c": 22})), &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v, json!({"type":"tool.result","call_id":"call_1","result":"{\"temp_c\":22}"}));
+        assert_eq!(
+            v,
+            json!({"type":"tool.result","call_id":"call_1","result":"{\"temp_c\":22}"})
+        );
         encode_tool_result("call_2", &Err("tool webhook timed out".into()), &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"], r#"{"error":"tool webhook timed out"}"#);
         encode_dtmf("7", &mut out);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "reply.create");
-        assert_eq!(v["instructions"], "The caller pressed 7 on the phone keypad.");
+        assert_eq!(
+            v["instructions"],
+            "The caller pressed 7 on the phone keypad."
+        );
     }
 }

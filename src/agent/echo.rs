@@ -26,8 +26,7 @@ impl EchoAgent {
     /// 20 ms frames (and of μ-law bytes) plus one second of slack.
     pub fn new(delay: Duration) -> Self {
         let capacity_frames = (delay.as_millis() / 20) as usize + 50;
-        let capacity_bytes =
-            crate::audio::ms_to_bytes(delay.as_millis() as u64 + 1000) as usize;
+        let capacity_bytes = crate::audio::ms_to_bytes(delay.as_millis() as u64 + 1000) as usize;
         Self {
             delay,
             capacity_frames,

@@ -183,11 +183,11 @@ impl Session {
                 }
             }
             "conversation_initiation_metadata" => {
-                let m = w
-                    .conversation_initiation_metadata_event
-                    .ok_or(DecodeError::MissingField(
-                        "conversation_initiation_metadata_event",
-                    ))?;
+                let m =
+                    w.conversation_initiation_metadata_event
+                        .ok_or(DecodeError::MissingField(
+                            "conversation_initiation_metadata_event",
+                        ))?;
                 let ok = |f: Option<&str>| f == Some(ULAW_8000);
                 AgentEvent::Ready {
                     session_id: m.conversation_id,
@@ -418,7 +418,8 @@ mod tests {
         // Legacy audio shape from an older ElevenLabs Twilio guide: no id, newest reply.
         let mut s = Session::new(CallParams::default());
         let mut sc = simd_json::Buffers::default();
-        let mut b = br#"{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":4}}"#.to_vec();
+        let mut b =
+            br#"{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":4}}"#.to_vec();
         s.decode(&mut b, &mut sc).unwrap();
         let mut b = br#"{"type":"audio","audio":{"chunk":"AAAA"}}"#.to_vec();
         assert_eq!(

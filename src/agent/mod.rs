@@ -209,7 +209,8 @@ pub struct CallParams {
 }
 
 /// Parameter names that carry agent settings rather than variables.
-pub const SETTING_PARAMETERS: [&str; 5] = ["prompt", "first_message", "language", "voice_id", "tools"];
+pub const SETTING_PARAMETERS: [&str; 5] =
+    ["prompt", "first_message", "language", "voice_id", "tools"];
 
 impl CallParams {
     /// Sorts a stream's custom parameters into settings and variables.
@@ -491,7 +492,9 @@ impl Dialect {
 
 /// Tool-call arguments as a JSON object: an object as is, a string holding a JSON object
 /// (OpenAI sends `arguments` as JSON text) parsed; anything else is refused with a reason.
-pub(crate) fn json_object(v: Option<simd_json::OwnedValue>) -> Result<serde_json::Value, &'static str> {
+pub(crate) fn json_object(
+    v: Option<simd_json::OwnedValue>,
+) -> Result<serde_json::Value, &'static str> {
     let v = match v {
         None => return Ok(serde_json::Value::Object(Default::default())),
         Some(v) => serde_json::to_value(v).map_err(|_| "arguments are not JSON")?,
@@ -544,8 +547,14 @@ mod tests {
         );
         assert!(json_object(None).unwrap().as_object().unwrap().is_empty());
         assert!(json_object(Some(owned(r#""""#))).unwrap().is_object());
-        assert_eq!(json_object(Some(owned("[1]"))), Err("arguments are not a JSON object"));
-        assert_eq!(json_object(Some(owned(r#""{nope""#))), Err("arguments are not valid JSON"));
+        assert_eq!(
+            json_object(Some(owned("[1]"))),
+            Err("arguments are not a JSON object")
+        );
+        assert_eq!(
+            json_object(Some(owned(r#""{nope""#))),
+            Err("arguments are not valid JSON")
+        );
         assert_eq!(result_text(&serde_json::json!("ok")), "ok");
         assert_eq!(result_text(&serde_json::json!({"a":1})), r#"{"a":1}"#);
     }
@@ -565,7 +574,10 @@ mod tests {
             ("prompt", "Be brief."),
             ("first_message", "Hi!"),
             ("voice_id", "ivy"),
-            ("tools", r#"[{"name":"lookup","description":"d","parameters":{}}]"#),
+            (
+                "tools",
+                r#"[{"name":"lookup","description":"d","parameters":{}}]"#,
+            ),
             ("agent", "openai"),
             ("relay_token", "t"),
             ("relay_agent_id", "agent_1"),

@@ -191,9 +191,9 @@ impl Session {
         let kind = w.kind.ok_or(DecodeError::MissingType)?;
         Ok(match kind {
             "response.output_audio.delta" | "response.audio.delta" => {
-                let payload_b64 = w
-                    .delta
-                    .ok_or(DecodeError::MissingField("response.output_audio.delta.delta"))?;
+                let payload_b64 = w.delta.ok_or(DecodeError::MissingField(
+                    "response.output_audio.delta.delta",
+                ))?;
                 let item = w.item_id.unwrap_or("");
                 if self.reply == 0 || item != self.item_id {
                     self.reply += 1;
@@ -297,7 +297,12 @@ fn encode_response_create(out: &mut Vec<u8>) {
 
 /// Part 0: the `function_call_output` item (`output` is a string: the result's JSON text, or
 /// `{"error": message}`); part 1: `response.create` so the model answers with it.
-pub fn encode_tool_result(part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+pub fn encode_tool_result(
+    part: usize,
+    call_id: &str,
+    output: &ToolOutput,
+    out: &mut Vec<u8>,
+) -> bool {
     match part {
         0 => {
             let text = match output {
@@ -368,7 +373,11 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(&settings(), &AgentSettings::default(), CallParams::default())
+        Session::new(
+            &settings(),
+            &AgentSettings::default(),
+            CallParams::default(),
+        )
     }
 
     #[test]
@@ -399,7 +408,10 @@ mod tests {
         assert!(s.encode_session_init(1, &mut out));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "response.create");
-        assert!(v["response"]["instructions"].as_str().unwrap().contains("Hi, Acme here."));
+        assert!(v["response"]["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("Hi, Acme here."));
         assert!(!s.encode_session_init(2, &mut out));
         // Without a greeting there is only the update.
         assert!(!session().encode_session_init(1, &mut out));
@@ -419,17 +431,38 @@ mod tests {
             dec(&mut s, r#"{ "type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1", "item_id": "item_a", "output_index": 0, "content_index": 0, "delta": "//7+" }"#).unwrap(),
             r#"Audio { reply: ReplyKey(1), payload_b64: "//7+" }"#
         );
-        assert!(dec(&mut s, r#"{"type":"response.output_audio.delta","item_id":"item_a","delta":"AA=="}"#).unwrap().contains("ReplyKey(1)"));
+        assert!(dec(
+            &mut s,
+            r#"{"type":"response.output_audio.delta","item_id":"item_a","delta":"AA=="}"#
+        )
+        .unwrap()
+        .contains("ReplyKey(1)"));
         // A new item is a new reply; the beta name works too.
-        assert!(dec(&mut s, r#"{"type":"response.audio.delta","item_id":"item_b","delta":"AA=="}"#).unwrap().contains("ReplyKey(2)"));
+        assert!(dec(
+            &mut s,
+            r#"{"type":"response.audio.delta","item_id":"item_b","delta":"AA=="}"#
+        )
+        .unwrap()
+        .contains("ReplyKey(2)"));
         assert_eq!(s.current_reply(), ReplyKey(2));
         assert_eq!(
             dec(&mut s, r#"{ "type": "input_audio_buffer.speech_started", "event_id": "event_2", "audio_start_ms": 12840, "item_id": "item_user_1" }"#).unwrap(),
             "SpeechStarted"
         );
-        assert_eq!(dec(&mut s, r#"{"type":"response.output_audio.done","item_id":"item_b"}"#).unwrap(), "AudioDone");
         assert_eq!(
-            dec(&mut s, r#"{"type":"response.done","response":{"status":"cancelled"}}"#).unwrap(),
+            dec(
+                &mut s,
+                r#"{"type":"response.output_audio.done","item_id":"item_b"}"#
+            )
+            .unwrap(),
+            "AudioDone"
+        );
+        assert_eq!(
+            dec(
+                &mut s,
+                r#"{"type":"response.done","response":{"status":"cancelled"}}"#
+            )
+            .unwrap(),
             "ReplyDone { interrupted: true }"
         );
         assert_eq!(
@@ -441,8 +474,16 @@ mod tests {
             r#"Error { code: Some("invalid_value"), numeric_code: None, message: Some("bad"), fatal: false }"#
         );
         // A numeric or null code does not make the event undecodable.
-        assert!(dec(&mut s, r#"{"type":"error","error":{"type":"server_error","code":null}}"#).unwrap().contains("server_error"));
-        assert_eq!(dec(&mut s, r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(), r#"Other { kind: "rate_limits.updated" }"#);
+        assert!(dec(
+            &mut s,
+            r#"{"type":"error","error":{"type":"server_error","code":null}}"#
+        )
+        .unwrap()
+        .contains("server_error"));
+        assert_eq!(
+            dec(&mut s, r#"{"type":"rate_limits.updated","rate_limits":[]}"#).unwrap(),
+            r#"Other { kind: "rate_limits.updated" }"#
+        );
     }
 
     #[test]
@@ -450,7 +491,11 @@ mod tests {
         let mut s = session();
         let mut out = Vec::new();
         assert!(!s.encode_truncate(ReplyKey(1), 100, &mut out));
-        dec(&mut s, r#"{"type":"response.output_audio.delta","item_id":"item_asst_1","delta":"AA=="}"#).unwrap();
+        dec(
+            &mut s,
+            r#"{"type":"response.output_audio.delta","item_id":"item_asst_1","delta":"AA=="}"#,
+        )
+        .unwrap();
         assert!(s.encode_truncate(ReplyKey(1), 1340, &mut out));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
@@ -464,8 +509,16 @@ mod tests {
     fn encodes_tool_results_and_dtmf_as_two_messages() {
         let mut out = Vec::new();
         encode_append(&[0xff], &mut out);
-        assert_eq!(out, br#"{"type":"input_audio_buffer.append","audio":"/w=="}"#);
-        assert!(encode_tool_result(0, "call_1", &Ok(json!({"status":"shipped"})), &mut out));
+        assert_eq!(
+            out,
+            br#"{"type":"input_audio_buffer.append","audio":"/w=="}"#
+        );
+        assert!(encode_tool_result(
+            0,
+            "call_1",
+            &Ok(json!({"status":"shipped"})),
+            &mut out
+        ));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
@@ -476,7 +529,10 @@ mod tests {
         assert!(!encode_tool_result(2, "call_1", &Ok(json!(1)), &mut out));
         assert!(encode_dtmf(0, "5", &mut out));
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["item"]["content"][0]["text"], "The caller pressed 5 on the phone keypad.");
+        assert_eq!(
+            v["item"]["content"][0]["text"],
+            "The caller pressed 5 on the phone keypad."
+        );
         assert!(encode_dtmf(1, "5", &mut out));
         assert!(!encode_dtmf(2, "5", &mut out));
     }

@@ -179,7 +179,13 @@ mod tests {
     fn tone(frames: usize, amplitude_code: u8) -> Vec<u8> {
         // Alternating ± samples of one magnitude: a square wave at that level.
         (0..frames * 160)
-            .map(|i| if i % 2 == 0 { amplitude_code } else { amplitude_code ^ 0x80 })
+            .map(|i| {
+                if i % 2 == 0 {
+                    amplitude_code
+                } else {
+                    amplitude_code ^ 0x80
+                }
+            })
             .collect()
     }
 
@@ -227,7 +233,11 @@ mod tests {
             .filter(|(start, _)| !start)
             .map(|(_, t)| t + 20) // the frame's end
             .collect();
-        assert_eq!(ends.len(), known.len(), "detected {ends:?}, known {known:?}");
+        assert_eq!(
+            ends.len(),
+            known.len(),
+            "detected {ends:?}, known {known:?}"
+        );
         for (got, want) in ends.iter().zip(&known) {
             assert!(
                 *got + 20 >= *want && *got <= want + 40,

@@ -1,30 +1,31 @@
-//! Binding media streams to calls (issue 4, protocols.md §1.6.4 last bullet).
+//! Binding media streams to calls, with no per-instance state.
 //!
-//! The `X-Twilio-Signature` on a stream upgrade is the same for every call to the same URL,
-//! so it proves the request came from Twilio but not which call it belongs to. The relay
-//! therefore puts a `relay_token` `<Parameter>` in every TwiML it returns and checks it in
-//! `start` before any audio reaches an agent:
+//! The `X-Twilio-Signature` on a stream upgrade is the same for every call to the same URL
+//! (the stream URL has no query and no body), so it proves the request came from Twilio but
+//! not which call it belongs to. The relay therefore puts a `relay_token` `<Parameter>` in
+//! every TwiML it returns, `relay_token = HMAC-SHA256(token secret, CallSid)`, and checks it
+//! against `start.callSid` before any audio reaches an agent. Any instance that shares the
+//! token secret can check any call's token.
 //!
-//! - inbound (`/twiml`, call SID known): `relay_token = token(CallSid)`;
-//! - outbound (`/outbound-call`, inline TwiML, call SID not known yet): a random single-use
-//!   `relay_nonce` plus `relay_token = token("nonce:" + nonce)`; the nonce is remembered for
-//!   [`NONCE_TTL`] and consumed by the first stream that presents it.
+//! Outbound calls get the same binding: `/outbound-call` creates the call with a `Url` on the
+//! relay (`/twiml/outbound?…&exp=…&sig=…`) instead of inline TwiML. The call's parameters
+//! travel in that URL's query, signed by the relay ([`StreamTokens::sign_query`]) and, when
+//! Twilio fetches it, by Twilio (`X-Twilio-Signature` covers the URL and the `CallSid`). The
+//! TwiML answered then carries the token for that `CallSid`: whichever instance Twilio's
+//! fetch and stream reach, no nonce has to be remembered.
 //!
 //! Also owns the live-stream registry that implements the duplicate policy: a second stream
-//! for a call SID that already has a live one replaces it (the newest is kept, the older is
-//! closed). No I/O here.
+//! for a call SID that already has a live one *on this instance* replaces it (the newest is
+//! kept, the older is closed). No I/O here.
 
 use crate::auth::signature::CallTokenKey;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long an outbound call's nonce stays valid (ringing + answer time).
-pub const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
-
-/// Most outstanding outbound nonces; issuing more fails (bounded memory).
-pub const MAX_PENDING_NONCES: usize = 100_000;
+/// How long an outbound call's signed TwiML URL stays valid (ringing and answer time).
+pub const OUTBOUND_URL_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Why a stream's token was refused; [`TokenError::kind`] is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,12 +33,9 @@ pub enum TokenError {
     /// `start.customParameters` has no `relay_token`.
     #[error("stream has no relay_token parameter")]
     Missing,
-    /// The token does not match the call SID (or nonce).
+    /// The token does not match the call SID.
     #[error("relay_token does not match this call")]
     Invalid,
-    /// The nonce is unknown, expired, or already used.
-    #[error("relay_nonce is unknown, expired or already used")]
-    NonceUnknown,
 }
 
 impl TokenError {
@@ -46,16 +44,35 @@ impl TokenError {
         match self {
             TokenError::Missing => "token_missing",
             TokenError::Invalid => "token_invalid",
-            TokenError::NonceUnknown => "token_nonce_unknown",
         }
     }
 }
 
-/// Issues and checks stream tokens.
+/// Why a signed outbound URL was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No `sig`, or it does not match the query.
+    #[error("the URL's signature is missing or wrong")]
+    BadSignature,
+    /// `exp` is missing, malformed or in the past.
+    #[error("the URL has expired")]
+    Expired,
+}
+
+impl UrlError {
+    /// Stable snake_case label (`relay_errors_total{leg="twilio",kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UrlError::BadSignature => "outbound_url_signature",
+            UrlError::Expired => "outbound_url_expired",
+        }
+    }
+}
+
+/// Issues and checks stream tokens and signed outbound URLs. Holds no per-call state.
 #[derive(Debug)]
 pub struct StreamTokens {
     key: CallTokenKey,
-    nonces: Mutex<HashMap<String, Instant>>,
 }
 
 impl StreamTokens {
@@ -63,7 +80,6 @@ impl StreamTokens {
     pub fn new(secret: &[u8]) -> Self {
         Self {
             key: CallTokenKey::new(secret),
-            nonces: Mutex::new(HashMap::new()),
         }
     }
 
@@ -77,73 +93,57 @@ impl StreamTokens {
         Self::new(&mac.finalize().into_bytes())
     }
 
-    /// The `relay_token` for an inbound call.
+    /// The `relay_token` for a call.
     pub fn token_for_call(&self, call_sid: &str) -> String {
         self.key.token(call_sid)
     }
 
-    /// Issues a single-use `(relay_nonce, relay_token)` pair for an outbound call.
-    ///
-    /// # Errors
-    /// `None` when [`MAX_PENDING_NONCES`] are outstanding.
-    pub fn issue_nonce(&self, now: Instant) -> Option<(String, String)> {
-        let mut raw = [0u8; 18];
-        getrandom_fill(&mut raw);
-        let nonce = base64_simd::URL_SAFE_NO_PAD.encode_to_string(raw);
-        let mut map = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_PENDING_NONCES {
-            map.retain(|_, exp| *exp > now);
-            if map.len() >= MAX_PENDING_NONCES {
-                return None;
-            }
-        }
-        map.insert(nonce.clone(), now + NONCE_TTL);
-        let token = self.key.token(&format!("nonce:{nonce}"));
-        Some((nonce, token))
-    }
-
-    /// Checks a stream's parameters: with `relay_nonce`, the token must match the nonce and
-    /// the nonce must be pending (it is consumed); otherwise the token must match `call_sid`.
+    /// Checks a stream's `relay_token` against its call SID.
     ///
     /// # Errors
     /// [`TokenError`].
-    pub fn check(
-        &self,
-        call_sid: &str,
-        token: Option<&str>,
-        nonce: Option<&str>,
-        now: Instant,
-    ) -> Result<(), TokenError> {
+    pub fn check(&self, call_sid: &str, token: Option<&str>) -> Result<(), TokenError> {
         let token = token.ok_or(TokenError::Missing)?;
-        match nonce {
-            Some(nonce) => {
-                if !self.key.verify(&format!("nonce:{nonce}"), token) {
-                    return Err(TokenError::Invalid);
-                }
-                let mut map = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-                match map.remove(nonce) {
-                    Some(exp) if exp > now => Ok(()),
-                    _ => Err(TokenError::NonceUnknown),
-                }
-            }
-            None if self.key.verify(call_sid, token) => Ok(()),
-            None => Err(TokenError::Invalid),
+        if self.key.verify(call_sid, token) {
+            Ok(())
+        } else {
+            Err(TokenError::Invalid)
         }
     }
 
-    /// Drops expired nonces (called from the server's periodic upkeep).
-    pub fn prune(&self, now: Instant) {
-        let mut map = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, exp| *exp > now);
+    /// Appends `exp` (Unix seconds, `now_unix` + [`OUTBOUND_URL_TTL`]) and then `sig` (the
+    /// HMAC of everything before it) to a URL query (`a=1&b=2`, already encoded).
+    pub fn sign_query(&self, query: &str, now_unix: u64) -> String {
+        let exp = now_unix + OUTBOUND_URL_TTL.as_secs();
+        let signed = if query.is_empty() {
+            format!("exp={exp}")
+        } else {
+            format!("{query}&exp={exp}")
+        };
+        let sig = self.key.token(&format!("outbound-url:{signed}"));
+        format!("{signed}&sig={sig}")
     }
-}
 
-fn getrandom_fill(buf: &mut [u8]) {
-    // ring's system RNG; failure means the OS cannot provide randomness at all.
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(buf)
-        .expect("the OS random number generator is available");
+    /// Checks a query made by [`StreamTokens::sign_query`] (exactly as received, still
+    /// encoded) and returns its part before `sig`.
+    ///
+    /// # Errors
+    /// [`UrlError`].
+    pub fn verify_query<'a>(&self, query: &'a str, now_unix: u64) -> Result<&'a str, UrlError> {
+        let (signed, sig) = query.rsplit_once("&sig=").ok_or(UrlError::BadSignature)?;
+        if !self.key.verify(&format!("outbound-url:{signed}"), sig) {
+            return Err(UrlError::BadSignature);
+        }
+        let exp = form_urlencoded::parse(signed.as_bytes())
+            .filter(|(k, _)| k == "exp")
+            .last()
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .ok_or(UrlError::Expired)?;
+        if exp <= now_unix {
+            return Err(UrlError::Expired);
+        }
+        Ok(signed)
+    }
 }
 
 /// Live streams by call SID, for the duplicate-stream policy: keep the newest, close the older.
@@ -186,50 +186,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inbound_tokens_bind_to_the_call() {
+    fn tokens_bind_to_the_call() {
         let t = StreamTokens::new(b"secret");
-        let now = Instant::now();
         let tok = t.token_for_call("CA1");
-        assert_eq!(t.check("CA1", Some(&tok), None, now), Ok(()));
-        assert_eq!(
-            t.check("CA2", Some(&tok), None, now),
-            Err(TokenError::Invalid)
-        );
-        assert_eq!(t.check("CA1", None, None, now), Err(TokenError::Missing));
+        assert_eq!(t.check("CA1", Some(&tok)), Ok(()));
+        assert_eq!(t.check("CA2", Some(&tok)), Err(TokenError::Invalid));
+        assert_eq!(t.check("CA1", None), Err(TokenError::Missing));
         let other = StreamTokens::new(b"other").token_for_call("CA1");
-        assert_eq!(
-            t.check("CA1", Some(&other), None, now),
-            Err(TokenError::Invalid)
-        );
+        assert_eq!(t.check("CA1", Some(&other)), Err(TokenError::Invalid));
+        // Every instance with the same secret (here: the same auth token) agrees.
+        let a = StreamTokens::from_auth_token("auth");
+        let b = StreamTokens::from_auth_token("auth");
+        assert_eq!(b.check("CA9", Some(&a.token_for_call("CA9"))), Ok(()));
     }
 
     #[test]
-    fn outbound_nonces_are_single_use_and_expire() {
-        let t = StreamTokens::from_auth_token("auth");
-        let now = Instant::now();
-        let (n, tok) = t.issue_nonce(now).unwrap();
-        assert_eq!(t.check("CAx", Some(&tok), Some(&n), now), Ok(()));
+    fn signed_queries_verify_until_they_expire_and_resist_tampering() {
+        let t = StreamTokens::new(b"secret");
+        let q = t.sign_query("prompt=Hi%21&agent=openai", 1000);
+        assert!(q.starts_with("prompt=Hi%21&agent=openai&exp=1900&sig="), "{q}");
+        assert_eq!(t.verify_query(&q, 1000), Ok("prompt=Hi%21&agent=openai&exp=1900"));
+        // Another instance with the same secret accepts it.
+        assert!(StreamTokens::new(b"secret").verify_query(&q, 1899).is_ok());
+        assert_eq!(t.verify_query(&q, 1900), Err(UrlError::Expired));
+        let tampered = q.replace("openai", "elevenlabs");
+        assert_eq!(t.verify_query(&tampered, 1000), Err(UrlError::BadSignature));
+        let later = q.replace("exp=1900", "exp=9900");
+        assert_eq!(t.verify_query(&later, 1000), Err(UrlError::BadSignature));
+        assert_eq!(t.verify_query("prompt=x", 1000), Err(UrlError::BadSignature));
         assert_eq!(
-            t.check("CAx", Some(&tok), Some(&n), now),
-            Err(TokenError::NonceUnknown)
+            StreamTokens::new(b"other").verify_query(&q, 1000),
+            Err(UrlError::BadSignature)
         );
-        let (n2, tok2) = t.issue_nonce(now).unwrap();
-        assert_eq!(
-            t.check("CAx", Some(&tok), Some(&n2), now),
-            Err(TokenError::Invalid)
-        );
-        assert_eq!(
-            t.check(
-                "CAx",
-                Some(&tok2),
-                Some(&n2),
-                now + NONCE_TTL + Duration::from_secs(1)
-            ),
-            Err(TokenError::NonceUnknown)
-        );
-        let (n3, _) = t.issue_nonce(now).unwrap();
-        t.prune(now + NONCE_TTL * 2);
-        assert!(t.nonces.lock().unwrap().get(&n3).is_none());
     }
 
     #[test]

@@ -147,9 +147,11 @@ async fn drive(
         // 1. What the machine asked for.
         while let Some(ev) = m.poll_event() {
             match ev {
-                CallEvent::ConnectAgent(kind) => {
+                CallEvent::Started(kind) => {
                     tracing::Span::current().record("agent", kind.as_str());
                     ctx.metrics.call_started(kind as usize);
+                }
+                CallEvent::ConnectAgent(kind) => {
                     match ConnectSpec::new(kind, &ctx.settings.agents, &m.params()) {
                         Ok(spec) => {
                             let (http, tls) = (ctx.http.clone(), ctx.tls.clone());
@@ -203,11 +205,14 @@ async fn drive(
         if legs.scratch.capacity() > SCRATCH_KEEP_BYTES {
             legs.scratch = Vec::with_capacity(512);
         }
-        if m.metrics().fold_due(now.saturating_duration_since(last_fold)) {
+        if m.metrics()
+            .fold_due(now.saturating_duration_since(last_fold))
+        {
             m.metrics_mut().fold(&ctx.metrics);
             last_fold = now;
             if now.saturating_duration_since(last_summary) >= SUMMARY_INTERVAL {
-                ctx.calls.update(registry_id, m.summary(now, started_unix_ms));
+                ctx.calls
+                    .update(registry_id, m.summary(now, started_unix_ms));
                 last_summary = now;
             }
         }
@@ -294,10 +299,7 @@ async fn drive(
         }
     }
 
-    let end = m
-        .end_reason()
-        .cloned()
-        .unwrap_or(EndReason::TwilioClosed);
+    let end = m.end_reason().cloned().unwrap_or(EndReason::TwilioClosed);
     tracing::Span::current().record("agent", m.agent_kind().as_str());
     close_legs(&mut m, &mut legs, &mut t_rx, a_rx.as_mut(), &end).await;
     drop(t_rx);
@@ -431,8 +433,8 @@ fn on_twilio(
     });
 }
 
-/// Authenticated mode: the stream's `relay_token` must match its call SID (or its single-use
-/// outbound nonce) before any audio reaches an agent. Then the live-stream registry applies
+/// Authenticated mode: the stream's `relay_token` must match its call SID before any audio
+/// reaches an agent. Then the live-stream registry applies
 /// the duplicate policy (the newest stream for a call SID replaces the older).
 fn admit(ctx: &CallContext, legs: &mut Legs, st: &tw::Start<'_>) -> Option<EndReason> {
     let param = |name: &str| {
@@ -443,12 +445,7 @@ fn admit(ctx: &CallContext, legs: &mut Legs, st: &tw::Start<'_>) -> Option<EndRe
     };
     if let Some(tokens) = ctx.tokens.as_ref() {
         let m = &ctx.metrics;
-        match tokens.check(
-            st.call_sid,
-            param("relay_token"),
-            param("relay_nonce"),
-            Instant::now(),
-        ) {
+        match tokens.check(st.call_sid, param("relay_token")) {
             Ok(()) => m.count("relay_stream_tokens_total", &[("result", "valid")], 1),
             Err(e) => {
                 m.count("relay_stream_tokens_total", &[("result", e.kind())], 1);
@@ -491,7 +488,10 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
             m.handle_bad_input(
                 Leg::Agent,
                 "binary_frame",
-                &format_args!("binary frame of {} bytes; agent dialects are JSON text", b.len()),
+                &format_args!(
+                    "binary frame of {} bytes; agent dialects are JSON text",
+                    b.len()
+                ),
             );
             return;
         }
@@ -621,8 +621,16 @@ fn finish(
         m.agent_kind() as usize,
         f.turn.quantile(0.95),
         [
-            summary.latency.forward_twilio_to_agent.p99_ms.map(|v| v / 1e3),
-            summary.latency.forward_agent_to_twilio.p99_ms.map(|v| v / 1e3),
+            summary
+                .latency
+                .forward_twilio_to_agent
+                .p99_ms
+                .map(|v| v / 1e3),
+            summary
+                .latency
+                .forward_agent_to_twilio
+                .p99_ms
+                .map(|v| v / 1e3),
         ],
     );
     let l = &summary.latency;
@@ -696,7 +704,9 @@ mod size_tests {
             1024,
         );
         let writer = WsWriter::new(w, crate::wire::ws::Role::Server);
-        let settings = crate::config::ServeArgs::defaults().call_settings().unwrap();
+        let settings = crate::config::ServeArgs::defaults()
+            .call_settings()
+            .unwrap();
         let tls = crate::wire::net::tls_client_config().unwrap();
         let ctx = Arc::new(CallContext {
             settings: Arc::new(settings),

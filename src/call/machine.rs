@@ -52,6 +52,8 @@ pub enum Side {
 /// What the driver must do for the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
+    /// `start` was accepted and the call's agent chosen (counted per agent).
+    Started(AgentKind),
     /// Connect the agent leg for this dialect with the call's parameters
     /// ([`CallMachine::params`]).
     ConnectAgent(AgentKind),
@@ -436,7 +438,11 @@ impl CallMachine {
 
     fn start(&mut self, st: tw::Start<'_>, now: Instant) {
         if self.phase != Phase::AwaitStart {
-            self.handle_bad_input(Leg::Twilio, "duplicate_start", &"second start on one stream");
+            self.handle_bad_input(
+                Leg::Twilio,
+                "duplicate_start",
+                &"second start on one stream",
+            );
             return;
         }
         self.stream_sid = st.stream_sid.to_owned();
@@ -476,6 +482,7 @@ impl CallMachine {
             agent = self.kind.as_str(),
             "stream started"
         );
+        self.events.push_back(CallEvent::Started(self.kind));
         if self.kind == AgentKind::Echo {
             self.agent = Agent::Echo(EchoAgent::new(self.cfg.echo_delay));
             self.phase = Phase::Ready;
@@ -490,7 +497,10 @@ impl CallMachine {
                 self.events.push_back(CallEvent::ConnectAgent(self.kind));
             }
             None => {
-                warn!(agent = self.kind.as_str(), "refused stream: agent not configured on this relay");
+                warn!(
+                    agent = self.kind.as_str(),
+                    "refused stream: agent not configured on this relay"
+                );
                 self.cm.error(Leg::Agent, "agent_not_configured");
                 self.end(EndReason::AgentConnectFailed("agent_not_configured"));
             }
@@ -562,7 +572,8 @@ impl CallMachine {
                     (self.cfg.early_audio_bytes, DropReason::EarlyBufferFull)
                 };
                 let dropped = self.agent_audio.enforce_cap(cap.max(1));
-                self.cm.drop_frames(Direction::TwilioToAgent, reason, dropped);
+                self.cm
+                    .drop_frames(Direction::TwilioToAgent, reason, dropped);
             }
             Agent::None => {}
         }
@@ -578,7 +589,12 @@ impl CallMachine {
 
     /// Counts a message that was skipped, logging the first few at `warn` (rate-limited per
     /// call, so one hostile peer cannot flood the log).
-    pub fn handle_bad_input(&mut self, leg: Leg, kind: &'static str, reason: &dyn std::fmt::Display) {
+    pub fn handle_bad_input(
+        &mut self,
+        leg: Leg,
+        kind: &'static str,
+        reason: &dyn std::fmt::Display,
+    ) {
         self.cm.error(leg, kind);
         self.figures.bad_inputs += 1;
         let n = self.figures.bad_inputs;
@@ -602,7 +618,9 @@ impl CallMachine {
     /// Handles one decoded agent message read at `now`.
     pub fn handle_agent(&mut self, ev: AgentEvent<'_>, now: Instant) {
         match ev {
-            AgentEvent::Audio { reply, payload_b64 } => self.agent_audio_in(reply, payload_b64, now),
+            AgentEvent::Audio { reply, payload_b64 } => {
+                self.agent_audio_in(reply, payload_b64, now)
+            }
             AgentEvent::Ready {
                 session_id,
                 formats_ok,
@@ -636,19 +654,24 @@ impl CallMachine {
                 self.interrupt(through, signal, now);
             }
             AgentEvent::SpeechStarted => {
-                if self.dialect().is_some_and(Dialect::clears_on_speech_started) {
+                if self
+                    .dialect()
+                    .is_some_and(Dialect::clears_on_speech_started)
+                {
                     let through = self.newest_reply();
                     self.interrupt(through, true, now);
                 }
             }
             AgentEvent::SpeechStopped => {
-                self.agent_turn_from.get_or_insert((now, self.newest_reply()));
+                self.agent_turn_from
+                    .get_or_insert((now, self.newest_reply()));
             }
             AgentEvent::Transcript { speaker, text } => {
                 if speaker == Speaker::Caller {
                     // Dialects without a speech-stopped event (ElevenLabs) end the
                     // caller's turn with the final transcript.
-                    self.agent_turn_from.get_or_insert((now, self.newest_reply()));
+                    self.agent_turn_from
+                        .get_or_insert((now, self.newest_reply()));
                 }
                 debug!(speaker = ?speaker, text, "transcript");
             }
@@ -666,7 +689,8 @@ impl CallMachine {
                 } else {
                     let held: Vec<_> = self.held_tool_results.drain(..).collect();
                     for (id, output) in held {
-                        self.agent_cmds.push_back(AgentCmd::ToolResult { id, output });
+                        self.agent_cmds
+                            .push_back(AgentCmd::ToolResult { id, output });
                     }
                 }
             }
@@ -694,7 +718,13 @@ impl CallMachine {
                 fatal,
             } => {
                 self.cm.error(Leg::Agent, "agent_error_event");
-                warn!(?code, ?numeric_code, ?message, fatal, "agent reported an error");
+                warn!(
+                    ?code,
+                    ?numeric_code,
+                    ?message,
+                    fatal,
+                    "agent reported an error"
+                );
                 if fatal {
                     self.end(EndReason::AgentError("agent_error_event"));
                 }
@@ -721,14 +751,21 @@ impl CallMachine {
         if self.interrupted_through.is_some_and(|cut| reply <= cut) {
             self.cm
                 .drop_frames(Direction::AgentToTwilio, DropReason::Interrupted, 1);
-            debug!(reply = reply.0, "dropped stale agent audio after an interruption");
+            debug!(
+                reply = reply.0,
+                "dropped stale agent audio after an interruption"
+            );
             return;
         }
         let q = &mut self.twilio_audio;
         let n = match tw::decode_payload_append(payload_b64, q.bytes.tail()) {
             Ok(n) => n,
             Err(_) => {
-                self.handle_bad_input(Leg::Agent, "invalid_base64", &"agent audio is not valid base64");
+                self.handle_bad_input(
+                    Leg::Agent,
+                    "invalid_base64",
+                    &"agent audio is not valid base64",
+                );
                 return;
             }
         };
@@ -816,15 +853,19 @@ impl CallMachine {
                 ToolResult::LimitReached,
                 "this call has used up its tool calls",
             )),
-            Ok(_) if self.tools.len() >= MAX_TOOL_CALLS_IN_FLIGHT => Some((
-                ToolResult::LimitReached,
-                "too many tool calls in progress",
-            )),
+            Ok(_) if self.tools.len() >= MAX_TOOL_CALLS_IN_FLIGHT => {
+                Some((ToolResult::LimitReached, "too many tool calls in progress"))
+            }
             Ok(_) => None,
         };
         if let Some((r, msg)) = refused {
             self.cm.tool(r);
-            info!(tool = name, call_id = id, result = r.as_str(), "tool call refused");
+            info!(
+                tool = name,
+                call_id = id,
+                result = r.as_str(),
+                "tool call refused"
+            );
             self.tool_result_out(id.to_owned(), Err(msg.to_owned()));
             return;
         }
@@ -862,7 +903,8 @@ impl CallMachine {
         if hold && !self.reply_done_latest {
             self.held_tool_results.push((id, output));
         } else {
-            self.agent_cmds.push_back(AgentCmd::ToolResult { id, output });
+            self.agent_cmds
+                .push_back(AgentCmd::ToolResult { id, output });
         }
     }
 

@@ -168,7 +168,9 @@ impl EndReason {
         match self {
             EndReason::Shutdown | EndReason::DrainDeadline => (1001, "relay shutting down"),
             EndReason::TwilioError { close_code, .. } => (*close_code, "protocol error"),
-            EndReason::MediaFormatUnsupported => (1003, "media format must be audio/x-mulaw 8000 Hz mono"),
+            EndReason::MediaFormatUnsupported => {
+                (1003, "media format must be audio/x-mulaw 8000 Hz mono")
+            }
             EndReason::TwilioIdle => (1000, "no media"),
             EndReason::TwilioStalled => (1011, "not reading"),
             EndReason::AgentConnectFailed(_) | EndReason::AudioFormatMismatch => {

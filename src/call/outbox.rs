@@ -172,7 +172,11 @@ impl AudioQueue {
 
     /// Takes up to `max` bytes of the front item into `out` (replacing its contents);
     /// returns that item's (read time, reply, whether the item is now fully taken).
-    pub fn take_front(&mut self, max: usize, out: &mut Vec<u8>) -> Option<(Instant, ReplyKey, bool)> {
+    pub fn take_front(
+        &mut self,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<(Instant, ReplyKey, bool)> {
         let front = self.items.front_mut()?;
         let n = front.len.min(max);
         out.clear();
@@ -212,7 +216,10 @@ mod tests {
         push(&mut q, &[4, 5], 2, false);
         let mut out = Vec::new();
         let (_, r, done) = q.take_front(2, &mut out).unwrap();
-        assert_eq!((out.as_slice(), r, done), (&[1u8, 2][..], ReplyKey(1), false));
+        assert_eq!(
+            (out.as_slice(), r, done),
+            (&[1u8, 2][..], ReplyKey(1), false)
+        );
         let (_, _, done) = q.take_front(2, &mut out).unwrap();
         assert_eq!((out.as_slice(), done), (&[3u8][..], true));
         q.take_front(10, &mut out).unwrap();

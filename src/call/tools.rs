@@ -18,8 +18,8 @@ use crate::auth::Secret;
 use crate::obs::metrics::ToolResult;
 use crate::wire::http_client::HttpClient;
 use bytes::Bytes;
-use http_body_util::Full;
 use hmac::{Hmac, Mac};
+use http_body_util::Full;
 use hyper::{Method, Request, Uri};
 use std::time::Duration;
 
@@ -98,7 +98,12 @@ pub async fn call_webhook(
     };
     let body = match serde_json::to_vec(&req) {
         Ok(b) => b,
-        Err(e) => return (ToolResult::BadResponse, Err(format!("cannot encode the call: {e}"))),
+        Err(e) => {
+            return (
+                ToolResult::BadResponse,
+                Err(format!("cannot encode the call: {e}")),
+            )
+        }
     };
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -120,20 +125,30 @@ pub async fn call_webhook(
         );
     }
     let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
-        return (ToolResult::Unreachable, Err("invalid tool webhook URL".into()));
+        return (
+            ToolResult::Unreachable,
+            Err("invalid tool webhook URL".into()),
+        );
     };
     let timeout = settings.timeout + Duration::from_secs(1);
-    match http.request(request, MAX_TOOL_RESPONSE_BYTES, timeout).await {
-        Err(crate::wire::net::NetError::Timeout) => {
-            (ToolResult::Timeout, Err("the tool webhook timed out".into()))
-        }
+    match http
+        .request(request, MAX_TOOL_RESPONSE_BYTES, timeout)
+        .await
+    {
+        Err(crate::wire::net::NetError::Timeout) => (
+            ToolResult::Timeout,
+            Err("the tool webhook timed out".into()),
+        ),
         Err(e) => (
             ToolResult::Unreachable,
             Err(format!("the tool webhook is unreachable ({})", e.kind())),
         ),
         Ok((status, _)) if !status.is_success() => (
             ToolResult::ErrorStatus,
-            Err(format!("the tool webhook answered HTTP {}", status.as_u16())),
+            Err(format!(
+                "the tool webhook answered HTTP {}",
+                status.as_u16()
+            )),
         ),
         Ok((_, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(serde_json::Value::Object(mut o)) if o.contains_key("result") => {

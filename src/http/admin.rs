@@ -35,7 +35,11 @@ pub fn calls<B>(req: &Request<B>, token: Option<&BearerToken>, registry: &CallRe
         }
         Some(sid) => match registry.get(sid) {
             Some(s) => json_response(StatusCode::OK, &serde_json::to_value(s).unwrap_or_default()),
-            None => error_json(StatusCode::NOT_FOUND, "unknown_call", "no live or recent call with this call SID"),
+            None => error_json(
+                StatusCode::NOT_FOUND,
+                "unknown_call",
+                "no live or recent call with this call SID",
+            ),
         },
     }
 }

@@ -1,19 +1,21 @@
-//! Call control endpoints (issue 4, items 4 and 5): `POST /outbound-call` places a call through
-//! Twilio's REST API with inline `<Connect><Stream>` TwiML (protocols.md §1.9), and the signed
-//! Twilio status callbacks `POST /call-status` (§1.8) and `POST /stream-status` (§1.7) update
-//! metrics and log one line per callback.
+//! Call control endpoints: `POST /outbound-call` places a call through Twilio's REST API
+//! (Calls resource, <https://www.twilio.com/docs/voice/api/call-resource>) with a signed `Url`
+//! back to the relay, `POST /twiml/outbound` answers Twilio's fetch of that URL with
+//! `<Connect><Stream>` TwiML, and the signed Twilio status callbacks `POST /call-status` and
+//! `POST /stream-status` update metrics and log one line per callback.
 //!
 //! Owns: bearer authentication of the outbound API (constant time), the per-client rate limit
 //! (`governor`, keyed by client IP, pruned by [`Control::upkeep`]), request validation (body
 //! size, JSON shape, E.164 numbers, agent id, dynamic-variable names), building the TwiML
 //! parameters and the Twilio form, and JSON error bodies with stable `error` codes
 //! ([`OutboundResult::as_str`]). Does not own routing (`server`), TwiML escaping (`twiml`),
-//! signature maths (`twilio::signature`) or stream tokens (`tokens`).
+//! signature maths (`auth::signature`) or stream tokens (`auth::tokens`).
 //!
 //! ## `POST /outbound-call`
 //! `Authorization: Bearer <RELAY_API_TOKEN>`, JSON body (at most
 //! [`MAX_OUTBOUND_BODY_BYTES`]) `{to, from?, prompt?, first_message?, dynamic_variables?,
-//! agent?}`; unknown fields are refused. Answers `200 {"call_sid":"CA…"}`, or an error
+//! agent?, agent_id?}` (`agent`: the dialect, `elevenlabs|assemblyai|openai|echo`, configured
+//! on this relay; `agent_id`: a per-call ElevenLabs agent id); unknown fields are refused. Answers `200 {"call_sid":"CA…"}`, or an error
 //! `{"error":"<code>","message":"…"}` (`application/json`) with the status of
 //! [`OutboundResult::status`]. Every request is counted in
 //! `relay_outbound_calls_total{result}`.
@@ -21,8 +23,14 @@
 //! Stream parameters, in order: the configured agent settings (`prompt`, `first_message`,
 //! `language`, `voice_id`) with `prompt`/`first_message` replaced by the request's (an empty
 //! string counts as absent), then each dynamic variable (sorted by name; numbers and booleans
-//! as their JSON text), then `relay_agent_id` (when `agent` is given), then `relay_nonce` and
-//! `relay_token` (authenticated mode, see `tokens`).
+//! as their JSON text), then `agent` and `relay_agent_id` when given.
+//!
+//! The call is created with `Url=https://{public host}/twiml/outbound?{parameters}&exp=…&sig=…`
+//! (`Method=POST`): the parameters travel in the query, signed by the relay (`sig`, HMAC with
+//! the token secret, expiring after 15 minutes). When the callee answers, Twilio POSTs there
+//! with the `CallSid`; any instance that shares the token secret and the auth token checks
+//! Twilio's signature and ours, and answers TwiML whose `relay_token` is bound to that
+//! `CallSid` (see `auth::tokens`). No instance keeps state about the call.
 //!
 //! The rate limit key is the TCP peer's IP address (IPv6 masked to its /64). Behind a reverse
 //! proxy every client shares the proxy's key; `X-Forwarded-For` is deliberately not trusted.
@@ -38,13 +46,15 @@
 use crate::auth::signature::SignatureValidator;
 use crate::auth::tokens::StreamTokens;
 use crate::config::{Secret, ServeArgs, MAX_PARAMETER_CHARS};
+use super::{bearer_token, body_error, error_json, json_response, read_body, BodyError};
+use crate::agent::AgentKind;
 use crate::obs::metrics::{Leg, Metrics};
 use crate::wire::http_client::HttpClient;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -54,7 +64,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tracing::{debug, error, info, warn};
 
@@ -77,8 +87,12 @@ pub const MAX_RATE_LIMIT_KEYS: usize = 100_000;
 /// The call progress events requested from Twilio (`StatusCallbackEvent`, protocols.md §1.8).
 pub const STATUS_CALLBACK_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 
-/// Longest `agent` id accepted (`[A-Za-z0-9_-]{1,64}`).
+/// Longest `agent_id` accepted (`[A-Za-z0-9_-]{1,64}`).
 pub const MAX_AGENT_ID_CHARS: usize = 64;
+
+/// Longest signed TwiML URL put in a Calls request (a generous bound for URLs Twilio
+/// fetches; the parameters are each under 500 characters).
+pub const MAX_TWIML_URL_CHARS: usize = 8000;
 
 /// Stream parameter names a dynamic variable may not use: the agent overrides the relay
 /// builds itself (names starting with `relay_` are refused as well).
@@ -105,7 +119,7 @@ const STREAM_EVENTS: [&str; 3] = ["stream-started", "stream-stopped", "stream-er
 /// Longest callback field value put in a log line (longer values are cut).
 const MAX_LOGGED_FIELD_CHARS: usize = 256;
 
-type Resp = Response<Full<Bytes>>;
+use super::Resp;
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
 /// The result of one `POST /outbound-call`: the `result` label of
@@ -130,15 +144,15 @@ pub enum OutboundResult {
     InvalidFrom,
     /// 400: no `from` and no `TWILIO_PHONE_NUMBER`.
     MissingFrom,
-    /// 400: `agent` not `[A-Za-z0-9_-]{1,64}`.
+    /// 400: `agent` is not a dialect configured on this relay.
     InvalidAgent,
+    /// 400: `agent_id` not `[A-Za-z0-9_-]{1,64}`.
+    InvalidAgentId,
     /// 400: a dynamic variable name is empty, has control characters, starts with `relay_`
     /// or is one of the agent override names.
     InvalidDynamicVariable,
     /// 400: a stream parameter's name + value is 500 characters or more.
     ParameterTooLong,
-    /// 503: too many outbound calls are waiting for their stream (nonce table full).
-    TooManyPendingCalls,
     /// 502: Twilio answered with an error (or a success without a call SID).
     TwilioError,
     /// 502: Twilio could not be reached (connect, TLS, HTTP failure or timeout).
@@ -146,6 +160,25 @@ pub enum OutboundResult {
 }
 
 impl OutboundResult {
+    /// Every result (the label set of `relay_outbound_calls_total`).
+    pub const ALL: [OutboundResult; 15] = [
+        OutboundResult::Placed,
+        OutboundResult::NotConfigured,
+        OutboundResult::Unauthorized,
+        OutboundResult::RateLimited,
+        OutboundResult::PayloadTooLarge,
+        OutboundResult::InvalidJson,
+        OutboundResult::InvalidTo,
+        OutboundResult::InvalidFrom,
+        OutboundResult::MissingFrom,
+        OutboundResult::InvalidAgent,
+        OutboundResult::InvalidAgentId,
+        OutboundResult::InvalidDynamicVariable,
+        OutboundResult::ParameterTooLong,
+        OutboundResult::TwilioError,
+        OutboundResult::TwilioUnreachable,
+    ];
+
     /// Stable snake_case name: the metric label and the JSON `error` code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -159,9 +192,9 @@ impl OutboundResult {
             OutboundResult::InvalidFrom => "invalid_from",
             OutboundResult::MissingFrom => "missing_from",
             OutboundResult::InvalidAgent => "invalid_agent",
+            OutboundResult::InvalidAgentId => "invalid_agent_id",
             OutboundResult::InvalidDynamicVariable => "invalid_dynamic_variable",
             OutboundResult::ParameterTooLong => "parameter_too_long",
-            OutboundResult::TooManyPendingCalls => "too_many_pending_calls",
             OutboundResult::TwilioError => "twilio_error",
             OutboundResult::TwilioUnreachable => "twilio_unreachable",
         }
@@ -180,9 +213,9 @@ impl OutboundResult {
             | OutboundResult::InvalidFrom
             | OutboundResult::MissingFrom
             | OutboundResult::InvalidAgent
+            | OutboundResult::InvalidAgentId
             | OutboundResult::InvalidDynamicVariable
             | OutboundResult::ParameterTooLong => StatusCode::BAD_REQUEST,
-            OutboundResult::TooManyPendingCalls => StatusCode::SERVICE_UNAVAILABLE,
             OutboundResult::TwilioError | OutboundResult::TwilioUnreachable => {
                 StatusCode::BAD_GATEWAY
             }
@@ -250,8 +283,11 @@ struct Outbound {
     default_from: Option<String>,
     agent_params: Vec<(&'static str, String)>,
     http: HttpClient,
-    tokens: Option<Arc<StreamTokens>>,
+    tokens: Arc<StreamTokens>,
     limiter: KeyedLimiter,
+    /// Dialects configured on this relay (the `agent` field must name one).
+    agents: Vec<AgentKind>,
+    body_timeout: Duration,
 }
 
 /// Call control: the outbound-call API and the Twilio status callbacks. Built once per relay
@@ -260,6 +296,9 @@ pub struct Control {
     outbound: Option<Outbound>,
     metrics: Arc<Metrics>,
     signatures: Option<SignatureValidator>,
+    tokens: Option<Arc<StreamTokens>>,
+    public_host: Option<String>,
+    body_timeout: Duration,
 }
 
 impl std::fmt::Debug for Control {
@@ -281,6 +320,7 @@ struct OutboundRequest {
     first_message: Option<String>,
     dynamic_variables: Option<BTreeMap<String, DynamicValue>>,
     agent: Option<String>,
+    agent_id: Option<String>,
 }
 
 /// A dynamic variable value: string, number or boolean (stringified as a parameter).
@@ -322,11 +362,14 @@ impl Control {
         signatures: Option<SignatureValidator>,
         tokens: Option<Arc<StreamTokens>>,
     ) -> Control {
-        let outbound = Self::outbound_settings(args, http, tokens);
+        let outbound = Self::outbound_settings(args, http, tokens.clone());
         Control {
             outbound,
             metrics,
             signatures,
+            tokens,
+            public_host: args.public_host.clone(),
+            body_timeout: args.http_limits().body_read_timeout,
         }
     }
 
@@ -369,6 +412,17 @@ impl Control {
         basic_auth.set_sensitive(true);
         let public_host = public_host.trim().trim_end_matches('/').to_owned();
         let per_minute = NonZeroU32::new(args.outbound_calls_per_minute).unwrap_or(NonZeroU32::MIN);
+        let Some(tokens) = tokens else {
+            error!("stream tokens are not configured: /outbound-call is disabled");
+            return None;
+        };
+        let agents = match args.agent_settings() {
+            Ok(a) => AgentKind::ALL
+                .into_iter()
+                .filter(|k| a.is_configured(*k))
+                .collect(),
+            Err(_) => vec![AgentKind::Echo],
+        };
         Some(Outbound {
             api_token_hash: Sha256::digest(api_token.expose().as_bytes()).into(),
             calls_url,
@@ -383,7 +437,23 @@ impl Control {
             http,
             tokens,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            agents,
+            body_timeout: args.http_limits().body_read_timeout,
         })
+    }
+
+    /// Creates every series of this module's label sets at 0 (outbound results, call statuses,
+    /// stream events), so the first event of each is seen by `rate()`.
+    pub fn register_metrics(metrics: &Metrics) {
+        for r in OutboundResult::ALL {
+            metrics.count("relay_outbound_calls_total", &[("result", r.as_str())], 0);
+        }
+        for s in CALL_STATUSES.iter().copied().chain(["other"]) {
+            metrics.count("relay_call_status_callbacks_total", &[("status", s)], 0);
+        }
+        for e in STREAM_EVENTS.iter().copied().chain(["other"]) {
+            metrics.count("relay_stream_status_callbacks_total", &[("event", e)], 0);
+        }
     }
 
     /// `POST /outbound-call`: authenticates, rate-limits, validates, places the call with
@@ -413,6 +483,73 @@ impl Control {
                 debug!(%peer, result = e.result.as_str(), "outbound call refused");
                 e.response()
             }
+        }
+    }
+
+    /// `POST /twiml/outbound?…&exp=…&sig=…`: Twilio fetching an outbound call's TwiML. Both
+    /// signatures must hold (Twilio's over the URL and form, ours over the query, unexpired);
+    /// the answer is `<Connect><Stream>` with the query's parameters and the `relay_token` of
+    /// the form's `CallSid`. Refusals: 404 outside the authenticated mode, 403 for a bad
+    /// signature or an expired URL, 400 without a `CallSid` — each counted in
+    /// `relay_errors_total{leg="twilio",kind}`.
+    pub async fn outbound_twiml(&self, req: Request<Incoming>) -> Resp {
+        let (Some(v), Some(tokens), Some(host)) =
+            (&self.signatures, &self.tokens, &self.public_host)
+        else {
+            return super::text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        let signature = req
+            .headers()
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/twiml/outbound".to_owned(), |p| p.as_str().to_owned());
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = match read_body(req.into_body(), MAX_CALLBACK_BODY_BYTES, self.body_timeout).await {
+            Ok(b) => b,
+            Err(e) => return body_error(e),
+        };
+        if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
+            self.metrics.error(Leg::Twilio, e.kind());
+            warn!(kind = e.kind(), "refused /twiml/outbound: bad Twilio signature");
+            return error_json(StatusCode::FORBIDDEN, "invalid_signature", "invalid Twilio signature");
+        }
+        let signed = match tokens.verify_query(&query, unix_now()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.error(Leg::Twilio, e.kind());
+                warn!(reason = %e, "refused /twiml/outbound");
+                return error_json(StatusCode::FORBIDDEN, "invalid_url", &e.to_string());
+            }
+        };
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let Some(call_sid) = form
+            .iter()
+            .find(|(k, _)| k == "CallSid")
+            .map(|(_, v)| v.as_str())
+            .filter(|s| is_call_sid(s))
+        else {
+            return error_json(StatusCode::BAD_REQUEST, "missing_call_sid", "CallSid is required");
+        };
+        let mut params: Vec<(String, String)> = form_urlencoded::parse(signed.as_bytes())
+            .into_owned()
+            .filter(|(k, _)| k != "exp")
+            .collect();
+        params.push(("relay_token".into(), tokens.token_for_call(call_sid)));
+        let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match crate::http::twiml::connect_stream(host, &refs) {
+            Ok(xml) => {
+                info!(call_sid, "answered an outbound call's TwiML fetch");
+                let mut r = Response::new(Full::new(Bytes::from(xml)));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+                r
+            }
+            Err(e) => error_json(StatusCode::BAD_REQUEST, "parameter_too_long", &e.to_string()),
         }
     }
 
@@ -446,23 +583,11 @@ impl Control {
             .uri()
             .path_and_query()
             .map_or_else(|| kind.path().to_owned(), |p| p.as_str().to_owned());
-        let body = match read_body(req.into_body(), MAX_CALLBACK_BODY_BYTES).await {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => {
-                return error_json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "status callback body is too large",
-                )
-            }
-            Err(BodyError::Read) => {
-                return error_json(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "could not read the request body",
-                )
-            }
-        };
+        let body =
+            match read_body(req.into_body(), MAX_CALLBACK_BODY_BYTES, self.body_timeout).await {
+                Ok(b) => b,
+                Err(e) => return body_error(e),
+            };
         if let Some(v) = &self.signatures {
             if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
                 self.metrics.error(Leg::Twilio, e.kind());
@@ -553,9 +678,17 @@ impl Outbound {
         {
             return Err(too_large());
         }
-        let body = match read_body(req.into_body(), MAX_OUTBOUND_BODY_BYTES).await {
+        let body = match read_body(req.into_body(), MAX_OUTBOUND_BODY_BYTES, self.body_timeout)
+            .await
+        {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return Err(too_large()),
+            Err(BodyError::Timeout) => {
+                return Err(ApiError::new(
+                    OutboundResult::InvalidJson,
+                    "the request body did not arrive in time",
+                ))
+            }
             Err(BodyError::Read) => {
                 return Err(ApiError::new(
                     OutboundResult::InvalidJson,
@@ -570,8 +703,8 @@ impl Outbound {
             )
         })?;
         let call = self.validate(request)?;
-        let twiml = self.twiml(call.params)?;
-        let sid = self.create_call(&call.to, &call.from, &twiml).await?;
+        let url = self.twiml_url(&call.params)?;
+        let sid = self.create_call(&call.to, &call.from, &url).await?;
         info!(
             call_sid = %sid,
             %peer,
@@ -664,10 +797,21 @@ impl Outbound {
             },
         };
         if let Some(a) = &r.agent {
-            if !is_agent_id(a) {
+            if !AgentKind::from_name(a).is_some_and(|k| self.agents.contains(&k)) {
                 return Err(ApiError::new(
                     OutboundResult::InvalidAgent,
-                    "agent must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+                    format!(
+                        "agent must be one of the agents configured on this relay: {}",
+                        self.agents.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = &r.agent_id {
+            if !is_agent_id(a) {
+                return Err(ApiError::new(
+                    OutboundResult::InvalidAgentId,
+                    "agent_id must be 1 to 64 characters of A-Z a-z 0-9 _ -",
                 ));
             }
         }
@@ -698,6 +842,7 @@ impl Outbound {
         for (name, value) in r.dynamic_variables.unwrap_or_default() {
             if name.is_empty()
                 || name.starts_with("relay_")
+                || name == "agent"
                 || OVERRIDE_PARAMETERS.contains(&name.as_str())
                 || name.chars().any(char::is_control)
             {
@@ -713,6 +858,9 @@ impl Outbound {
             params.push((name, value.into_string()));
         }
         if let Some(a) = &r.agent {
+            params.push(("agent".into(), a.clone()));
+        }
+        if let Some(a) = &r.agent_id {
             params.push(("relay_agent_id".into(), a.clone()));
         }
         for (name, value) in &params {
@@ -728,33 +876,29 @@ impl Outbound {
         })
     }
 
-    fn twiml(&self, mut params: Vec<(String, String)>) -> Result<String, ApiError> {
-        if let Some(tokens) = &self.tokens {
-            let Some((nonce, token)) = tokens.issue_nonce(Instant::now()) else {
-                warn!("refused an outbound call: too many calls are waiting for their stream");
-                return Err(ApiError::new(
-                    OutboundResult::TooManyPendingCalls,
-                    "too many outbound calls are waiting to connect; try again later",
-                ));
-            };
-            params.push(("relay_nonce".into(), nonce));
-            params.push(("relay_token".into(), token));
+    /// The signed TwiML URL carrying the call's parameters (see the module docs).
+    fn twiml_url(&self, params: &[(String, String)]) -> Result<String, ApiError> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let signed = self.tokens.sign_query(&query, unix_now());
+        let url = format!("https://{}/twiml/outbound?{signed}", self.public_host);
+        if url.len() > MAX_TWIML_URL_CHARS {
+            return Err(ApiError::new(
+                OutboundResult::ParameterTooLong,
+                format!("the call's parameters make a TwiML URL over {MAX_TWIML_URL_CHARS} characters"),
+            ));
         }
-        let refs: Vec<(&str, &str)> = params
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        crate::http::twiml::connect_stream(&self.public_host, &refs)
-            .map_err(|e| parameter_too_long(&e.name))
+        Ok(url)
     }
 
-    /// The Calls create form (protocols.md §1.9). Kept out of the async fn: the serializer
-    /// is not `Send`.
-    fn create_call_form(&self, to: &str, from: &str, twiml: &str) -> String {
+    /// The Calls create form. Kept out of the async fn: the serializer is not `Send`.
+    fn create_call_form(&self, to: &str, from: &str, url: &str) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("To", to)
             .append_pair("From", from)
-            .append_pair("Twiml", twiml)
+            .append_pair("Url", url)
+            .append_pair("Method", "POST")
             .append_pair("StatusCallback", &self.status_callback)
             .append_pair("StatusCallbackMethod", "POST");
         for event in STATUS_CALLBACK_EVENTS {
@@ -763,8 +907,8 @@ impl Outbound {
         form.finish()
     }
 
-    async fn create_call(&self, to: &str, from: &str, twiml: &str) -> Result<String, ApiError> {
-        let body = self.create_call_form(to, from, twiml);
+    async fn create_call(&self, to: &str, from: &str, url: &str) -> Result<String, ApiError> {
+        let body = self.create_call_form(to, from, url);
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.calls_url.clone();
@@ -853,19 +997,6 @@ impl CallbackKind {
     }
 }
 
-enum BodyError {
-    TooLarge,
-    Read,
-}
-
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Read),
-    }
-}
-
 fn too_large() -> ApiError {
     ApiError::new(
         OutboundResult::PayloadTooLarge,
@@ -883,28 +1014,11 @@ fn parameter_too_long(name: &str) -> ApiError {
     )
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error_json(status: StatusCode, code: &'static str, message: &'static str) -> Resp {
-    json_response(
-        status,
-        &serde_json::json!({ "error": code, "message": message }),
-    )
-}
-
-/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// Unix time in seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `^\+[1-9][0-9]{1,14}$`.

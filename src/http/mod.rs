@@ -34,7 +34,11 @@ pub enum BodyError {
 ///
 /// # Errors
 /// [`BodyError`].
-pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Ok(b)) => Ok(b.to_bytes()),

@@ -9,10 +9,10 @@
 //! (`--max-calls`, 503) and the pre-upgrade limits ([`HttpLimits`]), not call behaviour
 //! (see `call`).
 
-use crate::auth::signature::SignatureValidator;
-use crate::auth::tokens::{LiveStreams, StreamTokens};
 use super::{text, BearerToken, Resp};
 use crate::agent::AgentKind;
+use crate::auth::signature::SignatureValidator;
+use crate::auth::tokens::{LiveStreams, StreamTokens};
 use crate::call::{self, CallContext};
 use crate::config::{ConfigError, ServeArgs};
 use crate::http::control::Control;
@@ -111,6 +111,7 @@ impl Relay {
         if signatures.is_none() {
             warn!("TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total");
         }
+        Control::register_metrics(&metrics);
         let control = Control::new(
             &args,
             http.clone(),
@@ -169,9 +170,6 @@ impl Relay {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
                 upkeep_state.control.upkeep();
-                if let Some(t) = &upkeep_state.ctx.tokens {
-                    t.prune(std::time::Instant::now());
-                }
             }
         });
         info!(
@@ -236,7 +234,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
         // exhaust descriptors or memory, and calls in progress are not counted.
         if state.pending.fetch_add(1, Ordering::SeqCst) >= state.limits.max_pending_connections {
             state.pending.fetch_sub(1, Ordering::SeqCst);
-            m.count("relay_http_connections_rejected_total", &[("reason", "limit")], 1);
+            m.count(
+                "relay_http_connections_rejected_total",
+                &[("reason", "limit")],
+                1,
+            );
             debug!(%peer, "refused a connection: too many pending HTTP connections");
             drop(stream);
             continue;
@@ -292,6 +294,7 @@ async fn route(
         (&Method::GET, "/media") => media(req, &state, peer),
         (&Method::POST, "/twiml") => twiml(req, &state).await,
         (&Method::POST, "/outbound-call") => state.control.outbound_call(req, peer).await,
+        (&Method::POST, "/twiml/outbound") => state.control.outbound_twiml(req).await,
         (&Method::POST, "/call-status") => state.control.call_status(req).await,
         (&Method::POST, "/stream-status") => state.control.stream_status(req).await,
         (&Method::GET, "/metrics") => {

@@ -180,12 +180,21 @@ impl FrameHistogram {
                     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{e}\"}} {cumulative}");
                 }
                 None => {
-                    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+                    );
                 }
             }
         }
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = |s: &str| if s.is_empty() { String::new() } else { format!("{{{s}}}") };
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
         let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
         let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
     }
@@ -225,14 +234,32 @@ mod tests {
         h.fold_into(&target); // nothing pending: no change
         let mut out = String::new();
         target.render("x_seconds", "direction=\"a\"", &mut out);
-        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.000128\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.001024\"} 5\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"0.008192\"} 6\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{direction=\"a\",le=\"+Inf\"} 7\n"), "{out}");
-        assert!(out.contains("x_seconds_count{direction=\"a\"} 7\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{direction=\"a\",le=\"0.000128\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{direction=\"a\",le=\"0.001024\"} 5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{direction=\"a\",le=\"0.008192\"} 6\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{direction=\"a\",le=\"+Inf\"} 7\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_count{direction=\"a\"} 7\n"),
+            "{out}"
+        );
         let mut bare = String::new();
         FrameHistogram::new(&EDGES).render("y", "", &mut bare);
-        assert!(bare.contains("y_bucket{le=\"+Inf\"} 0\n") && bare.contains("y_count 0\n"), "{bare}");
+        assert!(
+            bare.contains("y_bucket{le=\"+Inf\"} 0\n") && bare.contains("y_count 0\n"),
+            "{bare}"
+        );
     }
 
     #[test]

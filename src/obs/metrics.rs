@@ -13,7 +13,9 @@
 
 use crate::obs::latency::{FrameHistogram, LatencyHistogram};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::sync::Arc;
 
 static META: Metadata<'static> = Metadata::new("media_relay", Level::INFO, Some("media_relay"));
@@ -91,7 +93,8 @@ pub const ERROR_KINDS: [(Leg, &[&str]); 3] = [
             "body_hash_mismatch",
             "token_missing",
             "token_invalid",
-            "token_nonce_unknown",
+            "outbound_url_signature",
+            "outbound_url_expired",
         ],
     ),
     (
@@ -319,8 +322,8 @@ pub const CONNECT_BUCKETS: [f64; 12] = [
 /// Buckets (seconds) of `relay_call_duration_seconds`: 1 s to 2 h in steps a person reads
 /// (15 s, 30 s, 1, 2, 3, 5, 10, 15, 20, 30, 45 min, 1, 1.5, 2 h).
 pub const CALL_DURATION_BUCKETS: [f64; 20] = [
-    1.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0,
-    1200.0, 1800.0, 2700.0, 3600.0, 5400.0, 7200.0,
+    1.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0,
+    1800.0, 2700.0, 3600.0, 5400.0, 7200.0,
 ];
 
 /// Buckets (seconds) of the turn latencies (caller stops speaking → first agent audio to
@@ -349,7 +352,10 @@ pub const PING_RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 
 /// `relay_forward_latency_seconds` and `relay_inbound_jitter_seconds` are [`FrameHistogram`]s
 /// of our own, see `obs::latency`).
 const HISTOGRAMS: [(&str, &[f64]); 9] = [
-    ("relay_call_forward_latency_p99_seconds", &FORWARD_LATENCY_BUCKETS),
+    (
+        "relay_call_forward_latency_p99_seconds",
+        &FORWARD_LATENCY_BUCKETS,
+    ),
     ("relay_agent_connect_duration_seconds", &CONNECT_BUCKETS),
     ("relay_call_duration_seconds", &CALL_DURATION_BUCKETS),
     ("relay_turn_latency_seconds", &TURN_BUCKETS),
@@ -361,8 +367,12 @@ const HISTOGRAMS: [(&str, &[f64]); 9] = [
 ];
 
 /// Label values of `relay_stream_tokens_total{result}`.
-pub const STREAM_TOKEN_RESULTS: [&str; 4] =
-    ["valid", "token_missing", "token_invalid", "token_nonce_unknown"];
+pub const STREAM_TOKEN_RESULTS: [&str; 4] = [
+    "valid",
+    "token_missing",
+    "token_invalid",
+    "token_nonce_unknown",
+];
 
 /// Per-agent histogram handles.
 struct AgentHistograms {
@@ -456,25 +466,33 @@ impl Metrics {
             (c2, t2, at2, p2, b2, l2, r2),
             (c3, t3, at3, p3, b3, l3, r3),
         ]
-        .map(|(connect, turn, agent_turn, call_turn_p95, barge_in, playout_lag, ping_rtt)| {
-            AgentHistograms {
-                connect,
-                turn,
-                agent_turn,
-                call_turn_p95,
-                barge_in,
-                playout_lag,
-                ping_rtt,
-            }
-        });
+        .map(
+            |(connect, turn, agent_turn, call_turn_p95, barge_in, playout_lag, ping_rtt)| {
+                AgentHistograms {
+                    connect,
+                    turn,
+                    agent_turn,
+                    call_turn_p95,
+                    barge_in,
+                    playout_lag,
+                    ping_rtt,
+                }
+            },
+        );
         let events = AGENT_LABELS.map(|a| {
             [
                 counter("relay_barge_ins_total", &[("agent", a)]),
                 counter("relay_dtmf_total", &[("agent", a)]),
                 counter("relay_marks_total", &[("agent", a), ("result", "played")]),
                 counter("relay_marks_total", &[("agent", a), ("result", "flushed")]),
-                counter("relay_unknown_events_total", &[("agent", a), ("leg", "twilio")]),
-                counter("relay_unknown_events_total", &[("agent", a), ("leg", "agent")]),
+                counter(
+                    "relay_unknown_events_total",
+                    &[("agent", a), ("leg", "twilio")],
+                ),
+                counter(
+                    "relay_unknown_events_total",
+                    &[("agent", a), ("leg", "agent")],
+                ),
             ]
         });
         for outcome in CALL_OUTCOMES {
@@ -482,7 +500,10 @@ impl Metrics {
         }
         for (leg, kinds) in ERROR_KINDS {
             for kind in kinds {
-                let _ = counter("relay_errors_total", &[("leg", leg.as_str()), ("kind", kind)]);
+                let _ = counter(
+                    "relay_errors_total",
+                    &[("leg", leg.as_str()), ("kind", kind)],
+                );
             }
         }
         for result in STREAM_TOKEN_RESULTS {
@@ -490,7 +511,10 @@ impl Metrics {
         }
         let _ = counter("relay_duplicate_streams_total", &[]);
         for reason in ["limit", "header_timeout", "body_timeout"] {
-            let _ = counter("relay_http_connections_rejected_total", &[("reason", reason)]);
+            let _ = counter(
+                "relay_http_connections_rejected_total",
+                &[("reason", reason)],
+            );
         }
         let _ = counter("relay_drain_notices_total", &[]);
         let build = r.register_gauge(
@@ -529,13 +553,22 @@ impl Metrics {
             agents,
             events,
             tool_calls: AGENT_LABELS.map(|a| {
-                ToolResult::ALL
-                    .map(|t| counter("relay_tool_calls_total", &[("agent", a), ("result", t.as_str())]))
+                ToolResult::ALL.map(|t| {
+                    counter(
+                        "relay_tool_calls_total",
+                        &[("agent", a), ("result", t.as_str())],
+                    )
+                })
             }),
-            calls_started: AGENT_LABELS.map(|a| counter("relay_calls_started_total", &[("agent", a)])),
+            calls_started: AGENT_LABELS
+                .map(|a| counter("relay_calls_started_total", &[("agent", a)])),
             agent_connects: AGENT_LABELS.map(|a| {
-                ["ok", "failed"]
-                    .map(|res| counter("relay_agent_connects_total", &[("agent", a), ("result", res)]))
+                ["ok", "failed"].map(|res| {
+                    counter(
+                        "relay_agent_connects_total",
+                        &[("agent", a), ("result", res)],
+                    )
+                })
             }),
             upgrades: UpgradeResult::ALL
                 .map(|u| counter("relay_upgrades_total", &[("result", u.as_str())])),
@@ -653,7 +686,8 @@ impl Metrics {
             );
         }
         out.push_str("# HELP relay_inbound_jitter_seconds How far the inter-arrival time of Twilio media messages deviates from 20 ms.\n# TYPE relay_inbound_jitter_seconds histogram\n");
-        self.jitter.render("relay_inbound_jitter_seconds", "", &mut out);
+        self.jitter
+            .render("relay_inbound_jitter_seconds", "", &mut out);
         out
     }
 
@@ -682,14 +716,24 @@ fn describe(r: &PrometheusRecorder) {
         r.describe_histogram(n.into(), Some(Unit::Seconds), d.into())
     };
     g("relay_calls_active", "Calls in progress.");
-    g("relay_calls_max", "The admission limit (--max-calls): upgrades beyond it get 503.");
-    g("relay_draining", "1 while the relay drains after SIGTERM, else 0.");
+    g(
+        "relay_calls_max",
+        "The admission limit (--max-calls): upgrades beyond it get 503.",
+    );
+    g(
+        "relay_draining",
+        "1 while the relay drains after SIGTERM, else 0.",
+    );
     g(
         "relay_build_info",
         "Always 1; the version label gives the relay's version.",
     );
     c("relay_calls_total", None, "Calls ended, by outcome.");
-    c("relay_calls_started_total", None, "Calls that sent start, by agent.");
+    c(
+        "relay_calls_started_total",
+        None,
+        "Calls that sent start, by agent.",
+    );
     h(
         "relay_call_duration_seconds",
         "Call duration from upgrade to end.",
@@ -1011,7 +1055,8 @@ impl CallMetrics {
             );
         }
         if self.missing_frames > 0 {
-            m.frames_missing.increment(std::mem::take(&mut self.missing_frames));
+            m.frames_missing
+                .increment(std::mem::take(&mut self.missing_frames));
         }
         let [played, flushed] = std::mem::take(&mut self.playout_bytes);
         m.playout_played_bytes.increment(played);
@@ -1047,7 +1092,10 @@ mod tests {
         }
         for (leg, kinds) in ERROR_KINDS {
             for kind in kinds {
-                let s = format!("relay_errors_total{{leg=\"{}\",kind=\"{kind}\"}} 0", leg.as_str());
+                let s = format!(
+                    "relay_errors_total{{leg=\"{}\",kind=\"{kind}\"}} 0",
+                    leg.as_str()
+                );
                 assert!(text.contains(&s), "{s}");
             }
         }
@@ -1074,7 +1122,10 @@ mod tests {
         }
         // Every family that has samples has HELP and TYPE lines.
         let mut families = std::collections::BTreeSet::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = name
                 .trim_end_matches("_bucket")

@@ -163,7 +163,10 @@ mod tests {
                 .body(Full::new(Bytes::new()))
                 .unwrap()
         };
-        let e = c.request(get(), 100, Duration::from_secs(5)).await.unwrap_err();
+        let e = c
+            .request(get(), 100, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), "body_too_large");
         let e = c
             .request(get(), 100, Duration::from_millis(200))

@@ -172,6 +172,10 @@ fn agent_ready_timeout() {
     c.start(&[], 100);
     assert_eq!(
         c.m.poll_event(),
+        Some(CallEvent::Started(AgentKind::Elevenlabs))
+    );
+    assert_eq!(
+        c.m.poll_event(),
         Some(CallEvent::ConnectAgent(AgentKind::Elevenlabs))
     );
     assert_eq!(c.m.poll_timeout(), Some(c.at(10_100)));
@@ -251,7 +255,10 @@ fn echo_plays_back_after_its_delay_with_marks() {
     c.m.handle_timeout(c.at(580));
     let (audio, other) = c.twilio_audio(580);
     assert_eq!(audio, frames[1..].concat());
-    assert_eq!(other, vec![serde_json::json!({"event":"mark","streamSid":SID,"mark":{"name":"ms-100"}})]);
+    assert_eq!(
+        other,
+        vec![serde_json::json!({"event":"mark","streamSid":SID,"mark":{"name":"ms-100"}})]
+    );
 }
 
 #[test]
@@ -259,12 +266,17 @@ fn tool_webhook_timeout_gives_the_agent_an_error() {
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     c.agent(r#"{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"user_input_audio_format":"ulaw_8000","agent_output_audio_format":"ulaw_8000"}}"#, 10);
     c.drain(Side::Agent, 10);
     c.agent(r#"{"type":"client_tool_call","client_tool_call":{"tool_name":"lookup","tool_call_id":"t1","parameters":{"order":"42"}}}"#, 1_000);
     match c.m.poll_event() {
-        Some(CallEvent::CallTool { id, name, arguments }) => {
+        Some(CallEvent::CallTool {
+            id,
+            name,
+            arguments,
+        }) => {
             assert_eq!((id.as_str(), name.as_str()), ("t1", "lookup"));
             assert_eq!(arguments["order"], "42");
         }
@@ -286,6 +298,7 @@ fn tool_webhook_timeout_gives_the_agent_an_error() {
 fn dtmf_digits_go_out_after_the_interdigit_time_or_on_hash() {
     let mut c = Call::new(settings(AgentKind::Openai));
     c.start(&[], 0);
+    c.m.poll_event();
     c.m.poll_event();
     c.m.handle_agent_connected();
     c.agent(r#"{"type":"session.updated","session":{"audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#, 10);
@@ -310,7 +323,10 @@ fn dtmf_digits_go_out_after_the_interdigit_time_or_on_hash() {
         sent[0]["item"]["content"][0]["text"],
         "The caller pressed 7# on the phone keypad."
     );
-    assert_eq!(c.m.metrics().events_total[CallEventKind::DtmfDigit as usize], 4);
+    assert_eq!(
+        c.m.metrics().events_total[CallEventKind::DtmfDigit as usize],
+        4
+    );
 }
 
 // === early audio, outboxes ===
@@ -324,11 +340,15 @@ fn early_audio_is_held_until_ready_capped_in_bytes_then_sent_in_order() {
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[("customer", "Jane")], 0);
     c.m.poll_event();
+    c.m.poll_event();
     // Seven 160-byte frames against an 800-byte early buffer: the two oldest go.
     for i in 0..7u8 {
         c.media(&[i; 160], i as u64 + 1, 20 * i as u64);
     }
-    assert!(c.drain(Side::Agent, 150).is_empty(), "nothing before the socket opens");
+    assert!(
+        c.drain(Side::Agent, 150).is_empty(),
+        "nothing before the socket opens"
+    );
     c.m.handle_agent_connected();
     let init = c.drain(Side::Agent, 160);
     assert_eq!(init.len(), 1, "only the session init before ready");
@@ -359,6 +379,7 @@ fn a_full_agent_outbox_drops_the_oldest_caller_audio_and_twilio_is_unaffected() 
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     elevenlabs_ready(&mut c, 0);
     c.drain(Side::Agent, 0);
@@ -367,12 +388,22 @@ fn a_full_agent_outbox_drops_the_oldest_caller_audio_and_twilio_is_unaffected() 
     for i in 0..6u8 {
         c.media(&[i; 160], i as u64 + 1, 20 + 20 * i as u64);
     }
-    assert_eq!(dropped(&c.m, Direction::TwilioToAgent), 3, "480-byte cap keeps 3 frames");
+    assert_eq!(
+        dropped(&c.m, Direction::TwilioToAgent),
+        3,
+        "480-byte cap keeps 3 frames"
+    );
     // Agent audio and a barge-in still reach Twilio.
-    c.agent(r#"{"type":"audio","audio_event":{"audio_base_64":"//////////8=","event_id":3}}"#, 200);
+    c.agent(
+        r#"{"type":"audio","audio_event":{"audio_base_64":"//////////8=","event_id":3}}"#,
+        200,
+    );
     let (audio, _) = c.twilio_audio(200);
     assert_eq!(audio.len(), 8);
-    c.agent(r#"{"type":"interruption","interruption_event":{"event_id":3}}"#, 210);
+    c.agent(
+        r#"{"type":"interruption","interruption_event":{"event_id":3}}"#,
+        210,
+    );
     let sent = c.drain(Side::Twilio, 210);
     assert_eq!(sent[0]["event"], "clear");
 }
@@ -382,11 +413,17 @@ fn a_full_twilio_outbox_drops_the_oldest_agent_audio() {
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     elevenlabs_ready(&mut c, 0);
     let chunk = b64(&[1u8; 1500]);
     for id in 1..=4 {
-        c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{chunk}","event_id":{id}}}}}"#), 10);
+        c.agent(
+            &format!(
+                r#"{{"type":"audio","audio_event":{{"audio_base_64":"{chunk}","event_id":{id}}}}}"#
+            ),
+            10,
+        );
     }
     // 6000 bytes into a 4000-byte outbox: the first event is dropped, the second cut; each
     // counts once.
@@ -402,25 +439,51 @@ fn elevenlabs_barge_in_clears_first_and_drops_stale_audio() {
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     elevenlabs_ready(&mut c, 0);
     let a = b64(&[7u8; 800]);
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#), 100);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#),
+        100,
+    );
     let (audio, marks) = c.twilio_audio(100);
     assert_eq!(audio.len(), 800);
     assert_eq!(marks[0]["mark"]["name"], "ms-100");
     // Queued (not yet sent) audio of the same reply, then the interruption.
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#), 110);
-    c.agent(r#"{"type":"interruption","interruption_event":{"event_id":5}}"#, 120);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#),
+        110,
+    );
+    c.agent(
+        r#"{"type":"interruption","interruption_event":{"event_id":5}}"#,
+        120,
+    );
     let sent = c.drain(Side::Twilio, 120);
-    assert_eq!(sent, vec![serde_json::json!({"event":"clear","streamSid":SID})]);
+    assert_eq!(
+        sent,
+        vec![serde_json::json!({"event":"clear","streamSid":SID})]
+    );
     // Late audio of reply 5 is dropped; reply 6 plays.
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#), 130);
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":6}}}}"#), 140);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":5}}}}"#),
+        130,
+    );
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":6}}}}"#),
+        140,
+    );
     let (audio, _) = c.twilio_audio(140);
     assert_eq!(audio.len(), 800);
-    assert_eq!(dropped(&c.m, Direction::AgentToTwilio), 2, "one queued, one late");
-    assert_eq!(c.m.metrics().events_total[CallEventKind::BargeIn as usize], 1);
+    assert_eq!(
+        dropped(&c.m, Direction::AgentToTwilio),
+        2,
+        "one queued, one late"
+    );
+    assert_eq!(
+        c.m.metrics().events_total[CallEventKind::BargeIn as usize],
+        1
+    );
     // The clear was written: the barge-in latency is recorded.
     c.m.handle_write_done(Side::Twilio, c.at(121));
     assert_eq!(c.m.figures().barge_in.len(), 1);
@@ -428,14 +491,21 @@ fn elevenlabs_barge_in_clears_first_and_drops_stale_audio() {
     c.m.handle_twilio(TwilioEvent::Mark { name: "ms-100" }, c.at(150));
     assert_eq!(c.m.playout_ms(), (0, 100));
     // A second interruption of the same reply does nothing.
-    c.agent(r#"{"type":"interruption","interruption_event":{"event_id":5}}"#, 160);
-    assert!(c.drain(Side::Twilio, 160).iter().all(|m| m["event"] != "clear"));
+    c.agent(
+        r#"{"type":"interruption","interruption_event":{"event_id":5}}"#,
+        160,
+    );
+    assert!(c
+        .drain(Side::Twilio, 160)
+        .iter()
+        .all(|m| m["event"] != "clear"));
 }
 
 #[test]
 fn openai_barge_in_truncates_at_the_played_position_never_past_what_was_sent() {
     let mut c = Call::new(settings(AgentKind::Openai));
     c.start(&[], 0);
+    c.m.poll_event();
     c.m.poll_event();
     c.m.handle_agent_connected();
     c.agent(r#"{"type":"session.updated","session":{"audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#, 0);
@@ -444,11 +514,19 @@ fn openai_barge_in_truncates_at_the_played_position_never_past_what_was_sent() {
     let d = b64(&[3u8; 800]);
     let mut marks = Vec::new();
     for t in [10u64, 110, 210] {
-        c.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"item_A","delta":"{d}"}}"#), t);
+        c.agent(
+            &format!(
+                r#"{{"type":"response.output_audio.delta","item_id":"item_A","delta":"{d}"}}"#
+            ),
+            t,
+        );
         let (_, m) = c.twilio_audio(t);
         marks.extend(m);
     }
-    let names: Vec<&str> = marks.iter().map(|m| m["mark"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = marks
+        .iter()
+        .map(|m| m["mark"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["ms-100", "ms-200", "ms-300"]);
     // Twilio played 200 ms so far.
     for name in ["ms-100", "ms-200"] {
@@ -459,7 +537,9 @@ fn openai_barge_in_truncates_at_the_played_position_never_past_what_was_sent() {
     let sent = c.drain(Side::Agent, 260);
     assert_eq!(
         sent,
-        vec![serde_json::json!({"type":"conversation.item.truncate","item_id":"item_A","content_index":0,"audio_end_ms":200})]
+        vec![
+            serde_json::json!({"type":"conversation.item.truncate","item_id":"item_A","content_index":0,"audio_end_ms":200})
+        ]
     );
     // After the clear every outstanding mark echoes: flushed, not played.
     c.m.handle_twilio(TwilioEvent::Mark { name: "ms-300" }, c.at(261));
@@ -469,19 +549,31 @@ fn openai_barge_in_truncates_at_the_played_position_never_past_what_was_sent() {
     let mut c2 = Call::new(settings(AgentKind::Openai));
     c2.start(&[], 0);
     c2.m.poll_event();
+    c2.m.poll_event();
     c2.m.handle_agent_connected();
     c2.agent(r#"{"type":"session.updated"}"#, 0);
     c2.drain(Side::Agent, 0);
-    c2.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"item_A","delta":"{d}"}}"#), 10);
+    c2.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"item_A","delta":"{d}"}}"#),
+        10,
+    );
     c2.twilio_audio(10);
     c2.m.handle_twilio(TwilioEvent::Mark { name: "ms-100" }, c2.at(120));
     let short = b64(&[4u8; 400]);
-    c2.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"item_B","delta":"{short}"}}"#), 130);
+    c2.agent(
+        &format!(
+            r#"{{"type":"response.output_audio.delta","item_id":"item_B","delta":"{short}"}}"#
+        ),
+        130,
+    );
     c2.twilio_audio(130);
     c2.agent(r#"{"type":"input_audio_buffer.speech_started"}"#, 140);
     let sent = c2.drain(Side::Agent, 140);
     assert_eq!(sent[0]["item_id"], "item_B");
-    assert_eq!(sent[0]["audio_end_ms"], 0, "nothing of item B confirmed played");
+    assert_eq!(
+        sent[0]["audio_end_ms"], 0,
+        "nothing of item B confirmed played"
+    );
 }
 
 #[test]
@@ -489,24 +581,37 @@ fn openai_small_deltas_are_coalesced_to_20_ms() {
     let mut c = Call::new(settings(AgentKind::Openai));
     c.start(&[], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     c.agent(r#"{"type":"session.updated"}"#, 0);
     c.drain(Side::Agent, 0);
     let d = b64(&[5u8; 80]); // 10 ms
-    c.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#), 10);
+    c.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#),
+        10,
+    );
     assert!(c.drain(Side::Twilio, 10).is_empty(), "10 ms is held");
     assert_eq!(c.m.poll_timeout(), Some(c.at(50)));
-    c.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#), 20);
+    c.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#),
+        20,
+    );
     let sent = c.drain(Side::Twilio, 20);
     assert_eq!(sent.len(), 1);
     let mut a = Vec::new();
     tw::decode_payload(sent[0]["media"]["payload"].as_str().unwrap(), &mut a).unwrap();
     assert_eq!(a.len(), 160);
     // A lone tail goes out after the hold time, or at once when the audio is done.
-    c.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#), 30);
+    c.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#),
+        30,
+    );
     assert!(c.drain(Side::Twilio, 69).is_empty());
     assert_eq!(c.drain(Side::Twilio, 70).len(), 1);
-    c.agent(&format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#), 80);
+    c.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#),
+        80,
+    );
     c.agent(r#"{"type":"response.output_audio.done","item_id":"i"}"#, 81);
     assert_eq!(c.drain(Side::Twilio, 81).len(), 1);
 }
@@ -518,33 +623,54 @@ fn assemblyai_gates_audio_on_session_ready_and_holds_tool_results_until_reply_do
     let mut c = Call::new(settings(AgentKind::Assemblyai));
     c.start(&[("first_message", "Hello!")], 0);
     c.m.poll_event();
+    c.m.poll_event();
     c.m.handle_agent_connected();
     c.media(&[1; 160], 1, 10);
     let sent = c.drain(Side::Agent, 10);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["type"], "session.update");
     assert_eq!(sent[0]["session"]["greeting"], "Hello!");
-    assert_eq!(sent[0]["session"]["input"]["format"]["encoding"], "audio/pcmu");
+    assert_eq!(
+        sent[0]["session"]["input"]["format"]["encoding"],
+        "audio/pcmu"
+    );
     c.agent(r#"{"type":"session.ready","session_id":"s"}"#, 20);
     let sent = c.drain(Side::Agent, 20);
     assert_eq!(sent[0]["type"], "input.audio");
 
     c.agent(r#"{"type":"reply.started","reply_id":"r1"}"#, 30);
-    c.agent(r#"{"type":"tool.call","call_id":"c1","name":"lookup","args":{"order":"7"}}"#, 40);
+    c.agent(
+        r#"{"type":"tool.call","call_id":"c1","name":"lookup","args":{"order":"7"}}"#,
+        40,
+    );
     assert!(matches!(c.m.poll_event(), Some(CallEvent::CallTool { .. })));
-    c.m.handle_tool_result("c1", ToolResult::Ok, Ok(serde_json::json!({"status":"shipped"})));
+    c.m.handle_tool_result(
+        "c1",
+        ToolResult::Ok,
+        Ok(serde_json::json!({"status":"shipped"})),
+    );
     assert!(c.drain(Side::Agent, 50).is_empty(), "held until reply.done");
     c.agent(r#"{"type":"reply.done","status":"completed"}"#, 60);
     let sent = c.drain(Side::Agent, 60);
-    assert_eq!(sent[0], serde_json::json!({"type":"tool.result","call_id":"c1","result":"{\"status\":\"shipped\"}"}));
+    assert_eq!(
+        sent[0],
+        serde_json::json!({"type":"tool.result","call_id":"c1","result":"{\"status\":\"shipped\"}"})
+    );
 
     // After an interrupted reply, held results are discarded (and counted).
     c.agent(r#"{"type":"reply.started","reply_id":"r2"}"#, 70);
-    c.agent(r#"{"type":"tool.call","call_id":"c2","name":"lookup","arguments":{}}"#, 80);
+    c.agent(
+        r#"{"type":"tool.call","call_id":"c2","name":"lookup","arguments":{}}"#,
+        80,
+    );
+    c.m.poll_event();
     c.m.poll_event();
     c.m.handle_tool_result("c2", ToolResult::Ok, Ok(serde_json::json!(1)));
     c.agent(r#"{"type":"reply.done","status":"interrupted"}"#, 90);
-    assert!(c.drain(Side::Agent, 90).iter().all(|m| m["type"] != "tool.result"));
+    assert!(c
+        .drain(Side::Agent, 90)
+        .iter()
+        .all(|m| m["type"] != "tool.result"));
 }
 
 #[test]
@@ -552,12 +678,17 @@ fn assemblyai_fatal_errors_end_the_call_and_session_ended_ends_it_cleanly() {
     let mut c = Call::new(settings(AgentKind::Assemblyai));
     c.start(&[], 0);
     c.m.poll_event();
-    c.agent(r#"{"type":"session.error","code":"invalid_audio","message":"m"}"#, 10);
+    c.m.poll_event();
+    c.agent(
+        r#"{"type":"session.error","code":"invalid_audio","message":"m"}"#,
+        10,
+    );
     assert!(c.end().is_none(), "non-fatal");
     c.agent(r#"{"code":"session_expired","message":"duration cap"}"#, 20);
     assert_eq!(c.end(), Some(&EndReason::AgentError("agent_error_event")));
     let mut c = Call::new(settings(AgentKind::Assemblyai));
     c.start(&[], 0);
+    c.m.poll_event();
     c.m.poll_event();
     c.agent(r#"{"type":"session.ended"}"#, 10);
     assert_eq!(c.end(), Some(&EndReason::AgentEnded));
@@ -567,7 +698,11 @@ fn assemblyai_fatal_errors_end_the_call_and_session_ended_ends_it_cleanly() {
 
 #[test]
 fn start_refuses_other_media_formats() {
-    for (enc, rate, ch) in [("audio/x-alaw", 8000, 1), ("audio/x-mulaw", 16000, 1), ("audio/x-mulaw", 8000, 2)] {
+    for (enc, rate, ch) in [
+        ("audio/x-alaw", 8000, 1),
+        ("audio/x-mulaw", 16000, 1),
+        ("audio/x-mulaw", 8000, 2),
+    ] {
         let mut c = Call::new(settings(AgentKind::Echo));
         c.m.handle_twilio(
             TwilioEvent::Start(tw::Start {
@@ -581,26 +716,41 @@ fn start_refuses_other_media_formats() {
             }),
             c.at(0),
         );
-        assert_eq!(c.end(), Some(&EndReason::MediaFormatUnsupported), "{enc} {rate} {ch}");
+        assert_eq!(
+            c.end(),
+            Some(&EndReason::MediaFormatUnsupported),
+            "{enc} {rate} {ch}"
+        );
     }
 }
 
 #[test]
 fn the_agent_parameter_selects_the_dialect() {
-    for (name, kind) in [("openai", AgentKind::Openai), ("assemblyai", AgentKind::Assemblyai), ("elevenlabs", AgentKind::Elevenlabs)] {
+    for (name, kind) in [
+        ("openai", AgentKind::Openai),
+        ("assemblyai", AgentKind::Assemblyai),
+        ("elevenlabs", AgentKind::Elevenlabs),
+    ] {
         let mut c = Call::new(settings(AgentKind::Echo));
         c.start(&[("agent", name)], 0);
+        assert_eq!(c.m.poll_event(), Some(CallEvent::Started(kind)));
         assert_eq!(c.m.poll_event(), Some(CallEvent::ConnectAgent(kind)));
         assert_eq!(c.m.agent_kind(), kind);
     }
     let mut c = Call::new(settings(AgentKind::Echo));
     c.start(&[("agent", "nope")], 0);
-    assert_eq!(c.end(), Some(&EndReason::AgentConnectFailed("unknown_agent")));
+    assert_eq!(
+        c.end(),
+        Some(&EndReason::AgentConnectFailed("unknown_agent"))
+    );
     let mut s = settings(AgentKind::Echo);
     s.agents.openai = None;
     let mut c = Call::new(s);
     c.start(&[("agent", "openai")], 0);
-    assert_eq!(c.end(), Some(&EndReason::AgentConnectFailed("agent_not_configured")));
+    assert_eq!(
+        c.end(),
+        Some(&EndReason::AgentConnectFailed("agent_not_configured"))
+    );
 }
 
 #[test]
@@ -609,7 +759,12 @@ fn bad_input_is_counted_and_skipped() {
     c.media(&[1; 160], 1, 0); // before start
     c.start(&[], 10);
     c.m.handle_twilio(
-        TwilioEvent::Media(tw::Media { track: None, chunk: None, timestamp_ms: None, payload: "not*base64" }),
+        TwilioEvent::Media(tw::Media {
+            track: None,
+            chunk: None,
+            timestamp_ms: None,
+            payload: "not*base64",
+        }),
         c.at(20),
     );
     for _ in 0..10 {
@@ -618,7 +773,13 @@ fn bad_input_is_counted_and_skipped() {
     assert!(c.end().is_none());
     assert_eq!(c.m.figures().bad_inputs, 12);
     // Every kind the machine counts is a known label.
-    for kind in ["media_before_start", "invalid_base64", "malformed_json", "duplicate_start", "media_format_unsupported"] {
+    for kind in [
+        "media_before_start",
+        "invalid_base64",
+        "malformed_json",
+        "duplicate_start",
+        "media_format_unsupported",
+    ] {
         assert!(ERROR_KINDS[0].1.contains(&kind), "{kind}");
     }
 }
@@ -638,13 +799,16 @@ fn missing_frames_and_jitter_are_measured() {
 // === turn timing ===
 
 fn voiced(frames: usize) -> Vec<u8> {
-    (0..frames * 160).map(|i| if i % 2 == 0 { 0x90 } else { 0x10 }).collect()
+    (0..frames * 160)
+        .map(|i| if i % 2 == 0 { 0x90 } else { 0x10 })
+        .collect()
 }
 
 #[test]
 fn turn_latency_runs_from_the_callers_speech_end_to_the_first_reply_audio() {
     let mut c = Call::new(settings(AgentKind::Elevenlabs));
     c.start(&[], 0);
+    c.m.poll_event();
     c.m.poll_event();
     c.m.handle_agent_connected();
     elevenlabs_ready(&mut c, 0);
@@ -665,16 +829,28 @@ fn turn_latency_runs_from_the_callers_speech_end_to_the_first_reply_audio() {
     }
     c.drain(Side::Agent, t);
     // The agent says ElevenLabs caller transcript at t, then answers 300 ms later.
-    c.agent(r#"{"type":"user_transcript","user_transcription_event":{"user_transcript":"hi"}}"#, t);
+    c.agent(
+        r#"{"type":"user_transcript","user_transcription_event":{"user_transcript":"hi"}}"#,
+        t,
+    );
     let a = b64(&[7u8; 800]);
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), t + 300);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#),
+        t + 300,
+    );
     c.twilio_audio(t + 300);
     let turn = c.m.figures().turn.quantile(1.0).unwrap();
-    assert!((turn - (t + 300 - speech_end) as f64 / 1e3).abs() < 1e-9, "{turn}");
+    assert!(
+        (turn - (t + 300 - speech_end) as f64 / 1e3).abs() < 1e-9,
+        "{turn}"
+    );
     let agent_turn = c.m.figures().agent_turn.quantile(1.0).unwrap();
     assert!((agent_turn - 0.3).abs() < 1e-9, "{agent_turn}");
     // More audio of the same reply is not another turn.
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), t + 400);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#),
+        t + 400,
+    );
     c.twilio_audio(t + 400);
     assert_eq!(c.m.figures().turn.len(), 1);
 }

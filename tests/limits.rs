@@ -33,10 +33,17 @@ async fn half_a_request_line_is_cut_off_after_the_header_timeout() {
     let t = Instant::now();
     let (_, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
     assert!(closed, "connection still open after 5 s");
-    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
     let m = metrics(relay.addr).await;
     assert_eq!(
-        metric(&m, "relay_http_connections_rejected_total{reason=\"header_timeout\"}"),
+        metric(
+            &m,
+            "relay_http_connections_rejected_total{reason=\"header_timeout\"}"
+        ),
         1.0
     );
     // A normal request still works.
@@ -63,7 +70,10 @@ async fn a_trickled_webhook_body_gets_408() {
     assert!(t.elapsed() >= Duration::from_millis(400));
     let m = metrics(relay.addr).await;
     assert_eq!(
-        metric(&m, "relay_http_connections_rejected_total{reason=\"body_timeout\"}"),
+        metric(
+            &m,
+            "relay_http_connections_rejected_total{reason=\"body_timeout\"}"
+        ),
         1.0
     );
 }
@@ -82,7 +92,10 @@ async fn connections_beyond_the_pending_cap_are_closed_and_calls_do_not_count() 
         .await;
         calls.push(ws);
     }
-    assert_eq!(wait_metric_eq(relay.addr, "relay_calls_active", 2.0).await, 2.0);
+    assert_eq!(
+        wait_metric_eq(relay.addr, "relay_calls_active", 2.0).await,
+        2.0
+    );
     // Four idle connections fill the cap (each sends part of a request, so hyper waits).
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -93,7 +106,9 @@ async fn connections_beyond_the_pending_cap_are_closed_and_calls_do_not_count() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The fifth is closed at once, without an answer.
     let mut s = TcpStream::connect(relay.addr).await.unwrap();
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let (answer, closed) = read_to_close(&mut s, Duration::from_secs(2)).await;
     assert!(closed && answer.is_empty(), "{answer:?}");
     // Once the idle connections go away, requests are served again.
@@ -108,11 +123,21 @@ async fn connections_beyond_the_pending_cap_are_closed_and_calls_do_not_count() 
     }
     assert!(ok);
     let m = metrics(relay.addr).await;
-    assert!(metric(&m, "relay_http_connections_rejected_total{reason=\"limit\"}") >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "relay_http_connections_rejected_total{reason=\"limit\"}"
+        ) >= 1.0
+    );
     // The calls were never disturbed.
     for ws in &mut calls {
         ws.send(&common::raw::text(r#"{"event":"stop"}"#)).await;
-        assert_eq!(ws.until_close(Duration::from_secs(5)).await.and_then(|f| f.close_code()), Some(1000));
+        assert_eq!(
+            ws.until_close(Duration::from_secs(5))
+                .await
+                .and_then(|f| f.close_code()),
+            Some(1000)
+        );
     }
 }
 

@@ -121,7 +121,12 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
         metric(&m, "relay_audio_bytes_total{direction=\"agent_to_twilio\"}"),
         reply.len() as f64
     );
-    assert!(metric(&m, "relay_marks_total{agent=\"elevenlabs\",result=\"played\"}") >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "relay_marks_total{agent=\"elevenlabs\",result=\"played\"}"
+        ) >= 1.0
+    );
     // Frames held in the early buffer while the agent connected are not relay-added latency.
     assert!(
         metric(
@@ -193,9 +198,17 @@ async fn barge_in_sends_clear_and_drops_stale_audio() {
         ),
         2.0
     );
-    assert_eq!(metric(&m, "relay_barge_ins_total{agent=\"elevenlabs\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "relay_barge_ins_total{agent=\"elevenlabs\"}"),
+        1.0
+    );
     // Marks pending at the clear come back at once and count as flushed, not played.
-    assert!(metric(&m, "relay_marks_total{agent=\"elevenlabs\",result=\"flushed\"}") >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "relay_marks_total{agent=\"elevenlabs\",result=\"flushed\"}"
+        ) >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +412,10 @@ async fn bad_twilio_input_is_skipped_and_counted_while_a_healthy_call_goes_on() 
         );
     }
     assert_eq!(
-        metric(&m, "relay_unknown_events_total{agent=\"elevenlabs\",leg=\"twilio\"}"),
+        metric(
+            &m,
+            "relay_unknown_events_total{agent=\"elevenlabs\",leg=\"twilio\"}"
+        ),
         1.0
     );
     assert_eq!(

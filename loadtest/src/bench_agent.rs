@@ -1,49 +1,141 @@
-//! Lean mock ElevenLabs agent for load runs (the harness's agent side).
+//! Lean mock voice agent for load runs (the harness's agent side), in each dialect the relay
+//! speaks ([`BenchDialect`]):
 //!
-//! Speaks the same ElevenLabs Conversational AI dialect as [`crate::agent_sim`] (signed-URL
-//! endpoint, conversation WebSocket, `conversation_initiation_client_data` →
-//! `conversation_initiation_metadata` with `ulaw_8000` both ways, `user_audio_chunk` in,
-//! `audio`/`interruption` out) but is built for thousands of frames per second and for the
-//! harness's checks rather than for test inspection:
+//! - **ElevenLabs** as [`crate::agent_sim`] (signed-URL endpoint, conversation WebSocket,
+//!   `conversation_initiation_client_data` → `conversation_initiation_metadata` with
+//!   `ulaw_8000` both ways, `user_audio_chunk` in, `audio`/`interruption` out);
+//! - **AssemblyAI** as [`crate::assemblyai_sim`] (`/v1/ws`, `Authorization: Bearer`,
+//!   `session.update` → `session.ready`, `input.audio` in, `reply.started`/`reply.audio`/
+//!   `reply.done` out, `input.speech.started`/`stopped` at the caller's turn edges, barge-in as
+//!   `transcript.agent{interrupted:true}` + `reply.done{status:"interrupted"}`);
+//! - **OpenAI Realtime** as [`crate::openai_sim`] (`/v1/realtime?model=`, `Authorization:
+//!   Bearer`, `session.created`, `session.update` → `session.updated`,
+//!   `input_audio_buffer.append` in, `response.created`/`response.output_audio.delta`/
+//!   `response.output_audio.done`/`response.done` out, `input_audio_buffer.speech_started`/
+//!   `stopped` at the turn edges, barge-in as `speech_started` + `response.done{status:
+//!   "cancelled"}`, `conversation.item.truncate` answered and checked against the audio sent).
+//!
+//! Unlike the test mocks it records nothing per message: it is built for thousands of frames
+//! per second and for the harness's checks. It shares the HTTP skeleton of
+//! [`crate::mock_server`] (accept loop, upgrade, auth check), which is per connection; the
+//! per-frame path (prefix match, base64, tag check, echo) is its own:
 //!
 //! - it knows the frame tags ([`crate::tag`]): each received frame is checked at once for
 //!   cross-talk (call index), loss/duplication/reorder (sequence) and byte-exactness, and its
 //!   one-way latency *caller send → agent receive* is recorded on the harness clock;
-//! - [`AgentMode::Echo`] echoes every frame immediately, re-tagged with the agent's send time
-//!   (bytes 16..24) so the caller can time the *agent → caller* direction too;
+//! - [`AgentMode::Echo`] echoes every frame immediately as one 160-byte agent-audio message,
+//!   re-tagged with the agent's send time (bytes 16..24) so the caller can time the
+//!   *agent → caller* direction too;
 //! - [`AgentMode::Conversation`] answers each caller turn with the agent fixture after a think
 //!   time, in chunks faster than real time, and optionally handles barge-in: when the caller
-//!   starts the next turn while the reply is still being sent, it sends `interruption` (and
-//!   records when, for the barge-in latency) and stops the reply.
+//!   starts the next turn while the reply is still being sent, it sends the dialect's barge-in
+//!   signal (and records when, for the barge-in latency) and stops the reply.
 //!
 //! Per-call results go into the [`AgentRun`] the harness installs with
-//! [`BenchAgent::set_run`]; the call is identified by the `lt_call` dynamic variable (the
-//! relay forwards the Twilio `customParameters` as dynamic variables).
+//! [`BenchAgent::set_run`]. The call is identified by `lt_call=<index>`: for ElevenLabs in
+//! the `lt_call` dynamic variable (the relay forwards the Twilio `customParameters` as dynamic
+//! variables); for AssemblyAI and OpenAI, which have no variables, in the call's `prompt`
+//! parameter, which the relay sends as `session.system_prompt` / `session.instructions` (the
+//! harness sets it, see [`call_prompt`]).
 
-use std::convert::Infallible;
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use hyper::{Request, StatusCode};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::agent_sim::{CONVERSATION_PATH, SIGNED_URL_PATH};
+use crate::mock_server::{accept_websocket, bearer_matches, detail_response, json_response, Resp};
+use crate::procs::RelayAgent;
 use crate::tag::{self, FramePlan, FrameTag};
 use crate::ws::{self, WsMessage, WsWriter};
+use crate::MULAW_FRAME_BYTES;
 
 /// Name of the custom parameter / dynamic variable carrying the call index.
 pub const CALL_PARAM: &str = "lt_call";
+
+/// API key the bench agent expects from the relay for AssemblyAI and OpenAI
+/// (`Authorization: Bearer test-key`), and that [`crate::procs`] gives the relay.
+pub const BENCH_API_KEY: &str = "test-key";
+
+/// ElevenLabs agent id the harness configures on the relay (the bench agent accepts any).
+pub const BENCH_AGENT_ID: &str = "loadtest";
+
+/// OpenAI model named in the bench agent's Realtime URL.
+pub const BENCH_OPENAI_MODEL: &str = "gpt-realtime";
+
+/// Which agent API the bench agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchDialect {
+    /// ElevenLabs Conversational AI.
+    #[default]
+    ElevenLabs,
+    /// AssemblyAI Voice Agent API.
+    AssemblyAi,
+    /// OpenAI Realtime API (GA).
+    OpenAi,
+}
+
+impl BenchDialect {
+    /// Every dialect.
+    pub const ALL: [BenchDialect; 3] = [
+        BenchDialect::ElevenLabs,
+        BenchDialect::AssemblyAi,
+        BenchDialect::OpenAi,
+    ];
+
+    /// The relay's name for it (`--agent` value): `elevenlabs`, `assemblyai`, `openai`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchDialect::ElevenLabs => "elevenlabs",
+            BenchDialect::AssemblyAi => "assemblyai",
+            BenchDialect::OpenAi => "openai",
+        }
+    }
+
+    /// Type of the client's init message.
+    fn init_type(self) -> &'static str {
+        match self {
+            BenchDialect::ElevenLabs => "conversation_initiation_client_data",
+            BenchDialect::AssemblyAi | BenchDialect::OpenAi => "session.update",
+        }
+    }
+
+    /// The canonical opening of a caller-audio message, up to the base64 (the relay's
+    /// encoders write exactly this; anything else takes the parsing path).
+    fn audio_prefix(self) -> &'static str {
+        match self {
+            BenchDialect::ElevenLabs => r#"{"user_audio_chunk":""#,
+            BenchDialect::AssemblyAi => r#"{"type":"input.audio","audio":""#,
+            BenchDialect::OpenAi => r#"{"type":"input_audio_buffer.append","audio":""#,
+        }
+    }
+}
+
+/// The call's `prompt` custom parameter that identifies call `index` to the bench agent in
+/// the AssemblyAI and OpenAI dialects (`lt_call=<index>`).
+pub fn call_prompt(index: usize) -> String {
+    format!("{CALL_PARAM}={index}")
+}
+
+/// Parses the call index out of a prompt made by [`call_prompt`].
+fn parse_call_prompt(prompt: &str) -> Option<usize> {
+    let rest = &prompt[prompt.find(&format!("{CALL_PARAM}="))? + CALL_PARAM.len() + 1..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
 
 /// Scripted agent turn-taking for conversation mode.
 #[derive(Debug, Clone)]
@@ -52,9 +144,9 @@ pub struct ConversationScript {
     pub reply: Arc<Vec<u8>>,
     /// Delay between the caller's last speech frame arriving and the first reply chunk.
     pub think_time: Duration,
-    /// Bytes per `audio` event (1600 = 200 ms of audio).
+    /// Bytes per agent-audio message (1600 = 200 ms of audio).
     pub chunk_bytes: usize,
-    /// Time between `audio` events (faster than real time, as TTS is).
+    /// Time between agent-audio messages (faster than real time, as TTS is).
     pub chunk_interval: Duration,
     /// Interrupt the reply when the caller starts the next turn while it is still being sent.
     pub barge_in: bool,
@@ -90,7 +182,10 @@ pub struct AgentCallStats {
     pub replies: u64,
     /// Interruptions sent (barge-in).
     pub interruptions: u64,
-    /// Messages the mock could not make sense of (bad JSON, bad base64, binary frames).
+    /// `conversation.item.truncate` messages received (OpenAI dialect, after barge-ins).
+    pub truncates: u64,
+    /// Messages the mock could not make sense of (bad JSON, bad base64, binary frames), and
+    /// dialect rule violations (OpenAI: a truncate past the audio sent for the item).
     pub protocol_errors: u64,
 }
 
@@ -105,6 +200,7 @@ impl AgentCallStats {
         self.echoed += o.echoed;
         self.replies += o.replies;
         self.interruptions += o.interruptions;
+        self.truncates += o.truncates;
         self.protocol_errors += o.protocol_errors;
     }
 }
@@ -112,9 +208,13 @@ impl AgentCallStats {
 /// Per-call slot shared between the harness's caller and the mock agent.
 #[derive(Default)]
 pub struct AgentSlot {
-    /// When the mock received `conversation_initiation_client_data` (ns since epoch; 0 = not yet).
+    /// When the mock received the session's init message (ElevenLabs
+    /// `conversation_initiation_client_data`, AssemblyAI/OpenAI `session.update`; ns since
+    /// epoch; 0 = not yet).
     pub init_ns: AtomicU64,
-    /// When the mock last sent `interruption` (ns since epoch; 0 = never).
+    /// When the mock last sent its barge-in signal (ElevenLabs `interruption`, AssemblyAI
+    /// `reply.done{status:"interrupted"}`, OpenAI `input_audio_buffer.speech_started`; ns
+    /// since epoch; 0 = never).
     pub interrupt_ns: AtomicU64,
     /// Final counters, written when the conversation ends.
     pub stats: Mutex<Option<AgentCallStats>>,
@@ -192,6 +292,7 @@ pub fn new_histogram() -> Histogram<u64> {
 /// The running mock agent server. Dropping it stops accepting connections.
 pub struct BenchAgent {
     addr: SocketAddr,
+    dialect: BenchDialect,
     run: Arc<RwLock<Option<Arc<AgentRun>>>>,
     accept: JoinHandle<()>,
 }
@@ -203,33 +304,26 @@ impl Drop for BenchAgent {
 }
 
 impl BenchAgent {
-    /// Starts the mock on `listen` (e.g. `127.0.0.1:0`).
+    /// Starts an ElevenLabs mock on `listen` (e.g. `127.0.0.1:0`).
     pub async fn start(listen: &str) -> anyhow::Result<BenchAgent> {
+        Self::start_dialect(listen, BenchDialect::ElevenLabs).await
+    }
+
+    /// Starts a mock of `dialect` on `listen` (e.g. `127.0.0.1:0`).
+    pub async fn start_dialect(listen: &str, dialect: BenchDialect) -> anyhow::Result<BenchAgent> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let run: Arc<RwLock<Option<Arc<AgentRun>>>> = Arc::new(RwLock::new(None));
         let run2 = run.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let run = run2.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let run = run.clone();
-                        async move { Ok::<_, Infallible>(route(addr, run, req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
+        let accept = crate::mock_server::spawn_http_server(listener, move |req| {
+            route(addr, dialect, &run2, req)
         });
-        Ok(BenchAgent { addr, run, accept })
+        Ok(BenchAgent {
+            addr,
+            dialect,
+            run,
+            accept,
+        })
     }
 
     /// The listening address.
@@ -237,9 +331,47 @@ impl BenchAgent {
         self.addr
     }
 
-    /// `http://ADDR`, the value for the relay's `--elevenlabs-api-base`.
+    /// The dialect it speaks.
+    pub fn dialect(&self) -> BenchDialect {
+        self.dialect
+    }
+
+    /// `http://ADDR`, the value for the relay's `--elevenlabs-api-base` (ElevenLabs).
     pub fn api_base(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The agent WebSocket URL: ElevenLabs `ws://ADDR/v1/convai/conversation?agent_id=
+    /// loadtest`, AssemblyAI `ws://ADDR/v1/ws` (`--assemblyai-url`), OpenAI
+    /// `ws://ADDR/v1/realtime?model=gpt-realtime` (`--openai-realtime-url`).
+    pub fn ws_url(&self) -> String {
+        match self.dialect {
+            BenchDialect::ElevenLabs => {
+                format!(
+                    "ws://{}{CONVERSATION_PATH}?agent_id={BENCH_AGENT_ID}",
+                    self.addr
+                )
+            }
+            BenchDialect::AssemblyAi => {
+                format!("ws://{}{}", self.addr, crate::assemblyai_sim::WS_PATH)
+            }
+            BenchDialect::OpenAi => format!(
+                "ws://{}{}?model={BENCH_OPENAI_MODEL}",
+                self.addr,
+                crate::openai_sim::WS_PATH
+            ),
+        }
+    }
+
+    /// How to point a relay at this agent (see [`crate::procs::spawn_relay_with`]).
+    pub fn relay_agent(&self) -> RelayAgent {
+        match self.dialect {
+            BenchDialect::ElevenLabs => RelayAgent::ElevenLabs {
+                api_base: self.api_base(),
+            },
+            BenchDialect::AssemblyAi => RelayAgent::AssemblyAi { url: self.ws_url() },
+            BenchDialect::OpenAi => RelayAgent::OpenAi { url: self.ws_url() },
+        }
     }
 
     /// Installs the state of the next run (conversations opened afterwards use it).
@@ -248,45 +380,38 @@ impl BenchAgent {
     }
 }
 
-fn response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
-}
-
 fn route(
     addr: SocketAddr,
-    run: Arc<RwLock<Option<Arc<AgentRun>>>>,
-    mut req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    match path.as_str() {
-        SIGNED_URL_PATH => response(
+    dialect: BenchDialect,
+    run: &RwLock<Option<Arc<AgentRun>>>,
+    req: Request<Incoming>,
+) -> Resp {
+    let path = req.uri().path();
+    let ws_path = match dialect {
+        BenchDialect::ElevenLabs => CONVERSATION_PATH,
+        BenchDialect::AssemblyAi => crate::assemblyai_sim::WS_PATH,
+        BenchDialect::OpenAi => crate::openai_sim::WS_PATH,
+    };
+    if dialect == BenchDialect::ElevenLabs && path == SIGNED_URL_PATH {
+        let query = req.uri().query().unwrap_or("");
+        return json_response(
             StatusCode::OK,
-            serde_json::json!({
+            json!({
                 "signed_url": format!("ws://{addr}{CONVERSATION_PATH}?{query}&conversation_signature=x")
             })
             .to_string(),
-        ),
-        CONVERSATION_PATH if fastwebsockets::upgrade::is_upgrade_request(&req) => {
-            let Some(run) = run.read().unwrap_or_else(|p| p.into_inner()).clone() else {
-                return response(StatusCode::SERVICE_UNAVAILABLE, "no run".into());
-            };
-            let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
-                Ok(x) => x,
-                Err(e) => return response(StatusCode::BAD_REQUEST, e.to_string()),
-            };
-            tokio::spawn(async move {
-                if let Ok(ws) = fut.await {
-                    conversation(run, ws).await;
-                }
-            });
-            let (parts, _) = resp.into_parts();
-            Response::from_parts(parts, Full::new(Bytes::new()))
-        }
-        _ => response(StatusCode::NOT_FOUND, "not found".into()),
+        );
     }
+    if path != ws_path {
+        return detail_response(StatusCode::NOT_FOUND, "not found");
+    }
+    if dialect != BenchDialect::ElevenLabs && !bearer_matches(&req, BENCH_API_KEY) {
+        return detail_response(StatusCode::UNAUTHORIZED, "invalid API key");
+    }
+    let Some(run) = run.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return detail_response(StatusCode::SERVICE_UNAVAILABLE, "no run");
+    };
+    accept_websocket(req, move |ws| conversation(run, dialect, ws))
 }
 
 /// Reply state shared by a conversation's reader and its reply task.
@@ -296,9 +421,18 @@ struct ReplyState {
     active: bool,
     /// The current reply was interrupted; send no more of it.
     interrupted: bool,
-    /// `event_id` of the last audio event sent.
+    /// Next ElevenLabs `event_id`.
+    next_id: i64,
+    /// ElevenLabs: `event_id` of the last audio event sent.
     last_id: i64,
+    /// Replies begun (AssemblyAI `reply_<n>`, OpenAI `resp_<n>` / `item_<n>`).
+    reply_no: u64,
+    /// OpenAI: bytes of audio sent per reply item `(n, bytes)`, the last few.
+    item_bytes: Vec<(u64, usize)>,
 }
+
+/// Reply items whose audio byte count is kept for truncate checks.
+const TRACKED_ITEMS: usize = 4;
 
 /// Frame-level bookkeeping for one conversation.
 struct FrameCheck {
@@ -349,38 +483,230 @@ impl FrameCheck {
     }
 }
 
-fn audio_event(audio: &[u8], event_id: i64) -> String {
-    let mut s = String::with_capacity(80 + audio.len() * 4 / 3);
-    s.push_str(r#"{"type":"audio","audio_event":{"audio_base_64":""#);
-    B64.encode_string(audio, &mut s);
-    s.push_str(r#"","event_id":"#);
-    s.push_str(&event_id.to_string());
-    s.push_str("}}");
+/// Item id of the echoed audio (OpenAI).
+const ECHO_ITEM: &str = "item_echo";
+
+/// One agent-audio message: ElevenLabs `audio` (with `event_id` `id`), AssemblyAI
+/// `reply.audio`, OpenAI `response.output_audio.delta` of item `item_<item>` (or
+/// [`ECHO_ITEM`] for `item` 0).
+fn audio_message(dialect: BenchDialect, audio: &[u8], id: i64, item: u64) -> String {
+    let mut s = String::with_capacity(120 + audio.len() * 4 / 3);
+    match dialect {
+        BenchDialect::ElevenLabs => {
+            s.push_str(r#"{"type":"audio","audio_event":{"audio_base_64":""#);
+            B64.encode_string(audio, &mut s);
+            s.push_str(r#"","event_id":"#);
+            s.push_str(&id.to_string());
+            s.push_str("}}");
+        }
+        BenchDialect::AssemblyAi => {
+            s.push_str(r#"{"type":"reply.audio","data":""#);
+            B64.encode_string(audio, &mut s);
+            s.push_str(r#""}"#);
+        }
+        BenchDialect::OpenAi => {
+            s.push_str(r#"{"type":"response.output_audio.delta","item_id":""#);
+            if item == 0 {
+                s.push_str(ECHO_ITEM);
+            } else {
+                s.push_str("item_");
+                s.push_str(&item.to_string());
+            }
+            s.push_str(r#"","delta":""#);
+            B64.encode_string(audio, &mut s);
+            s.push_str(r#""}"#);
+        }
+    }
     s
 }
 
+/// The session's answer to the init message: ElevenLabs `conversation_initiation_metadata`,
+/// AssemblyAI `session.ready`, OpenAI `session.updated` echoing the requested session.
+fn ready_message(dialect: BenchDialect, call: usize, init: &Value) -> String {
+    match dialect {
+        BenchDialect::ElevenLabs => json!({
+            "type": "conversation_initiation_metadata",
+            "conversation_initiation_metadata_event": {
+                "conversation_id": format!("conv_{call}"),
+                "agent_output_audio_format": "ulaw_8000",
+                "user_input_audio_format": "ulaw_8000",
+            }
+        }),
+        BenchDialect::AssemblyAi => {
+            json!({"type": "session.ready", "session_id": format!("sess_{call}")})
+        }
+        BenchDialect::OpenAi => {
+            let mut session = init.get("session").cloned().unwrap_or_else(|| json!({}));
+            if session.is_object() {
+                session["id"] = json!(format!("sess_{call}"));
+            }
+            json!({"type": "session.updated", "session": session})
+        }
+    }
+    .to_string()
+}
+
+/// The call index carried by a valid init message.
+fn call_index(dialect: BenchDialect, init: &Value) -> Option<usize> {
+    match dialect {
+        BenchDialect::ElevenLabs => init
+            .pointer(&format!("/dynamic_variables/{CALL_PARAM}"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<usize>().ok()),
+        BenchDialect::AssemblyAi => init
+            .pointer("/session/system_prompt")
+            .and_then(Value::as_str)
+            .and_then(parse_call_prompt),
+        BenchDialect::OpenAi => init
+            .pointer("/session/instructions")
+            .and_then(Value::as_str)
+            .and_then(parse_call_prompt),
+    }
+}
+
+/// What the caller's speech start means in `dialect` (`cut`: the reply is barged in on).
+fn speech_start_messages(
+    dialect: BenchDialect,
+    st: &ReplyState,
+    cut: bool,
+    heard_ms: u64,
+) -> Vec<String> {
+    match dialect {
+        BenchDialect::ElevenLabs if cut => vec![format!(
+            r#"{{"type":"interruption","interruption_event":{{"event_id":{}}}}}"#,
+            st.last_id
+        )],
+        BenchDialect::ElevenLabs => Vec::new(),
+        BenchDialect::AssemblyAi => {
+            let mut v = vec![r#"{"type":"input.speech.started"}"#.to_owned()];
+            if cut {
+                v.push(format!(
+                    r#"{{"type":"transcript.agent","text":"","reply_id":"reply_{}","interrupted":true}}"#,
+                    st.reply_no
+                ));
+                v.push(r#"{"type":"reply.done","status":"interrupted"}"#.to_owned());
+            }
+            v
+        }
+        BenchDialect::OpenAi => {
+            let mut v = vec![format!(
+                r#"{{"type":"input_audio_buffer.speech_started","audio_start_ms":{heard_ms},"item_id":"item_user_{heard_ms}"}}"#
+            )];
+            if cut {
+                v.push(format!(
+                    r#"{{"type":"response.done","response":{{"id":"resp_{}","status":"cancelled"}}}}"#,
+                    st.reply_no
+                ));
+            }
+            v
+        }
+    }
+}
+
+/// What the caller's speech end means in `dialect`.
+fn speech_end_messages(dialect: BenchDialect, heard_ms: u64) -> Vec<String> {
+    match dialect {
+        BenchDialect::ElevenLabs => Vec::new(),
+        BenchDialect::AssemblyAi => vec![r#"{"type":"input.speech.stopped"}"#.to_owned()],
+        BenchDialect::OpenAi => vec![format!(
+            r#"{{"type":"input_audio_buffer.speech_stopped","audio_end_ms":{heard_ms}}}"#
+        )],
+    }
+}
+
+/// Opens reply `st.reply_no` (already bumped).
+fn reply_begin_messages(dialect: BenchDialect, st: &ReplyState) -> Vec<String> {
+    match dialect {
+        BenchDialect::ElevenLabs => Vec::new(),
+        BenchDialect::AssemblyAi => vec![format!(
+            r#"{{"type":"reply.started","reply_id":"reply_{}"}}"#,
+            st.reply_no
+        )],
+        BenchDialect::OpenAi => vec![format!(
+            r#"{{"type":"response.created","response":{{"id":"resp_{}","status":"in_progress"}}}}"#,
+            st.reply_no
+        )],
+    }
+}
+
+/// Closes reply `st.reply_no` after its last chunk.
+fn reply_end_messages(dialect: BenchDialect, st: &ReplyState) -> Vec<String> {
+    match dialect {
+        BenchDialect::ElevenLabs => Vec::new(),
+        BenchDialect::AssemblyAi => vec![
+            format!(
+                r#"{{"type":"transcript.agent","text":"","reply_id":"reply_{}","interrupted":false}}"#,
+                st.reply_no
+            ),
+            r#"{"type":"reply.done","status":"completed"}"#.to_owned(),
+        ],
+        BenchDialect::OpenAi => vec![
+            format!(
+                r#"{{"type":"response.output_audio.done","item_id":"item_{}"}}"#,
+                st.reply_no
+            ),
+            format!(
+                r#"{{"type":"response.done","response":{{"id":"resp_{}","status":"completed"}}}}"#,
+                st.reply_no
+            ),
+        ],
+    }
+}
+
+/// Answers an OpenAI `conversation.item.truncate`: `conversation.item.truncated`, or `error`
+/// (and `false`) when the item is unknown or `audio_end_ms` exceeds the audio sent for it.
+fn answer_truncate(st: &ReplyState, v: &Value) -> (String, bool) {
+    let item = v.get("item_id").and_then(Value::as_str).unwrap_or("");
+    let end = v.get("audio_end_ms").and_then(Value::as_u64);
+    let sent = item
+        .strip_prefix("item_")
+        .and_then(|n| n.parse::<u64>().ok())
+        .and_then(|n| st.item_bytes.iter().find(|(i, _)| *i == n))
+        .map(|(_, b)| *b);
+    match (sent, end) {
+        (Some(b), Some(end))
+            if end.saturating_mul(crate::MULAW_BYTES_PER_MS as u64) <= b as u64 =>
+        {
+            (
+                json!({"type": "conversation.item.truncated", "item_id": item,
+                   "content_index": 0, "audio_end_ms": end})
+                .to_string(),
+                true,
+            )
+        }
+        _ => (
+            json!({"type": "error", "error": {"type": "invalid_request_error",
+                   "code": "invalid_value",
+                   "message": format!("cannot truncate {item} at {end:?} ms: {sent:?} bytes sent"),
+                   "param": "audio_end_ms"}})
+            .to_string(),
+            false,
+        ),
+    }
+}
+
 /// Runs one conversation until the relay closes it.
-async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stream>) {
+async fn conversation(
+    run: Arc<AgentRun>,
+    dialect: BenchDialect,
+    ws: fastwebsockets::WebSocket<ws::Stream>,
+) {
     let (mut reader, writer) = ws::split(ws);
-    // First message: conversation_initiation_client_data carrying the call index.
-    let call = loop {
+    if dialect == BenchDialect::OpenAi {
+        let created = r#"{"type":"session.created","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcm","rate":24000}},"output":{"format":{"type":"audio/pcm","rate":24000}}}}}"#;
+        let _ = writer.send_text(created.to_owned()).await;
+    }
+    // First message: the init message carrying the call index.
+    let (call, init) = loop {
         match reader.next().await {
             Ok(WsMessage::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                if v.get("type").and_then(Value::as_str)
-                    != Some("conversation_initiation_client_data")
-                {
-                    run.unidentified.fetch_add(1, Ordering::Relaxed);
-                    writer.release().await;
-                    return;
-                }
-                let idx = v
-                    .pointer(&format!("/dynamic_variables/{CALL_PARAM}"))
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse::<usize>().ok())
+                let idx = (v.get("type").and_then(Value::as_str) == Some(dialect.init_type()))
+                    .then(|| call_index(dialect, &v))
+                    .flatten()
                     .filter(|&i| i < run.slots.len());
                 match idx {
-                    Some(i) => break i,
+                    Some(i) => break (i, v),
                     None => {
                         run.unidentified.fetch_add(1, Ordering::Relaxed);
                         writer.release().await;
@@ -398,15 +724,8 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
     };
     let slot = &run.slots[call];
     slot.init_ns.store(run.now_ns(), Ordering::Relaxed);
-    let meta = serde_json::json!({
-        "type": "conversation_initiation_metadata",
-        "conversation_initiation_metadata_event": {
-            "conversation_id": format!("conv_{call}"),
-            "agent_output_audio_format": "ulaw_8000",
-            "user_input_audio_format": "ulaw_8000",
-        }
-    });
-    let _ = writer.send_text(meta.to_string()).await;
+    let _ = writer.send_text(ready_message(dialect, call, &init)).await;
+    drop(init);
 
     let mut check = FrameCheck {
         call: call as u32,
@@ -414,12 +733,15 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
         max_seq: None,
         stats: AgentCallStats::default(),
     };
-    let reply_state = Arc::new(tokio::sync::Mutex::new(ReplyState::default()));
-    let next_id = Arc::new(AtomicI64::new(1));
+    let reply_state = Arc::new(tokio::sync::Mutex::new(ReplyState {
+        next_id: 1,
+        ..ReplyState::default()
+    }));
+    let mut echo_id: i64 = 1;
     let closed = Arc::new(AtomicBool::new(false));
     let mut reply_task: Option<JoinHandle<()>> = None;
     let mut buf = Vec::with_capacity(256);
-    const PREFIX: &str = r#"{"user_audio_chunk":""#;
+    let prefix = dialect.audio_prefix();
     loop {
         let text = match reader.next().await {
             Ok(WsMessage::Text(t)) => t,
@@ -430,29 +752,56 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
             _ => break,
         };
         let now = run.now_ns();
-        let b64 = if text.starts_with(PREFIX) && text.ends_with("\"}") {
-            &text[PREFIX.len()..text.len() - 2]
+        let b64: Cow<'_, str> = if text.starts_with(prefix) && text.ends_with("\"}") {
+            Cow::Borrowed(&text[prefix.len()..text.len() - 2])
         } else {
-            // pong or another control message: nothing to do for load runs.
-            if serde_json::from_str::<Value>(&text).is_err() {
+            // A control message, or audio in a non-canonical shape.
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
                 check.stats.protocol_errors += 1;
+                continue;
+            };
+            let kind = v.get("type").and_then(Value::as_str);
+            match (dialect, kind) {
+                (BenchDialect::AssemblyAi, Some("input.audio"))
+                | (BenchDialect::OpenAi, Some("input_audio_buffer.append")) => {
+                    match v.get("audio").and_then(Value::as_str) {
+                        Some(a) => Cow::Owned(a.to_owned()),
+                        None => {
+                            check.stats.protocol_errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                (BenchDialect::OpenAi, Some("conversation.item.truncate")) => {
+                    check.stats.truncates += 1;
+                    let st = reply_state.lock().await;
+                    let (answer, ok) = answer_truncate(&st, &v);
+                    if !ok {
+                        check.stats.protocol_errors += 1;
+                    }
+                    let _ = writer.send_text(answer).await;
+                    continue;
+                }
+                // pong, tool results, …: nothing to do for load runs.
+                _ => continue,
             }
-            continue;
         };
         buf.clear();
-        if B64.decode_vec(b64, &mut buf).is_err() {
+        if B64.decode_vec(b64.as_bytes(), &mut buf).is_err() {
             check.stats.protocol_errors += 1;
             continue;
         }
+        drop(b64);
         run.frames_rx.fetch_add(1, Ordering::Relaxed);
         let Some(tag) = check.check(&run, &buf, now) else {
             continue;
         };
         match &run.mode {
             AgentMode::Echo => {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
                 tag::write_agent_ts(&mut buf, run.now_ns());
-                if writer.send_text(audio_event(&buf, id)).await.is_ok() {
+                let msg = audio_message(dialect, &buf, echo_id, 0);
+                echo_id += 1;
+                if writer.send_text(msg).await.is_ok() {
                     check.stats.echoed += 1;
                     slot.echoed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -461,20 +810,29 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
                 let Some(turns) = run.plan.turns else {
                     continue;
                 };
-                if script.barge_in && turns.is_speech_start(tag.seq) {
+                let heard_ms =
+                    check.stats.frames * (MULAW_FRAME_BYTES / crate::MULAW_BYTES_PER_MS) as u64;
+                if turns.is_speech_start(tag.seq) {
+                    // Sent under the reply lock: no reply chunk can slip in between.
                     let mut st = reply_state.lock().await;
-                    if st.active && !st.interrupted {
+                    let cut = script.barge_in && st.active && !st.interrupted;
+                    if cut {
                         st.interrupted = true;
-                        let e = st.last_id;
-                        slot.interrupt_ns.store(run.now_ns(), Ordering::Relaxed);
-                        let msg = format!(
-                            r#"{{"type":"interruption","interruption_event":{{"event_id":{e}}}}}"#
-                        );
-                        let _ = writer.send_text(msg).await;
                         check.stats.interruptions += 1;
+                    }
+                    // OpenAI: the relay clears on every speech_started while audio plays, so
+                    // each one is a potential barge-in signal to time the clear from.
+                    if cut || dialect == BenchDialect::OpenAi {
+                        slot.interrupt_ns.store(run.now_ns(), Ordering::Relaxed);
+                    }
+                    for m in speech_start_messages(dialect, &st, cut, heard_ms) {
+                        let _ = writer.send_text(m).await;
                     }
                 }
                 if turns.is_speech_end(tag.seq) {
+                    for m in speech_end_messages(dialect, heard_ms) {
+                        let _ = writer.send_text(m).await;
+                    }
                     check.stats.replies += 1;
                     if let Some(t) = reply_task.take() {
                         // The previous reply is finished or interrupted by now; never abort
@@ -488,10 +846,10 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
                         st.interrupted = false;
                     }
                     reply_task = Some(tokio::spawn(reply(
+                        dialect,
                         script.clone(),
                         writer.clone(),
                         reply_state.clone(),
-                        next_id.clone(),
                         closed.clone(),
                     )));
                 }
@@ -507,27 +865,118 @@ async fn conversation(run: Arc<AgentRun>, ws: fastwebsockets::WebSocket<ws::Stre
     run.conversations_done.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sends one reply: think, then the reply audio in chunks, unless interrupted.
+/// Sends one reply: think, then the reply audio in chunks, unless interrupted; then the
+/// dialect's end-of-reply messages if it was not.
 async fn reply(
+    dialect: BenchDialect,
     script: ConversationScript,
     writer: WsWriter,
     state: Arc<tokio::sync::Mutex<ReplyState>>,
-    next_id: Arc<AtomicI64>,
     closed: Arc<AtomicBool>,
 ) {
     tokio::time::sleep(script.think_time).await;
     let mut ticker = tokio::time::interval(script.chunk_interval.max(Duration::from_micros(100)));
+    let mut begun = false;
+    let mut failed = false;
     for chunk in script.reply.chunks(script.chunk_bytes.max(1)) {
         ticker.tick().await;
         let mut st = state.lock().await;
         if st.interrupted || closed.load(Ordering::Relaxed) {
             break;
         }
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        if !begun {
+            begun = true;
+            st.reply_no += 1;
+            if dialect == BenchDialect::OpenAi {
+                if st.item_bytes.len() >= TRACKED_ITEMS {
+                    st.item_bytes.remove(0);
+                }
+                let n = st.reply_no;
+                st.item_bytes.push((n, 0));
+            }
+            for m in reply_begin_messages(dialect, &st) {
+                let _ = writer.send_text(m).await;
+            }
+        }
+        let id = st.next_id;
+        st.next_id += 1;
         st.last_id = id;
-        if writer.send_text(audio_event(chunk, id)).await.is_err() {
+        if let Some(e) = st.item_bytes.last_mut() {
+            e.1 += chunk.len();
+        }
+        if writer
+            .send_text(audio_message(dialect, chunk, id, st.reply_no))
+            .await
+            .is_err()
+        {
+            failed = true;
             break;
         }
     }
-    state.lock().await.active = false;
+    let mut st = state.lock().await;
+    if begun && !failed && !st.interrupted && !closed.load(Ordering::Relaxed) {
+        for m in reply_end_messages(dialect, &st) {
+            let _ = writer.send_text(m).await;
+        }
+    }
+    st.active = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_prompts_round_trip() {
+        assert_eq!(parse_call_prompt(&call_prompt(17)), Some(17));
+        assert_eq!(
+            parse_call_prompt("You are a bot. lt_call=3, be brief"),
+            Some(3)
+        );
+        assert_eq!(parse_call_prompt("lt_call="), None);
+        assert_eq!(parse_call_prompt("no call here"), None);
+    }
+
+    #[test]
+    fn audio_messages_have_the_canonical_shapes() {
+        for d in BenchDialect::ALL {
+            let m = audio_message(d, &[0xFF, 0x7F], 5, 2);
+            let v: Value = serde_json::from_str(&m).unwrap();
+            let b64 = match d {
+                BenchDialect::ElevenLabs => {
+                    assert_eq!(v["audio_event"]["event_id"], 5);
+                    &v["audio_event"]["audio_base_64"]
+                }
+                BenchDialect::AssemblyAi => &v["data"],
+                BenchDialect::OpenAi => {
+                    assert_eq!(v["item_id"], "item_2");
+                    &v["delta"]
+                }
+            };
+            assert_eq!(b64, "/38=");
+        }
+        let v: Value =
+            serde_json::from_str(&audio_message(BenchDialect::OpenAi, &[1], 1, 0)).unwrap();
+        assert_eq!(v["item_id"], ECHO_ITEM);
+    }
+
+    #[test]
+    fn truncates_are_checked_against_the_audio_sent() {
+        let st = ReplyState {
+            item_bytes: vec![(3, 1600)],
+            ..ReplyState::default()
+        };
+        let t = |item: &str, ms: u64| {
+            answer_truncate(
+                &st,
+                &json!({"type":"conversation.item.truncate","item_id":item,"content_index":0,"audio_end_ms":ms}),
+            )
+        };
+        assert!(t("item_3", 200).1);
+        assert!(t("item_3", 0).1);
+        assert!(!t("item_3", 201).1);
+        assert!(!t("item_4", 10).1);
+        assert!(t("item_3", 200).0.contains("conversation.item.truncated"));
+        assert!(t("item_3", 201).0.contains(r#""type":"error""#));
+    }
 }

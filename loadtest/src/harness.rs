@@ -20,9 +20,15 @@
 //!   wrote into the echoed frame (bytes 16..24);
 //! - *round trip*: caller receive − caller send (the only latency for the floor echo server);
 //! - *turn* (conversation): send time of the caller's last speech frame → first agent audio at
-//!   the caller; *barge-in*: mock sends `interruption` → caller receives `clear`;
-//!   *call setup*: WebSocket open at the caller → `conversation_initiation_client_data` at the
-//!   mock.
+//!   the caller; *barge-in*: mock sends its barge-in signal (`interruption`,
+//!   `reply.done{status:"interrupted"}`, `input_audio_buffer.speech_started`) → caller
+//!   receives `clear`;
+//!   *call setup*: WebSocket open at the caller → the session's init message at the mock
+//!   (`conversation_initiation_client_data`, or `session.update` for AssemblyAI and OpenAI).
+//!
+//! The mock agent speaks the dialect it was started with ([`BenchAgent::start_dialect`]); each
+//! call carries its index as custom parameter `lt_call` and, for AssemblyAI and OpenAI, also
+//! as `prompt` = `lt_call=<index>` (see [`bench_agent::call_prompt`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,7 +43,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TInstant, MissedTickBehavior};
 
-use crate::bench_agent::{self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent};
+use crate::bench_agent::{
+    self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent, BenchDialect,
+};
 use crate::procstat::{self, ProcSample};
 use crate::tag::{self, FramePlan, FrameTag};
 use crate::twilio_sim::{parse_server_message, StartParams, TwilioClient, TwilioInbound};
@@ -307,6 +315,8 @@ struct CallerRun {
     active: AtomicUsize,
     open_ns: Vec<AtomicU64>,
     agent: Option<Arc<AgentRun>>,
+    /// The in-process mock agent's dialect, if there is one.
+    dialect: Option<BenchDialect>,
 }
 
 impl CallerRun {
@@ -376,6 +386,7 @@ pub async fn run_load(
         active: AtomicUsize::new(0),
         open_ns: (0..cfg.calls).map(|_| AtomicU64::new(0)).collect(),
         agent: agent_run.clone(),
+        dialect: agent.map(BenchAgent::dialect),
         cfg: cfg.clone(),
     });
 
@@ -575,6 +586,12 @@ async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
     params
         .custom_parameters
         .push((bench_agent::CALL_PARAM.to_owned(), i.to_string()));
+    if s.dialect.is_some_and(|d| d != BenchDialect::ElevenLabs) {
+        // AssemblyAI and OpenAI have no variables: the index travels in the prompt.
+        params
+            .custom_parameters
+            .push(("prompt".to_owned(), bench_agent::call_prompt(i)));
+    }
     let sent: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(1024)));
     // Bounded: marks arrive every ~100 ms and the sender loop takes them at once; a full queue
     // only makes the receiver wait.

@@ -11,10 +11,15 @@
 //! - [`agent_sim`]: a mock ElevenLabs Conversational AI server (signed-URL endpoint plus the
 //!   conversation WebSocket) with scripted behaviours (echo, silent, reply with interruption,
 //!   garbage) and handles for tests to drive and inspect each conversation.
+//! - [`assemblyai_sim`]: a mock AssemblyAI Voice Agent API server, and [`openai_sim`]: a mock
+//!   OpenAI Realtime API (GA) server, with the same kinds of behaviours plus timed steps (tool
+//!   calls, errors, session end, raw frames) and handles.
+//! - [`mock_server`]: the skeleton the three mock agents share (accept loop, upgrade, auth,
+//!   per-session recording, wait/notify, send/close); each mock is a dialect of it.
 //! - [`fixtures`]: loaders for the speech fixtures in `tests/fixtures/` (8 kHz mono μ-law WAV).
 //!
 //! The load harness (issue 3, binary `loadtest`) is built on them: [`harness`] (callers and
-//! run orchestration), [`bench_agent`] (a lean, tag-aware mock ElevenLabs agent), [`tag`]
+//! run orchestration), [`bench_agent`] (a lean, tag-aware mock agent in each dialect), [`tag`]
 //! (per-frame tags inside the audio), [`floor`] (the fastwebsockets echo cost floor),
 //! [`procstat`] (CPU/RSS from `/proc`), [`procs`] (spawning the relay and the floor) and
 //! [`report`] (summary table, JSON, SVG).
@@ -27,10 +32,13 @@
 #![warn(missing_docs)]
 
 pub mod agent_sim;
+pub mod assemblyai_sim;
 pub mod bench_agent;
 pub mod fixtures;
 pub mod floor;
 pub mod harness;
+pub mod mock_server;
+pub mod openai_sim;
 pub mod pin;
 pub mod procs;
 pub mod procstat;

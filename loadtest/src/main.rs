@@ -1,7 +1,7 @@
 //! `loadtest`: the media-relay load harness (issue 3).
 //!
 //! ```text
-//! loadtest --spawn [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
+//! loadtest --spawn [--agent elevenlabs|assemblyai|openai] [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
 //!          [--barge-in] [--no-floor] [--side-by-side] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest floor-server --listen ADDR
@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use loadtest::bench_agent::BenchAgent;
+use loadtest::bench_agent::{BenchAgent, BenchDialect};
 use loadtest::harness::{self, LoadConfig, LoadResult, Progress};
 use loadtest::pin::Pinning;
 use loadtest::report::{self, Capacity, CapacityStep, Report};
@@ -26,7 +26,8 @@ use loadtest::{fixtures, procs};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Load harness for media-relay: simulated Twilio callers ↔ relay ↔ mock ElevenLabs agent.
+/// Load harness for media-relay: simulated Twilio callers ↔ relay ↔ mock voice agent
+/// (ElevenLabs, AssemblyAI or OpenAI Realtime).
 #[derive(Parser, Debug)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -55,8 +56,34 @@ enum Mode {
     Conversation,
 }
 
+/// The agent API the mock agent speaks (and the spawned relay is configured for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AgentArg {
+    /// ElevenLabs Conversational AI (signed URL + conversation WebSocket).
+    Elevenlabs,
+    /// AssemblyAI Voice Agent API.
+    Assemblyai,
+    /// OpenAI Realtime API (GA).
+    Openai,
+}
+
+impl AgentArg {
+    fn dialect(self) -> BenchDialect {
+        match self {
+            AgentArg::Elevenlabs => BenchDialect::ElevenLabs,
+            AgentArg::Assemblyai => BenchDialect::AssemblyAi,
+            AgentArg::Openai => BenchDialect::OpenAi,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
+    /// Agent dialect of the mock agent; with --spawn the relay gets the matching flags
+    /// (`--agent assemblyai --assemblyai-url …` with ASSEMBLYAI_API_KEY=test-key, `--agent
+    /// openai --openai-realtime-url …` with OPENAI_API_KEY=test-key).
+    #[arg(long, value_enum, default_value = "elevenlabs")]
+    agent: AgentArg,
     /// Start the release relay binary (target/release/media-relay) pointed at an in-process
     /// mock agent.
     #[arg(long, conflicts_with = "target")]
@@ -64,8 +91,10 @@ struct RunArgs {
     /// Drive a relay running elsewhere (`ws://host:port/media`).
     #[arg(long)]
     target: Option<String>,
-    /// With --target: start the mock agent on this address (point the relay's
-    /// --elevenlabs-api-base at it, agent id `loadtest`).
+    /// With --target: start the mock agent on this address and point the relay at it
+    /// (ElevenLabs: --elevenlabs-api-base, agent id `loadtest`; AssemblyAI: --assemblyai-url
+    /// ws://ADDR/v1/ws; OpenAI: --openai-realtime-url ws://ADDR/v1/realtime?model=gpt-realtime;
+    /// API key `test-key`). The printed line names the exact flags.
     #[arg(long)]
     mock_agent_listen: Option<String>,
     /// With --target: sample this process's CPU/RSS.
@@ -223,17 +252,19 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
 
     // Agent side and relay.
     let (agent, relay, url, pid) = if a.spawn {
-        let agent = BenchAgent::start("127.0.0.1:0").await?;
+        let agent = BenchAgent::start_dialect("127.0.0.1:0", a.agent.dialect()).await?;
         let bin = match &a.relay_bin {
             Some(b) => b.clone(),
             None => procs::relay_binary("release", a.build_relay)?,
         };
-        let relay = procs::spawn_relay(&bin, &agent.api_base(), &a.relay_log, pin.as_ref()).await?;
+        let relay =
+            procs::spawn_relay_with(&bin, &agent.relay_agent(), &a.relay_log, pin.as_ref()).await?;
         eprintln!(
-            "relay {} (pid {}) on {}, mock agent on {}, relay log {}",
+            "relay {} (pid {}) on {}, mock {} agent on {}, relay log {}",
             bin.display(),
             relay.proc.pid(),
             relay.addr,
+            agent.dialect().as_str(),
             agent.addr(),
             relay.log.display()
         );
@@ -243,8 +274,16 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     } else {
         let agent = match &a.mock_agent_listen {
             Some(l) => {
-                let ag = BenchAgent::start(l).await?;
-                eprintln!("mock agent on {} (agent id: any)", ag.addr());
+                let ag = BenchAgent::start_dialect(l, a.agent.dialect()).await?;
+                let ra = ag.relay_agent();
+                let env: Vec<String> = ra.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                eprintln!(
+                    "mock {} agent on {}: run the relay with {} {}",
+                    ag.dialect().as_str(),
+                    ag.addr(),
+                    env.join(" "),
+                    ra.args().join(" ")
+                );
                 Some(ag)
             }
             None => None,
@@ -285,7 +324,11 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         }),
         capacity: None,
         pinning: pin.as_ref().map(Pinning::describe),
-        notes: notes(),
+        notes: {
+            let mut n = notes();
+            n.push(format!("Agent dialect: {}.", a.agent.dialect().as_str()));
+            n
+        },
     };
 
     if a.find_capacity {

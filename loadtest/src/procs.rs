@@ -99,6 +99,72 @@ impl SpawnedRelay {
     }
 }
 
+/// Which agent a spawned relay talks to, and where (the bench agent's
+/// [`crate::bench_agent::BenchAgent::relay_agent`] gives the right one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayAgent {
+    /// `--agent elevenlabs --elevenlabs-agent-id loadtest --elevenlabs-api-base <api_base>`
+    /// (no `ELEVENLABS_API_KEY`: a public agent).
+    ElevenLabs {
+        /// `http://host:port` of the mock.
+        api_base: String,
+    },
+    /// `--agent assemblyai --assemblyai-url <url>` with `ASSEMBLYAI_API_KEY=test-key`.
+    AssemblyAi {
+        /// `ws://host:port/v1/ws` of the mock.
+        url: String,
+    },
+    /// `--agent openai --openai-realtime-url <url>` with `OPENAI_API_KEY=test-key`.
+    OpenAi {
+        /// `ws://host:port/v1/realtime?model=…` of the mock.
+        url: String,
+    },
+}
+
+impl RelayAgent {
+    /// The relay flags selecting this agent.
+    pub fn args(&self) -> Vec<String> {
+        let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        match self {
+            RelayAgent::ElevenLabs { api_base } => v(&[
+                "--agent",
+                "elevenlabs",
+                "--elevenlabs-agent-id",
+                crate::bench_agent::BENCH_AGENT_ID,
+                "--elevenlabs-api-base",
+                api_base,
+            ]),
+            RelayAgent::AssemblyAi { url } => {
+                v(&["--agent", "assemblyai", "--assemblyai-url", url])
+            }
+            RelayAgent::OpenAi { url } => v(&["--agent", "openai", "--openai-realtime-url", url]),
+        }
+    }
+
+    /// Environment variables the relay needs for it (the API key), beside the flags.
+    pub fn env(&self) -> Vec<(&'static str, &'static str)> {
+        let key = crate::bench_agent::BENCH_API_KEY;
+        match self {
+            RelayAgent::ElevenLabs { .. } => Vec::new(),
+            RelayAgent::AssemblyAi { .. } => vec![("ASSEMBLYAI_API_KEY", key)],
+            RelayAgent::OpenAi { .. } => vec![("OPENAI_API_KEY", key)],
+        }
+    }
+}
+
+/// Environment variables of the relay that could redirect or re-key a spawned relay's agent;
+/// removed from its environment so only [`RelayAgent`] decides.
+const AGENT_ENV: [&str; 8] = [
+    "RELAY_AGENT",
+    "ELEVENLABS_API_KEY",
+    "ELEVENLABS_AGENT_ID",
+    "ASSEMBLYAI_API_KEY",
+    "ASSEMBLYAI_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_REALTIME_URL",
+    "OPENAI_REALTIME_MODEL",
+];
+
 /// Starts `bin serve --listen 127.0.0.1:<free> --agent elevenlabs --elevenlabs-agent-id
 /// loadtest --elevenlabs-api-base <api_base>` with `RUST_LOG=<log_level>` and
 /// `RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=true` (no `TWILIO_AUTH_TOKEN`), and waits (up to
@@ -111,28 +177,41 @@ pub async fn spawn_relay(
     log_level: &str,
     pin: Option<&Pinning>,
 ) -> anyhow::Result<SpawnedRelay> {
+    let agent = RelayAgent::ElevenLabs {
+        api_base: api_base.to_owned(),
+    };
+    spawn_relay_with(bin, &agent, log_level, pin).await
+}
+
+/// Starts `bin serve --listen 127.0.0.1:<free> <agent flags>` (see [`RelayAgent::args`];
+/// the API key in the environment, see [`RelayAgent::env`]) with `RUST_LOG=<log_level>` and
+/// `RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=true` (no `TWILIO_AUTH_TOKEN`), and waits (up to
+/// 15 s) for `GET /healthz` to answer 200. Agent-related variables of this process's
+/// environment are not passed on.
+///
+/// With `pin`, the relay runs on [`Pinning::target_cpu`] only.
+pub async fn spawn_relay_with(
+    bin: &Path,
+    agent: &RelayAgent,
+    log_level: &str,
+    pin: Option<&Pinning>,
+) -> anyhow::Result<SpawnedRelay> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let log = std::env::temp_dir().join(format!("loadtest-relay-{}.log", std::process::id()));
+    let log =
+        std::env::temp_dir().join(format!("loadtest-relay-{}-{port}.log", std::process::id()));
     let logf = std::fs::File::create(&log)?;
     let mut cmd = Command::new(bin);
     if let Some(p) = pin {
         p.apply_to_child(&mut cmd)?;
     }
+    cmd.args(["serve", "--listen", &addr]).args(agent.args());
+    for var in AGENT_ENV {
+        cmd.env_remove(var);
+    }
     let child = cmd
-        .args([
-            "serve",
-            "--listen",
-            &addr,
-            "--agent",
-            "elevenlabs",
-            "--elevenlabs-agent-id",
-            "loadtest",
-            "--elevenlabs-api-base",
-            api_base,
-        ])
+        .envs(agent.env())
         .env("RUST_LOG", log_level)
-        .env_remove("ELEVENLABS_API_KEY")
         // Loopback load run: no Twilio signatures (the env form works with relays that
         // predate the flag, which ignore it).
         .env_remove("TWILIO_AUTH_TOKEN")

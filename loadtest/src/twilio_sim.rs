@@ -712,8 +712,12 @@ pub struct CallReport {
     pub marks_received: Vec<String>,
     /// Names of the marks echoed back to the relay, in the order echoed.
     pub marks_echoed: Vec<String>,
+    /// When each of [`CallReport::marks_echoed`] was echoed (same order).
+    pub marks_echoed_at: Vec<Instant>,
     /// Number of `clear` messages received.
     pub clears: usize,
+    /// When each `clear` arrived.
+    pub clears_at: Vec<Instant>,
     /// Close code of the relay's Close frame, if the relay closed first. `None` if it never
     /// sent a Close (TCP ended, or we had to close after the 2 s wait) or sent an empty one.
     pub close_code: Option<u16>,
@@ -945,6 +949,7 @@ fn handle_event(
         }
         RecvEvent::Msg(TwilioInbound::Clear { .. }, at) => {
             report.clears += 1;
+            report.clears_at.push(at.into_std());
             playback.play_end = at;
             // Every pending mark is now due (echoed by echo_due_marks right after).
             for m in playback.pending_marks.iter_mut() {
@@ -981,6 +986,7 @@ async fn echo_due_marks(
         };
         tx.send_mark(&name).await.map_err(|e| format!("{e:#}"))?;
         report.marks_echoed.push(name);
+        report.marks_echoed_at.push(now.into_std());
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod fault_agent;
 pub mod raw;
+pub mod webhook;
 
 use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
 use media_relay::config::ServeArgs;

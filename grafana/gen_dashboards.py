@@ -465,7 +465,7 @@ OVERVIEW = [
        "Everything else is a failure: twilio_error / twilio_idle / twilio_stalled (Twilio "
        "leg broke or went quiet), media_format_unsupported, agent_error / agent_stalled / "
        "agent_connect_failed (agent side), audio_format_mismatch, start_timeout (no `start` "
-       "after the upgrade), drain_deadline (still live when the drain timeout hit), "
+       "after the upgrade), "
        "max_duration, token_rejected (bad stream token).",
        "Look at the largest non-normal band first, then at Errors by kind for its cause.",
        w=12, stack=True),

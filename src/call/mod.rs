@@ -126,10 +126,8 @@ pub enum EndReason {
     AudioFormatMismatch,
     /// No `start` arrived in time after the upgrade.
     StartTimeout,
-    /// The relay is shutting down and the call was closed (close 1001).
+    /// The relay is shutting down: the drain deadline closed the call (close 1001).
     Shutdown,
-    /// The drain deadline closed the call after the caller heard the drain notice.
-    DrainDeadline,
     /// The call reached `--max-call-duration-secs`.
     MaxDuration,
     /// The stream's `relay_token` was missing or wrong (authenticated mode); carries the kind.
@@ -156,7 +154,6 @@ impl EndReason {
             EndReason::AudioFormatMismatch => "audio_format_mismatch",
             EndReason::StartTimeout => "start_timeout",
             EndReason::Shutdown => "shutdown",
-            EndReason::DrainDeadline => "drain_deadline",
             EndReason::MaxDuration => "max_duration",
             EndReason::TokenRejected(_) => "token_rejected",
             EndReason::Replaced => "replaced",
@@ -166,7 +163,7 @@ impl EndReason {
     /// Close code and reason sent to Twilio (RFC 6455 §7.4.1).
     pub fn twilio_close(&self) -> (u16, &'static str) {
         match self {
-            EndReason::Shutdown | EndReason::DrainDeadline => (1001, "relay shutting down"),
+            EndReason::Shutdown => (1001, "relay shutting down"),
             EndReason::TwilioError { close_code, .. } => (*close_code, "protocol error"),
             EndReason::MediaFormatUnsupported => {
                 (1003, "media format must be audio/x-mulaw 8000 Hz mono")
@@ -186,7 +183,7 @@ impl EndReason {
     /// Close code and reason sent to the agent.
     pub fn agent_close(&self) -> (u16, &'static str) {
         match self {
-            EndReason::Shutdown | EndReason::DrainDeadline => (1001, "relay shutting down"),
+            EndReason::Shutdown => (1001, "relay shutting down"),
             EndReason::AgentError("websocket_protocol") => (1002, "protocol error"),
             EndReason::AgentError("invalid_utf8") => (1007, "invalid UTF-8"),
             EndReason::AgentStalled => (1011, "not reading"),
@@ -237,7 +234,6 @@ mod tests {
             EndReason::AudioFormatMismatch,
             EndReason::StartTimeout,
             EndReason::Shutdown,
-            EndReason::DrainDeadline,
             EndReason::MaxDuration,
             EndReason::TokenRejected("x"),
             EndReason::Replaced,

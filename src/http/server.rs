@@ -169,6 +169,11 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
+                upkeep_state
+                    .ctx
+                    .metrics
+                    .tasks_alive
+                    .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
                 upkeep_state.control.upkeep();
             }
         });

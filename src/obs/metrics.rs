@@ -136,7 +136,7 @@ pub const AGENT_LABELS: [&str; 4] = ["elevenlabs", "assemblyai", "openai", "echo
 
 /// The `outcome` label values of `relay_calls_total` (a test in `call` checks that every
 /// `EndReason` maps into this list).
-pub const CALL_OUTCOMES: [&str; 18] = [
+pub const CALL_OUTCOMES: [&str; 17] = [
     "twilio_stop",
     "twilio_closed",
     "twilio_error",
@@ -151,7 +151,6 @@ pub const CALL_OUTCOMES: [&str; 18] = [
     "audio_format_mismatch",
     "start_timeout",
     "shutdown",
-    "drain_deadline",
     "max_duration",
     "token_rejected",
     "replaced",
@@ -396,6 +395,8 @@ pub struct Metrics {
     pub calls_max: Gauge,
     /// `relay_draining`: 1 while the relay drains after SIGTERM.
     pub draining: Gauge,
+    /// `relay_runtime_tasks_alive`: tokio tasks alive (calls, connections, helpers).
+    pub tasks_alive: Gauge,
     /// `relay_call_duration_seconds`.
     pub call_duration: Histogram,
     frames: [Counter; 2],
@@ -529,6 +530,7 @@ impl Metrics {
             calls_active: r.register_gauge(&key("relay_calls_active", &[]), &META),
             calls_max: r.register_gauge(&key("relay_calls_max", &[]), &META),
             draining: r.register_gauge(&key("relay_draining", &[]), &META),
+            tasks_alive: r.register_gauge(&key("relay_runtime_tasks_alive", &[]), &META),
             call_duration: hist("relay_call_duration_seconds", &[]),
             frames: dirs.map(|d| counter("relay_frames_total", &[("direction", d.as_str())])),
             audio_bytes: dirs
@@ -723,6 +725,10 @@ fn describe(r: &PrometheusRecorder) {
     g(
         "relay_draining",
         "1 while the relay drains after SIGTERM, else 0.",
+    );
+    g(
+        "relay_runtime_tasks_alive",
+        "Tokio tasks alive: one per call and per HTTP connection, plus a few of the relay's own.",
     );
     g(
         "relay_build_info",

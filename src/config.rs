@@ -134,9 +134,17 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_MAX_CALLS", default_value_t = 10_000)]
     pub max_calls: usize,
 
-    /// On SIGTERM/SIGINT, how long calls may continue before they are closed with 1001.
+    /// On SIGTERM/SIGINT, how long calls in progress may continue (new calls are refused
+    /// with 503 and /readyz answers 503 at once); calls still running then hear the drain
+    /// notice (if any) and are closed with 1001.
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+
+    /// μ-law audio played to callers still on the line at the drain deadline, before their
+    /// call closes: a WAV file of G.711 μ-law 8000 Hz mono, or headerless μ-law bytes; at
+    /// most 10 s.
+    #[arg(long, env = "RELAY_DRAIN_NOTICE_FILE")]
+    pub drain_notice_file: Option<std::path::PathBuf>,
 
     /// Echo agent: delay before the caller's audio is played back, in ms.
     #[arg(long, env = "RELAY_ECHO_DELAY_MS", default_value_t = 500)]
@@ -287,7 +295,11 @@ pub enum LogFormat {
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
-/// Longest `<Parameter>` name + value Twilio accepts, exclusive (protocols.md §1.1: under 500).
+/// Longest drain notice, in μ-law bytes (10 s).
+pub const MAX_DRAIN_NOTICE_BYTES: usize = 80_000;
+
+/// Longest `<Parameter>` name + value Twilio accepts, exclusive (under 500 characters: Twilio
+/// TwiML `<Stream>` docs, <https://www.twilio.com/docs/voice/twiml/stream>).
 pub const MAX_PARAMETER_CHARS: usize = 500;
 
 impl ServeArgs {
@@ -417,7 +429,26 @@ impl ServeArgs {
                 Some(uri)
             }
         };
+        let drain_notice = match &self.drain_notice_file {
+            None => None,
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| {
+                    ConfigError(format!("cannot read --drain-notice-file {}: {e}", p.display()))
+                })?;
+                let audio = crate::audio::mulaw_from_file_bytes(&bytes).map_err(|e| {
+                    ConfigError(format!("--drain-notice-file {}: {e}", p.display()))
+                })?;
+                if audio.is_empty() || audio.len() > MAX_DRAIN_NOTICE_BYTES {
+                    return Err(ConfigError(format!(
+                        "--drain-notice-file must hold 1 byte to 10 s ({MAX_DRAIN_NOTICE_BYTES} bytes) of μ-law audio"
+                    )));
+                }
+                Some(std::sync::Arc::from(audio))
+            }
+        };
         Ok(CallSettings {
+            drain_notice,
             default_agent,
             agents,
             echo_delay: Duration::from_millis(self.echo_delay_ms),

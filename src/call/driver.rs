@@ -141,6 +141,8 @@ async fn drive(
         }
     };
     let mut turns: u32 = 0;
+    // The stop future fires once; a drain notice may keep the call up for a few seconds more.
+    let mut stop_seen = false;
     let (mut last_fold, mut last_summary) = (started, started);
 
     loop {
@@ -228,9 +230,10 @@ async fn drive(
         }
         turns = turns.wrapping_add(1);
         if turns.is_multiple_of(STARVATION_CHECK_TURNS) {
-            if stop.is_cancelled() {
-                m.end(stop_reason());
-                break;
+            if !stop_seen && stop.is_cancelled() {
+                stop_seen = true;
+                on_stop(&mut m, &ctx, stop_reason());
+                continue;
             }
             if timer_at.is_some_and(|t| t <= Instant::now()) {
                 m.handle_timeout(Instant::now());
@@ -295,7 +298,10 @@ async fn drive(
             _ = &mut timer, if timer_at.is_some() => {
                 m.handle_timeout(Instant::now());
             }
-            _ = &mut stopped => m.end(stop_reason()),
+            _ = &mut stopped, if !stop_seen => {
+                stop_seen = true;
+                on_stop(&mut m, &ctx, stop_reason());
+            }
         }
     }
 
@@ -305,6 +311,18 @@ async fn drive(
     drop(t_rx);
     drop(a_rx);
     finish(m, &legs, &ctx, &end, started, started_unix_ms, registry_id);
+}
+
+/// The call is stopped from outside: a newer stream replaced it (ends now), or the drain
+/// deadline passed (the machine may play the drain notice first).
+fn on_stop(m: &mut CallMachine, ctx: &CallContext, reason: EndReason) {
+    if reason == EndReason::Shutdown {
+        if m.handle_drain_deadline(Instant::now()) {
+            ctx.metrics.count("relay_drain_notices_total", &[], 1);
+        }
+    } else {
+        m.end(reason);
+    }
 }
 
 /// Moves what `side` owes into its writer, up to [`WRITE_BATCH_BYTES`] unwritten.

@@ -232,6 +232,9 @@ pub struct CallMachine {
     cm: CallMetrics,
     figures: CallFigures,
     end: Option<EndReason>,
+    /// The drain notice is playing: the call closes once Twilio played up to this offset
+    /// (ms of agent audio), or at the deadline.
+    notice: Option<(u64, Instant)>,
     mark: String,
     audio_scratch: Vec<u8>,
 }
@@ -297,6 +300,7 @@ impl CallMachine {
             },
             figures: CallFigures::default(),
             end: None,
+            notice: None,
             mark: String::new(),
             audio_scratch: Vec::new(),
             cfg,
@@ -372,6 +376,40 @@ impl CallMachine {
         self.started_at
     }
 
+    /// The relay's drain deadline passed at `now`: with a notice configured and a stream to
+    /// play it on, Twilio's playback is cleared, the notice queued, and the call closes
+    /// (outcome `shutdown`) once Twilio confirms it played, or [`super::DRAIN_NOTICE_GRACE`]
+    /// after its length; otherwise the call closes at once. Returns whether a notice plays.
+    pub fn handle_drain_deadline(&mut self, now: Instant) -> bool {
+        if self.end.is_some() || self.notice.is_some() {
+            return false;
+        }
+        let Some(notice) = self.cfg.drain_notice.clone() else {
+            self.end(EndReason::Shutdown);
+            return false;
+        };
+        if self.stream_sid.is_empty() || notice.is_empty() {
+            self.end(EndReason::Shutdown);
+            return false;
+        }
+        // What the agent was saying gives way to the notice.
+        let dropped = self.twilio_audio.clear();
+        self.cm
+            .drop_frames(Direction::AgentToTwilio, DropReason::Draining, dropped);
+        if self.playout.queued_ms() > 0 {
+            self.clear_owed = Some(now);
+        }
+        self.twilio_audio.bytes.tail().extend_from_slice(&notice);
+        self.twilio_audio
+            .commit(notice.len(), now, ReplyKey(u64::MAX), false);
+        self.tail_open = false;
+        let notice_ms = crate::audio::bytes_to_ms(notice.len() as u64);
+        let end_ms = self.playout.sent_ms() + notice_ms;
+        self.notice = Some((end_ms, now + Duration::from_millis(notice_ms) + super::DRAIN_NOTICE_GRACE));
+        info!(notice_ms, "drain deadline: playing the drain notice before closing");
+        true
+    }
+
     /// Ends the call (the first reason sticks).
     pub fn end(&mut self, reason: EndReason) {
         if self.end.is_none() {
@@ -401,6 +439,12 @@ impl CallMachine {
                     MarkOutcome::Played(ms) => {
                         self.cm.event(CallEventKind::MarkPlayed);
                         self.cm.playout(true, crate::audio::ms_to_bytes(ms));
+                        if self
+                            .notice
+                            .is_some_and(|(end_ms, _)| self.playout.played_through_ms() >= end_ms)
+                        {
+                            self.end(EndReason::Shutdown);
+                        }
                         if let Some(lag) = lag {
                             self.cm.sample(Sample::PlayoutLag, lag.as_secs_f64());
                             self.figures.playout_lag.push(lag);
@@ -748,6 +792,11 @@ impl CallMachine {
     }
 
     fn agent_audio_in(&mut self, reply: ReplyKey, payload_b64: &str, now: Instant) {
+        if self.notice.is_some() {
+            self.cm
+                .drop_frames(Direction::AgentToTwilio, DropReason::Draining, 1);
+            return;
+        }
         if self.interrupted_through.is_some_and(|cut| reply <= cut) {
             self.cm
                 .drop_frames(Direction::AgentToTwilio, DropReason::Interrupted, 1);
@@ -953,6 +1002,10 @@ impl CallMachine {
             }
             _ => {}
         }
+        if self.notice.is_some_and(|(_, deadline)| now >= deadline) {
+            self.end(EndReason::Shutdown);
+            return;
+        }
         if now >= self.max_deadline {
             self.end(EndReason::MaxDuration);
             return;
@@ -986,6 +1039,11 @@ impl CallMachine {
         }
         if let Agent::Echo(e) = &mut self.agent {
             while e.pop_due(now, &mut self.audio_scratch) {
+                if self.notice.is_some() {
+                    self.cm
+                        .drop_frames(Direction::AgentToTwilio, DropReason::Draining, 1);
+                    continue;
+                }
                 let n = self.audio_scratch.len();
                 self.twilio_audio
                     .bytes
@@ -1041,6 +1099,7 @@ impl CallMachine {
         }
         min(self.dtmf_deadline);
         min(self.hold_deadline());
+        min(self.notice.map(|(_, d)| d));
         Some(t)
     }
 
@@ -1111,7 +1170,11 @@ impl CallMachine {
         }
         if self.mark_owed {
             self.mark_owed = false;
-            if let Some(ms) = self.playout.take_mark() {
+            let forced = self
+                .notice
+                .is_some_and(|(end_ms, _)| self.playout.sent_ms() >= end_ms)
+                .then(|| self.playout.force_mark());
+            if let Some(ms) = forced.flatten().or_else(|| self.playout.take_mark()) {
                 playout::mark_name(ms, &mut self.mark);
                 tw::encode_mark(&self.stream_sid, &self.mark, out);
                 self.playout.on_mark_sent(ms, now);

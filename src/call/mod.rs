@@ -69,7 +69,14 @@ pub struct CallSettings {
     pub dtmf_interdigit: Duration,
     /// Tool webhook.
     pub tools: tools::ToolSettings,
+    /// What callers still on the line at the drain deadline hear before the call closes
+    /// (`--drain-notice-file`, μ-law 8 kHz); `None` closes at once.
+    pub drain_notice: Option<Arc<[u8]>>,
 }
+
+/// After the drain notice's audio, how long Twilio may take to confirm it played (its
+/// mark echo) before the call closes anyway.
+pub const DRAIN_NOTICE_GRACE: Duration = Duration::from_secs(2);
 
 /// What every call shares: settings, metrics, TLS and HTTP clients, authentication state.
 #[derive(Debug)]

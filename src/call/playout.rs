@@ -83,6 +83,16 @@ impl Playout {
         self.in_flight.push_back((ms, now));
     }
 
+    /// Like [`Playout::take_mark`] whatever the interval, when any audio went out since the
+    /// last mark (the drain notice wants a mark right at its end).
+    pub fn force_mark(&mut self) -> Option<u64> {
+        let ms = self.sent_ms();
+        (ms > self.last_mark_ms).then(|| {
+            self.last_mark_ms = ms;
+            ms
+        })
+    }
+
     /// Records that a `clear` was sent: every mark already sent is flushed, not played.
     pub fn on_clear(&mut self) {
         self.cleared_through_ms = self.last_mark_ms;

@@ -204,7 +204,12 @@ impl Relay {
                 "drain timeout passed: closing remaining calls with 1001"
             );
             state.calls_cancel.cancel();
-            if tokio::time::timeout(HARD_STOP_TIMEOUT, state.tracker.wait())
+            // Calls that play the drain notice need its length (plus Twilio's confirmation).
+            let notice = state.ctx.settings.drain_notice.as_ref().map_or(Duration::ZERO, |n| {
+                Duration::from_millis(crate::audio::bytes_to_ms(n.len() as u64))
+                    + crate::call::DRAIN_NOTICE_GRACE
+            });
+            if tokio::time::timeout(HARD_STOP_TIMEOUT + notice, state.tracker.wait())
                 .await
                 .is_err()
             {
@@ -319,7 +324,13 @@ async fn route(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.draining.load(Ordering::SeqCst) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                // The count lets a deploy wait for the calls this instance still holds.
+                let mut r = Response::new(Full::new(Bytes::from(format!(
+                    "draining {} calls\n",
+                    state.active.load(Ordering::SeqCst)
+                ))));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r
             } else {
                 text(StatusCode::OK, "ready\n")
             }

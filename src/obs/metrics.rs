@@ -167,15 +167,19 @@ pub enum DropReason {
     Interrupted = 2,
     /// The echo agent's delay queue overflowed; oldest dropped.
     EchoQueueFull = 3,
+    /// Agent audio (and caller audio to the agent) while a closing call plays the drain
+    /// notice.
+    Draining = 4,
 }
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::EarlyBufferFull,
         DropReason::OutboxFull,
         DropReason::Interrupted,
         DropReason::EchoQueueFull,
+        DropReason::Draining,
     ];
 
     /// Label value.
@@ -185,6 +189,7 @@ impl DropReason {
             DropReason::OutboxFull => "outbox_full",
             DropReason::Interrupted => "interrupted",
             DropReason::EchoQueueFull => "echo_queue_full",
+            DropReason::Draining => "draining",
         }
     }
 }
@@ -403,7 +408,7 @@ pub struct Metrics {
     audio_bytes: [Counter; 2],
     latency: [FrameHistogram; 2],
     call_latency_p99: [Histogram; 2],
-    drops: [[Counter; 4]; 2],
+    drops: [[Counter; 5]; 2],
     /// `relay_inbound_jitter_seconds`.
     pub jitter: FrameHistogram,
     /// `relay_inbound_frames_missing_total`.
@@ -895,7 +900,7 @@ pub struct CallMetrics {
     /// Inbound jitter.
     pub jitter: LatencyHistogram,
     /// Dropped frames by direction and reason, not yet folded.
-    drops: [[u64; 4]; 2],
+    drops: [[u64; 5]; 2],
     /// Totals of dropped frames per direction (for the summary).
     pub dropped_total: [u64; 2],
     events: [u64; CALL_EVENT_KINDS],

@@ -48,6 +48,7 @@ fn settings(default_agent: AgentKind) -> CallSettings {
             webhook_url: Some("http://127.0.0.1:9/tools".parse().unwrap()),
             ..ToolSettings::default()
         },
+        drain_notice: None,
     }
 }
 
@@ -853,4 +854,69 @@ fn turn_latency_runs_from_the_callers_speech_end_to_the_first_reply_audio() {
     );
     c.twilio_audio(t + 400);
     assert_eq!(c.m.figures().turn.len(), 1);
+}
+
+// === drain ===
+
+#[test]
+fn drain_deadline_without_a_notice_ends_at_once() {
+    let mut c = Call::new(settings(AgentKind::Echo));
+    c.start(&[], 0);
+    assert!(!c.m.handle_drain_deadline(c.at(100)));
+    assert_eq!(c.end(), Some(&EndReason::Shutdown));
+}
+
+#[test]
+fn drain_notice_replaces_the_agents_audio_and_the_call_closes_once_it_played() {
+    let mut s = settings(AgentKind::Elevenlabs);
+    s.drain_notice = Some(Arc::from(vec![0x11u8; 1600])); // 200 ms
+    let mut c = Call::new(s);
+    c.start(&[], 0);
+    c.m.poll_event();
+    c.m.poll_event();
+    c.m.handle_agent_connected();
+    elevenlabs_ready(&mut c, 0);
+    let a = b64(&[7u8; 800]);
+    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), 10);
+    c.twilio_audio(10); // 100 ms sent, playing
+    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), 20);
+    assert!(c.m.handle_drain_deadline(c.at(30)));
+    assert!(!c.m.handle_drain_deadline(c.at(31)), "once");
+    assert!(c.end().is_none());
+    let sent = c.drain(Side::Twilio, 30);
+    assert_eq!(sent[0]["event"], "clear", "the agent's playing audio is cleared");
+    let mut notice = Vec::new();
+    for m in &sent {
+        if m["event"] == "media" {
+            let mut a = Vec::new();
+            tw::decode_payload(m["media"]["payload"].as_str().unwrap(), &mut a).unwrap();
+            notice.extend(a);
+        }
+    }
+    assert_eq!(notice, vec![0x11u8; 1600], "the queued agent audio gave way to the notice");
+    let last = sent.last().unwrap();
+    assert_eq!(last["event"], "mark");
+    assert_eq!(last["mark"]["name"], "ms-300");
+    // Agent audio during the notice is dropped.
+    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":2}}}}"#), 40);
+    assert!(c.drain(Side::Twilio, 40).is_empty());
+    // Twilio confirms the notice played: the call closes.
+    c.m.handle_twilio(TwilioEvent::Mark { name: "ms-300" }, c.at(250));
+    assert_eq!(c.end(), Some(&EndReason::Shutdown));
+}
+
+#[test]
+fn drain_notice_closes_at_its_deadline_without_confirmation() {
+    let mut s = settings(AgentKind::Echo);
+    s.drain_notice = Some(Arc::from(vec![0x11u8; 800])); // 100 ms
+    let mut c = Call::new(s);
+    c.start(&[], 0);
+    assert!(c.m.handle_drain_deadline(c.at(1_000)));
+    c.drain(Side::Twilio, 1_000);
+    let deadline = c.at(1_100) + crate::call::DRAIN_NOTICE_GRACE;
+    assert_eq!(c.m.poll_timeout(), Some(deadline));
+    c.m.handle_timeout(deadline - ms(1));
+    assert!(c.end().is_none());
+    c.m.handle_timeout(deadline);
+    assert_eq!(c.end(), Some(&EndReason::Shutdown));
 }

@@ -25,7 +25,7 @@ async fn callers_hear_the_drain_notice_then_the_call_closes_with_1001() {
     let mut relay = start_relay(a).await;
     let mut clients = Vec::new();
     for i in 0..3 {
-        let mut c = TwilioClient::connect(&relay.media_url(), &[])
+        let c = TwilioClient::connect(&relay.media_url(), &[])
             .await
             .unwrap();
         c.send_connected().await.unwrap();
@@ -71,7 +71,6 @@ async fn callers_hear_the_drain_notice_then_the_call_closes_with_1001() {
                     let _ = c.send_mark(&name).await;
                 }
                 Some(TwilioInbound::Close { code, .. }) => break code,
-                Some(_) => {}
                 None => break None,
             }
         };

@@ -51,6 +51,20 @@ const fn build_table() -> [i16; 256] {
     t
 }
 
+/// The square of each code's linear value (a frame's energy is a sum of table lookups).
+static MULAW_SQUARE: [u32; 256] = build_squares();
+
+const fn build_squares() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let v = MULAW_TO_LINEAR[i] as i32;
+        t[i] = (v * v) as u32;
+        i += 1;
+    }
+    t
+}
+
 /// Mean-square energy threshold matching [`SPEECH_LEVEL_DBFS`] (full scale = 32768²).
 fn threshold() -> f64 {
     32768.0f64.powi(2) * 10f64.powf(SPEECH_LEVEL_DBFS / 10.0)
@@ -108,11 +122,7 @@ impl SpeechDetector {
         if frame.is_empty() {
             return None;
         }
-        let mut sum = 0u64;
-        for &b in frame {
-            let s = MULAW_TO_LINEAR[b as usize] as i64;
-            sum += (s * s) as u64;
-        }
+        let sum: u64 = frame.iter().map(|&b| u64::from(MULAW_SQUARE[b as usize])).sum();
         let voiced = sum as f64 / frame.len() as f64 >= self.threshold;
         if voiced {
             if self.run == 0 {

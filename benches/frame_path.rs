@@ -29,7 +29,9 @@ const STREAM_SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
 
 fn speech_like(len: usize) -> Vec<u8> {
     // μ-law codes of a mid-level signal (not silence, so the detector does real work).
-    (0..len).map(|i| [0x90u8, 0x10, 0xa0, 0x20][i % 4]).collect()
+    (0..len)
+        .map(|i| [0x90u8, 0x10, 0xa0, 0x20][i % 4])
+        .collect()
 }
 
 fn media_msg(audio: &[u8], chunk: u64) -> Vec<u8> {
@@ -87,7 +89,10 @@ fn bench(c: &mut Criterion) {
             buf.copy_from_slice(black_box(&msg));
             let n = codecs(&mut buf, &mut scratch, &mut audio, &mut out);
             let now = Instant::now();
-            jitter.record(now.saturating_duration_since(last).abs_diff(Duration::from_millis(20)));
+            jitter.record(
+                now.saturating_duration_since(last)
+                    .abs_diff(Duration::from_millis(20)),
+            );
             last = now;
             black_box(speech.push(&audio, now));
             cm.frame(Direction::TwilioToAgent, n);

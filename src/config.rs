@@ -217,12 +217,12 @@ pub struct ServeArgs {
     pub max_call_duration_secs: u64,
 
     /// Largest agent audio chunk sent to Twilio as one `media` message, in ms; larger agent
-    /// events are split (protocols.md §1.4/§5.3 recommend 20–100 ms chunks).
+    /// events are split (Twilio Media Streams messages, https://www.twilio.com/docs/voice/media-streams/websocket-messages).
     #[arg(long, env = "RELAY_TWILIO_CHUNK_MS", default_value_t = 100)]
     pub twilio_chunk_ms: u64,
 
     /// Twilio account auth token: when set, `X-Twilio-Signature` is required and checked on
-    /// `/twiml` and on the `/media` upgrade against `--public-host` (protocols.md §1.6).
+    /// `/twiml` and on the `/media` upgrade against `--public-host` (Twilio webhook security, https://www.twilio.com/docs/usage/security).
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<Secret>,
 
@@ -434,7 +434,10 @@ impl ServeArgs {
             Some(p) if p.as_os_str().is_empty() => None,
             Some(p) => {
                 let bytes = std::fs::read(p).map_err(|e| {
-                    ConfigError(format!("cannot read --drain-notice-file {}: {e}", p.display()))
+                    ConfigError(format!(
+                        "cannot read --drain-notice-file {}: {e}",
+                        p.display()
+                    ))
                 })?;
                 let audio = crate::audio::mulaw_from_file_bytes(&bytes).map_err(|e| {
                     ConfigError(format!("--drain-notice-file {}: {e}", p.display()))

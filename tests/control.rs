@@ -153,7 +153,9 @@ fn sign(path: &str, params: &[(&str, &str)]) -> String {
 fn url_params(twilio: &MockTwilio, i: usize) -> Vec<(String, String)> {
     let url = twilio.requests()[i].form_values("Url")[0].clone();
     let query = url.split_once('?').expect("a query").1.to_owned();
-    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// What Twilio does when the callee answers: POST the call's `Url` with the call's form
@@ -266,18 +268,16 @@ async fn outbound_call_sends_the_exact_twilio_request() {
         "{url}"
     );
     let params = url_params(&twilio, 0);
-    let p = |n: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-    };
+    let p = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     // Request values override the configured prompt; other settings stay.
     assert_eq!(
         p("prompt").as_deref(),
         Some("You are calling about order 42.")
     );
-    assert_eq!(p("first_message").as_deref(), Some("Hi, this is Acme & Co."));
+    assert_eq!(
+        p("first_message").as_deref(),
+        Some("Hi, this is Acme & Co.")
+    );
     assert_eq!(p("language").as_deref(), Some("en"));
     assert_eq!(p("customer_name").as_deref(), Some("Ada"));
     assert_eq!(p("order_total").as_deref(), Some("42.5"));
@@ -285,7 +285,10 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     assert_eq!(p("agent").as_deref(), Some("echo"));
     assert_eq!(p("relay_agent_id").as_deref(), Some("sales_agent-1"));
     assert!(p("exp").is_some() && p("sig").is_some());
-    assert!(p("relay_token").is_none(), "the token is bound when Twilio fetches the URL");
+    assert!(
+        p("relay_token").is_none(),
+        "the token is bound when Twilio fetches the URL"
+    );
     let twiml = url.clone();
     // Secrets never travel in the TwiML (the auth token is literally "token" here).
     assert!(!twiml.contains(API_TOKEN), "{twiml}");
@@ -872,7 +875,10 @@ async fn outbound_call_placed_on_one_instance_streams_through_another() {
     assert_eq!(fetched.status, 200, "{}", fetched.body);
     assert_eq!(fetched.header("content-type"), Some("text/xml"));
     let twiml = fetched.body.clone();
-    assert!(twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\""), "{twiml}");
+    assert!(
+        twiml.contains("<Connect><Stream url=\"wss://relay.example.com/media\""),
+        "{twiml}"
+    );
     let params: Vec<(String, String)> = ["first_message", "relay_token"]
         .iter()
         .map(|n| (n.to_string(), twiml_parameter(&twiml, n).unwrap()))
@@ -923,9 +929,15 @@ async fn outbound_call_placed_on_one_instance_streams_through_another() {
         1.0,
     )
     .await;
-    assert_eq!(metric(&m, "relay_stream_tokens_total{result=\"token_invalid\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"token_invalid\"}"),
+        1.0
+    );
     let m = metrics(instance_b.addr).await;
-    assert_eq!(metric(&m, "relay_stream_tokens_total{result=\"valid\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "relay_stream_tokens_total{result=\"valid\"}"),
+        1.0
+    );
 
     // A tampered query, and a fetch without Twilio's signature, are refused.
     let tampered = url.replace("Hello", "Bye");
@@ -933,12 +945,20 @@ async fn outbound_call_placed_on_one_instance_streams_through_another() {
         .await
         .assert_error(403, "invalid_url");
     let path = url.strip_prefix("https://relay.example.com").unwrap();
-    callback(instance_b.addr, path, &[("CallSid", call_sid.as_str())], None)
-        .await
-        .assert_error(403, "invalid_signature");
+    callback(
+        instance_b.addr,
+        path,
+        &[("CallSid", call_sid.as_str())],
+        None,
+    )
+    .await
+    .assert_error(403, "invalid_signature");
     let m = metrics(instance_b.addr).await;
     assert_eq!(
-        metric(&m, "relay_errors_total{leg=\"twilio\",kind=\"outbound_url_signature\"}"),
+        metric(
+            &m,
+            "relay_errors_total{leg=\"twilio\",kind=\"outbound_url_signature\"}"
+        ),
         1.0
     );
 }

@@ -1,4 +1,4 @@
-//! Twilio signature enforcement on the media upgrade and the TwiML webhook (protocols.md §1.6).
+//! Twilio signature enforcement on the media upgrade and the TwiML webhook (Twilio webhook security, https://www.twilio.com/docs/usage/security).
 
 mod common;
 
@@ -7,7 +7,7 @@ use loadtest::twilio_sim::{StartParams, TwilioClient};
 use media_relay::auth::signature::compute_signature;
 use media_relay::auth::Secret;
 
-/// protocols.md §1.6.4 example: token `12345`, `wss://relay.example.com/media`, no params.
+/// Twilio webhook security example: token `12345`, `wss://relay.example.com/media`, no params.
 const MEDIA_SIGNATURE: &str = "MVVXQK8WMm1ywK7bu7blrI+Pdd8=";
 
 fn signed_args() -> media_relay::config::ServeArgs {

@@ -88,7 +88,7 @@ impl ConnectError {
     }
 }
 
-/// Derives the public conversation URL from the REST origin (§2.1):
+/// Derives the public conversation URL from the REST origin:
 /// `{ws(s) origin}/v1/convai/conversation?agent_id={id}`.
 ///
 /// # Errors

@@ -244,7 +244,7 @@ impl Session {
     }
 }
 
-/// Writes `{"user_audio_chunk":"<base64>"}` (§2.3; no `type` field) into `out` (cleared).
+/// Writes `{"user_audio_chunk":"<base64>"}` into `out` (cleared).
 #[inline]
 pub fn encode_user_audio(audio: &[u8], out: &mut Vec<u8>) {
     out.clear();
@@ -254,7 +254,7 @@ pub fn encode_user_audio(audio: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"}");
 }
 
-/// Writes `{"type":"pong","event_id":N}` (§2.3) into `out` (cleared).
+/// Writes `{"type":"pong","event_id":N}` into `out` (cleared).
 pub fn encode_pong(event_id: u64, out: &mut Vec<u8>) {
     use std::io::Write;
     out.clear();
@@ -342,7 +342,7 @@ pub fn encode_dtmf(digits: &str, out: &mut Vec<u8>) {
     );
 }
 
-/// Meaning of an ElevenLabs close code (§2.5), for log lines.
+/// Meaning of an ElevenLabs close code, for log lines.
 pub fn close_code_meaning(code: u16) -> &'static str {
     match code {
         1000 => "normal: agent ended the conversation or max duration reached",

@@ -59,7 +59,9 @@ pub fn mulaw_from_file_bytes(bytes: &[u8]) -> Result<Vec<u8>, WavError> {
         let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
             as usize;
         let body = at + 8;
-        let end = body.checked_add(len).ok_or(WavError::Malformed("chunk length"))?;
+        let end = body
+            .checked_add(len)
+            .ok_or(WavError::Malformed("chunk length"))?;
         if id == b"fmt " {
             if len < 16 || end > bytes.len() {
                 return Err(WavError::Malformed("short fmt chunk"));
@@ -99,7 +101,10 @@ mod tests {
         let audio = mulaw_from_file_bytes(&wav).unwrap();
         assert_eq!(audio.len() % 160, 0);
         assert!(audio.len() > 40_000);
-        assert_eq!(mulaw_from_file_bytes(&[0xff, 0x7f]).unwrap(), vec![0xff, 0x7f]);
+        assert_eq!(
+            mulaw_from_file_bytes(&[0xff, 0x7f]).unwrap(),
+            vec![0xff, 0x7f]
+        );
         // A PCM WAV is refused.
         let mut pcm = wav.clone();
         let fmt = pcm.windows(4).position(|w| w == b"fmt ").unwrap();

@@ -122,7 +122,10 @@ impl SpeechDetector {
         if frame.is_empty() {
             return None;
         }
-        let sum: u64 = frame.iter().map(|&b| u64::from(MULAW_SQUARE[b as usize])).sum();
+        let sum: u64 = frame
+            .iter()
+            .map(|&b| u64::from(MULAW_SQUARE[b as usize]))
+            .sum();
         let voiced = sum as f64 / frame.len() as f64 >= self.threshold;
         if voiced {
             if self.run == 0 {

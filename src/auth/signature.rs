@@ -1,6 +1,6 @@
 //! Twilio request authentication: `X-Twilio-Signature` validation for webhooks (form- and
 //! JSON-bodied) and for the Media Streams WebSocket upgrade, plus a per-call token that binds
-//! a stream to the call it belongs to (protocols.md §1.6.1–§1.6.4).
+//! a stream to the call it belongs to (Twilio webhook security, https://www.twilio.com/docs/usage/security).
 //!
 //! Owns: the HMAC-SHA1 signature algorithm, the list of candidate URLs Twilio may have signed
 //! (port and trailing-slash variants), the `bodySHA256` check, constant-time comparison, and
@@ -10,7 +10,7 @@
 //! tokio, no hyper types; everything here takes `&str` / `&[u8]`.
 //!
 //! The public origin is always the configured one ([`SignatureValidator::new`]), never the
-//! `Host` or `X-Forwarded-*` headers seen behind a proxy (§1.6.4 step 1).
+//! `Host` or `X-Forwarded-*` headers seen behind a proxy.
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -32,10 +32,10 @@ const CALL_TOKEN_LEN: usize = 43;
 const CALL_TOKEN_PREFIX: &[u8] = b"relay-token:v1:";
 /// Standard port inserted into the "with port" candidate (scheme is always https/wss here).
 const STANDARD_PORT: &str = ":443";
-/// Query parameter carrying the body hash of JSON webhooks (§1.6.2).
+/// Query parameter carrying the body hash of JSON webhooks.
 const BODY_SHA256_PARAM: &str = "bodySHA256";
 
-/// Why a request failed Twilio signature validation (protocols.md §1.6). Each variant has a
+/// Why a request failed Twilio signature validation (Twilio webhook security, https://www.twilio.com/docs/usage/security). Each variant has a
 /// stable [`SignatureError::kind`] for the `kind` label of error metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -43,19 +43,18 @@ pub enum SignatureError {
     /// when the header is absent.
     #[error("X-Twilio-Signature header is missing")]
     Missing,
-    /// The header is well-formed but matches none of the candidate URLs (§1.6.1, §1.6.3,
-    /// §1.6.4): wrong auth token, wrong public host, altered URL/params, or a forgery.
+    /// The header is well-formed but matches none of the candidate URLs: wrong auth token, wrong public host, altered URL/params, or a forgery.
     #[error("X-Twilio-Signature does not match")]
     Mismatch,
-    /// JSON webhook whose URL carries no `bodySHA256` query parameter (§1.6.2).
+    /// JSON webhook whose URL carries no `bodySHA256` query parameter.
     #[error("bodySHA256 query parameter is missing")]
     BodyHashMissing,
-    /// JSON webhook whose `bodySHA256` is not the lowercase hex SHA-256 of the raw body
-    /// (§1.6.2): the body was altered after signing.
+    /// JSON webhook whose `bodySHA256` is not the lowercase hex SHA-256 of the raw body: the
+    /// body was altered after signing.
     #[error("bodySHA256 does not match the request body")]
     BodyHashMismatch,
     /// The header cannot be a base64 HMAC-SHA1 (not 28 characters of padded base64 decoding
-    /// to 20 bytes, §1.6.1).
+    /// to 20 bytes).
     #[error("X-Twilio-Signature is not a base64-encoded HMAC-SHA1")]
     Malformed,
 }
@@ -74,14 +73,14 @@ impl SignatureError {
     }
 }
 
-/// Computes Twilio's `X-Twilio-Signature` for `url` and `params` (protocols.md §1.6.1):
+/// Computes Twilio's `X-Twilio-Signature` for `url` and `params` (Twilio webhook security, https://www.twilio.com/docs/usage/security):
 /// `data = url`, then for each name in byte-wise sorted order and each of its values in
 /// byte-wise sorted order, `data += name + value` (decoded values, no separators); the result
 /// is `base64(HMAC-SHA1(auth_token, data))`.
 ///
 /// `params` may be in any order and may repeat a name; duplicates are all kept (twilio-python
-/// semantics). Pass `&[]` for GET requests, JSON webhooks (§1.6.2) and WebSocket upgrades
-/// (§1.6.4). `url` is used verbatim: no port or slash normalisation happens here.
+/// semantics). Pass `&[]` for GET requests, JSON webhooks and WebSocket upgrades. `url` is
+/// used verbatim: no port or slash normalisation happens here.
 #[must_use]
 pub fn compute_signature(auth_token: &[u8], url: &str, params: &[(&str, &str)]) -> String {
     let mut sorted = params.to_vec();
@@ -94,9 +93,9 @@ pub fn compute_signature(auth_token: &[u8], url: &str, params: &[(&str, &str)]) 
 }
 
 /// Validates `X-Twilio-Signature` on requests from Twilio against the relay's configured
-/// public origin (protocols.md §1.6). Cheap to clone; keyed once at construction.
+/// public origin (Twilio webhook security, https://www.twilio.com/docs/usage/security). Cheap to clone; keyed once at construction.
 ///
-/// For every entry point the host variants tried are (§1.6.3, as twilio-python/-node do):
+/// For every entry point the host variants tried are:
 /// the host **with** a port (`:443` inserted when the configured host has none, otherwise the
 /// configured port) and the host **without** any port.
 #[derive(Clone)]
@@ -121,8 +120,8 @@ impl fmt::Debug for SignatureValidator {
 }
 
 impl SignatureValidator {
-    /// Creates a validator for the account's **primary** auth token (§1.6.1) and the public
-    /// host Twilio is configured to call (§1.6.4 step 1): `host` or `host:port`, no scheme,
+    /// Creates a validator for the account's **primary** auth token and the public
+    /// host Twilio is configured to call: `host` or `host:port`, no scheme,
     /// no path; IPv6 literals in brackets. Surrounding whitespace and trailing `/` are
     /// trimmed; nothing else is normalised (case is kept as configured).
     #[must_use]
@@ -144,13 +143,13 @@ impl SignatureValidator {
         }
     }
 
-    /// The public host this validator builds candidate URLs from (after trimming, §1.6.4).
+    /// The public host this validator builds candidate URLs from (after trimming).
     #[must_use]
     pub fn public_host(&self) -> &str {
         &self.public_host
     }
 
-    /// Validates a form-encoded (or body-less GET) webhook (§1.6.1, §1.6.3).
+    /// Validates a form-encoded (or body-less GET) webhook.
     ///
     /// `path_and_query` is the request-target exactly as received (still percent-encoded,
     /// starting with `/`); `form_body` is the raw `application/x-www-form-urlencoded` body
@@ -181,7 +180,7 @@ impl SignatureValidator {
         }
     }
 
-    /// Validates a JSON-bodied webhook (§1.6.2): (1) the HMAC over the URL only (no params,
+    /// Validates a JSON-bodied webhook: (1) the HMAC over the URL only (no params,
     /// same two host variants as [`validate_form`](Self::validate_form)) must match, then
     /// (2) the `bodySHA256` query value must equal the lowercase hex SHA-256 of `body`.
     ///
@@ -213,11 +212,11 @@ impl SignatureValidator {
         }
     }
 
-    /// Validates the Media Streams WebSocket upgrade `GET` (§1.6.4). No params are signed.
+    /// Validates the Media Streams WebSocket upgrade `GET`. No params are signed.
     ///
     /// `path` is the request path (Media Streams URLs carry no query; if one is present it is
-    /// kept verbatim after the path). Accepted candidates, following §1.6.4's recommended
-    /// procedure, generalised to configured ports with the §1.6.3 "drop the port" rule:
+    /// kept verbatim after the path). Accepted candidates, following Twilio's recommended
+    /// procedure, generalised to configured ports with the "drop the port" rule of Twilio's voice webhooks:
     ///
     /// - `wss://{host}{path}` and `wss://{host}{path}/` (the latter only if `path` does not
     ///   already end in `/`; the `/` goes before any `?query`),
@@ -280,7 +279,7 @@ impl SignatureValidator {
     }
 }
 
-/// A per-call token binding a Media Stream to its call (protocols.md §1.6.4, last bullet):
+/// A per-call token binding a Media Stream to its call (Twilio webhook security, https://www.twilio.com/docs/usage/security):
 /// put [`token`](Self::token) in a `<Parameter>` (or path segment) of the TwiML for a call and
 /// check it with [`verify`](Self::verify) against `start.callSid` when `start` arrives.
 ///
@@ -301,7 +300,7 @@ impl fmt::Debug for CallTokenKey {
 }
 
 impl CallTokenKey {
-    /// Creates a key from the relay's token secret (§1.6.4). Any length is accepted.
+    /// Creates a key from the relay's token secret. Any length is accepted.
     #[must_use]
     pub fn new(secret: &[u8]) -> Self {
         let mac =
@@ -309,14 +308,14 @@ impl CallTokenKey {
         Self { mac }
     }
 
-    /// The token for `call_sid` (§1.6.4): deterministic, URL- and TwiML-safe (`A-Z a-z 0-9 - _`).
+    /// The token for `call_sid`: deterministic, URL- and TwiML-safe (`A-Z a-z 0-9 - _`).
     #[must_use]
     pub fn token(&self, call_sid: &str) -> String {
         base64_simd::URL_SAFE_NO_PAD.encode_to_string(self.raw(call_sid))
     }
 
     /// True iff `token` is exactly [`token`](Self::token)`(call_sid)`; compared in constant
-    /// time (§1.6.4).
+    /// time.
     #[must_use]
     pub fn verify(&self, call_sid: &str, token: &str) -> bool {
         let mut buf = [0u8; CALL_TOKEN_LEN];
@@ -333,7 +332,7 @@ impl CallTokenKey {
     }
 }
 
-/// Appends `name + value` for each (already sorted) param (§1.6.1).
+/// Appends `name + value` for each (already sorted) param.
 fn feed_params<M: Mac>(mac: &mut M, params: &[(&str, &str)]) {
     for (name, value) in params {
         mac.update(name.as_bytes());
@@ -356,7 +355,7 @@ fn parse_header(signature: &str) -> Result<&[u8], SignatureError> {
     }
 }
 
-/// Lowercase hex SHA-256 of `body` (§1.6.2).
+/// Lowercase hex SHA-256 of `body`.
 fn sha256_hex(body: &[u8]) -> [u8; 64] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(body);
@@ -395,7 +394,7 @@ fn split_port(host: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
 
-    /// §1.6.1 documented vector.
+    /// The example in Twilio's webhook security documentation.
     const DOC_TOKEN: &str = "12345";
     const DOC_URL: &str = "https://example.com/myapp.php?foo=1&bar=2";
     const DOC_PARAMS: [(&str, &str); 5] = [
@@ -410,12 +409,12 @@ mod tests {
     /// The same params as an `application/x-www-form-urlencoded` body (`+` → `%2B`).
     const DOC_FORM_BODY: &[u8] = b"CallSid=CA1234567890ABCDE&Caller=%2B14158675310&Digits=1234&From=%2B14158675310&To=%2B18005551212";
 
-    /// §1.6.2 vector.
+    /// A JSON-bodied webhook (`bodySHA256`), hashed independently.
     const JSON_BODY: &[u8] = br#"{"CallSid":"CA1234567890ABCDE","Caller":"+12349013030"}"#;
     const JSON_BODY_SHA256: &str =
         "5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9";
 
-    /// §1.6.4 vector.
+    /// The stream upgrade: token `12345`, no params.
     const WSS_URL: &str = "wss://relay.example.com/media";
     const WSS_SIG: &str = "MVVXQK8WMm1ywK7bu7blrI+Pdd8=";
 

@@ -204,8 +204,14 @@ mod tests {
     fn signed_queries_verify_until_they_expire_and_resist_tampering() {
         let t = StreamTokens::new(b"secret");
         let q = t.sign_query("prompt=Hi%21&agent=openai", 1000);
-        assert!(q.starts_with("prompt=Hi%21&agent=openai&exp=1900&sig="), "{q}");
-        assert_eq!(t.verify_query(&q, 1000), Ok("prompt=Hi%21&agent=openai&exp=1900"));
+        assert!(
+            q.starts_with("prompt=Hi%21&agent=openai&exp=1900&sig="),
+            "{q}"
+        );
+        assert_eq!(
+            t.verify_query(&q, 1000),
+            Ok("prompt=Hi%21&agent=openai&exp=1900")
+        );
         // Another instance with the same secret accepts it.
         assert!(StreamTokens::new(b"secret").verify_query(&q, 1899).is_ok());
         assert_eq!(t.verify_query(&q, 1900), Err(UrlError::Expired));
@@ -213,7 +219,10 @@ mod tests {
         assert_eq!(t.verify_query(&tampered, 1000), Err(UrlError::BadSignature));
         let later = q.replace("exp=1900", "exp=9900");
         assert_eq!(t.verify_query(&later, 1000), Err(UrlError::BadSignature));
-        assert_eq!(t.verify_query("prompt=x", 1000), Err(UrlError::BadSignature));
+        assert_eq!(
+            t.verify_query("prompt=x", 1000),
+            Err(UrlError::BadSignature)
+        );
         assert_eq!(
             StreamTokens::new(b"other").verify_query(&q, 1000),
             Err(UrlError::BadSignature)

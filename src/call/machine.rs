@@ -405,8 +405,14 @@ impl CallMachine {
         self.tail_open = false;
         let notice_ms = crate::audio::bytes_to_ms(notice.len() as u64);
         let end_ms = self.playout.sent_ms() + notice_ms;
-        self.notice = Some((end_ms, now + Duration::from_millis(notice_ms) + super::DRAIN_NOTICE_GRACE));
-        info!(notice_ms, "drain deadline: playing the drain notice before closing");
+        self.notice = Some((
+            end_ms,
+            now + Duration::from_millis(notice_ms) + super::DRAIN_NOTICE_GRACE,
+        ));
+        info!(
+            notice_ms,
+            "drain deadline: playing the drain notice before closing"
+        );
         true
     }
 

@@ -128,7 +128,7 @@ impl Playout {
         (outcome, lag)
     }
 
-    /// Upper bound on the ms of audio Twilio still holds (§5.4 `queued_ms`).
+    /// Upper bound on the ms of audio Twilio still holds.
     pub fn queued_ms(&self) -> u64 {
         self.last_mark_ms
             .saturating_sub(self.acked_ms.max(self.cleared_through_ms))

@@ -43,11 +43,11 @@
 //! (closed label sets, anything else is `other`) and logged in a `call` span carrying
 //! `call_sid` (and `stream_sid`), like the call's own log lines. Answer: 200, empty body.
 
+use super::{bearer_token, body_error, error_json, json_response, read_body, BodyError};
+use crate::agent::AgentKind;
 use crate::auth::signature::SignatureValidator;
 use crate::auth::tokens::StreamTokens;
 use crate::config::{Secret, ServeArgs, MAX_PARAMETER_CHARS};
-use super::{bearer_token, body_error, error_json, json_response, read_body, BodyError};
-use crate::agent::AgentKind;
 use crate::obs::metrics::{Leg, Metrics};
 use crate::wire::http_client::HttpClient;
 use bytes::Bytes;
@@ -84,7 +84,7 @@ pub const TWILIO_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// [`Control::upkeep`], and inline when the table is full.
 pub const MAX_RATE_LIMIT_KEYS: usize = 100_000;
 
-/// The call progress events requested from Twilio (`StatusCallbackEvent`, protocols.md §1.8).
+/// The call progress events requested from Twilio (`StatusCallbackEvent`, Twilio Call resource status callbacks).
 pub const STATUS_CALLBACK_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 
 /// Longest `agent_id` accepted (`[A-Za-z0-9_-]{1,64}`).
@@ -98,7 +98,7 @@ pub const MAX_TWIML_URL_CHARS: usize = 8000;
 /// builds itself (names starting with `relay_` are refused as well).
 const OVERRIDE_PARAMETERS: [&str; 4] = ["prompt", "first_message", "language", "voice_id"];
 
-/// `CallStatus` values (protocols.md §1.8), the label values of
+/// `CallStatus` values (Twilio Call resource status callbacks, https://www.twilio.com/docs/voice/api/call-resource), the label values of
 /// `relay_call_status_callbacks_total{status}` (plus `other`).
 const CALL_STATUSES: [&str; 9] = [
     "queued",
@@ -112,7 +112,7 @@ const CALL_STATUSES: [&str; 9] = [
     "canceled",
 ];
 
-/// `StreamEvent` values (protocols.md §1.7), the label values of
+/// `StreamEvent` values (Twilio <Stream> statusCallback, https://www.twilio.com/docs/voice/twiml/stream), the label values of
 /// `relay_stream_status_callbacks_total{event}` (plus `other`).
 const STREAM_EVENTS: [&str; 3] = ["stream-started", "stream-stopped", "stream-error"];
 
@@ -509,14 +509,22 @@ impl Control {
             .path_and_query()
             .map_or_else(|| "/twiml/outbound".to_owned(), |p| p.as_str().to_owned());
         let query = req.uri().query().unwrap_or("").to_owned();
-        let body = match read_body(req.into_body(), MAX_CALLBACK_BODY_BYTES, self.body_timeout).await {
-            Ok(b) => b,
-            Err(e) => return body_error(e),
-        };
+        let body =
+            match read_body(req.into_body(), MAX_CALLBACK_BODY_BYTES, self.body_timeout).await {
+                Ok(b) => b,
+                Err(e) => return body_error(e),
+            };
         if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
             self.metrics.error(Leg::Twilio, e.kind());
-            warn!(kind = e.kind(), "refused /twiml/outbound: bad Twilio signature");
-            return error_json(StatusCode::FORBIDDEN, "invalid_signature", "invalid Twilio signature");
+            warn!(
+                kind = e.kind(),
+                "refused /twiml/outbound: bad Twilio signature"
+            );
+            return error_json(
+                StatusCode::FORBIDDEN,
+                "invalid_signature",
+                "invalid Twilio signature",
+            );
         }
         let signed = match tokens.verify_query(&query, unix_now()) {
             Ok(s) => s,
@@ -533,14 +541,21 @@ impl Control {
             .map(|(_, v)| v.as_str())
             .filter(|s| is_call_sid(s))
         else {
-            return error_json(StatusCode::BAD_REQUEST, "missing_call_sid", "CallSid is required");
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                "missing_call_sid",
+                "CallSid is required",
+            );
         };
         let mut params: Vec<(String, String)> = form_urlencoded::parse(signed.as_bytes())
             .into_owned()
             .filter(|(k, _)| k != "exp")
             .collect();
         params.push(("relay_token".into(), tokens.token_for_call(call_sid)));
-        let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let refs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         match crate::http::twiml::connect_stream(host, &refs) {
             Ok(xml) => {
                 info!(call_sid, "answered an outbound call's TwiML fetch");
@@ -549,16 +564,20 @@ impl Control {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
                 r
             }
-            Err(e) => error_json(StatusCode::BAD_REQUEST, "parameter_too_long", &e.to_string()),
+            Err(e) => error_json(
+                StatusCode::BAD_REQUEST,
+                "parameter_too_long",
+                &e.to_string(),
+            ),
         }
     }
 
-    /// `POST /call-status`: Twilio call progress callbacks (protocols.md §1.8).
+    /// `POST /call-status`: Twilio call progress callbacks (Twilio Call resource status callbacks, https://www.twilio.com/docs/voice/api/call-resource).
     pub async fn call_status(&self, req: Request<Incoming>) -> Resp {
         self.status_callback(req, CallbackKind::Call).await
     }
 
-    /// `POST /stream-status`: Twilio Media Streams status callbacks (protocols.md §1.7).
+    /// `POST /stream-status`: Twilio Media Streams status callbacks (Twilio <Stream> statusCallback, https://www.twilio.com/docs/voice/twiml/stream).
     pub async fn stream_status(&self, req: Request<Incoming>) -> Resp {
         self.status_callback(req, CallbackKind::Stream).await
     }
@@ -678,24 +697,23 @@ impl Outbound {
         {
             return Err(too_large());
         }
-        let body = match read_body(req.into_body(), MAX_OUTBOUND_BODY_BYTES, self.body_timeout)
-            .await
-        {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => return Err(too_large()),
-            Err(BodyError::Timeout) => {
-                return Err(ApiError::new(
-                    OutboundResult::InvalidJson,
-                    "the request body did not arrive in time",
-                ))
-            }
-            Err(BodyError::Read) => {
-                return Err(ApiError::new(
-                    OutboundResult::InvalidJson,
-                    "could not read the request body",
-                ))
-            }
-        };
+        let body =
+            match read_body(req.into_body(), MAX_OUTBOUND_BODY_BYTES, self.body_timeout).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => return Err(too_large()),
+                Err(BodyError::Timeout) => {
+                    return Err(ApiError::new(
+                        OutboundResult::InvalidJson,
+                        "the request body did not arrive in time",
+                    ))
+                }
+                Err(BodyError::Read) => {
+                    return Err(ApiError::new(
+                        OutboundResult::InvalidJson,
+                        "could not read the request body",
+                    ))
+                }
+            };
         let request: OutboundRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 OutboundResult::InvalidJson,
@@ -802,7 +820,11 @@ impl Outbound {
                     OutboundResult::InvalidAgent,
                     format!(
                         "agent must be one of the agents configured on this relay: {}",
-                        self.agents.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                        self.agents
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -886,7 +908,9 @@ impl Outbound {
         if url.len() > MAX_TWIML_URL_CHARS {
             return Err(ApiError::new(
                 OutboundResult::ParameterTooLong,
-                format!("the call's parameters make a TwiML URL over {MAX_TWIML_URL_CHARS} characters"),
+                format!(
+                    "the call's parameters make a TwiML URL over {MAX_TWIML_URL_CHARS} characters"
+                ),
             ));
         }
         Ok(url)

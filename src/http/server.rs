@@ -169,11 +169,11 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
-                upkeep_state
-                    .ctx
-                    .metrics
-                    .tasks_alive
-                    .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
+                upkeep_state.ctx.metrics.tasks_alive.set(
+                    tokio::runtime::Handle::current()
+                        .metrics()
+                        .num_alive_tasks() as f64,
+                );
                 upkeep_state.control.upkeep();
             }
         });
@@ -205,10 +205,15 @@ impl Relay {
             );
             state.calls_cancel.cancel();
             // Calls that play the drain notice need its length (plus Twilio's confirmation).
-            let notice = state.ctx.settings.drain_notice.as_ref().map_or(Duration::ZERO, |n| {
-                Duration::from_millis(crate::audio::bytes_to_ms(n.len() as u64))
-                    + crate::call::DRAIN_NOTICE_GRACE
-            });
+            let notice = state
+                .ctx
+                .settings
+                .drain_notice
+                .as_ref()
+                .map_or(Duration::ZERO, |n| {
+                    Duration::from_millis(crate::audio::bytes_to_ms(n.len() as u64))
+                        + crate::call::DRAIN_NOTICE_GRACE
+                });
             if tokio::time::timeout(HARD_STOP_TIMEOUT + notice, state.tracker.wait())
                 .await
                 .is_err()

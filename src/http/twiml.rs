@@ -1,5 +1,5 @@
 //! TwiML for Twilio's incoming-call webhook: `<Connect><Stream>` pointing at the relay's
-//! `/media` WebSocket with `<Parameter>`s (protocols.md §1.1). Owns XML escaping and the
+//! `/media` WebSocket with `<Parameter>`s (Twilio <Stream> TwiML docs, https://www.twilio.com/docs/voice/twiml/stream). Owns XML escaping and the
 //! parameter length rule; no HTTP here.
 
 use crate::config::MAX_PARAMETER_CHARS;
@@ -14,11 +14,11 @@ pub struct ParameterTooLong {
 
 /// Builds the TwiML document connecting the call to `wss://{public_host}/media` with the
 /// given parameters (in order), with stream status callbacks to
-/// `https://{public_host}/stream-status` (§1.7). Twilio forbids query strings on the stream URL, so all call
+/// `https://{public_host}/stream-status`. Twilio forbids query strings on the stream URL, so all call
 /// data travels as parameters and arrives in `start.customParameters`.
 ///
 /// # Errors
-/// [`ParameterTooLong`] if any name + value is 500 characters or more (§1.1).
+/// [`ParameterTooLong`] if any name + value is 500 characters or more.
 pub fn connect_stream(
     public_host: &str,
     params: &[(&str, &str)],

@@ -1,5 +1,5 @@
 //! Twilio Media Streams codec: sans-IO decode of the messages Twilio sends and hand-built
-//! encode of the three messages we may send back (protocols.md §1.3, §1.4).
+//! encode of the three messages we may send back (Twilio Media Streams messages, https://www.twilio.com/docs/voice/media-streams/websocket-messages).
 //!
 //! Owns: JSON parsing of one already-unmasked text frame into borrowed fields (simd-json, in
 //! place, no per-frame allocation with a reused [`simd_json::Buffers`]), the string-typed
@@ -49,7 +49,7 @@ impl DecodeError {
 /// One decoded Twilio → relay message, borrowing from the frame buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TwilioEvent<'a> {
-    /// `connected`: the first message (§1.3); carries no stream SID.
+    /// `connected`: the first message; carries no stream SID.
     Connected {
         /// `protocol`, normally `"Call"`.
         protocol: Option<&'a str>,
@@ -79,7 +79,7 @@ pub enum TwilioEvent<'a> {
     },
 }
 
-/// Fields of a `start` message the relay uses (§1.3).
+/// Fields of a `start` message the relay uses.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Start<'a> {
     /// `start.streamSid` (falls back to the top-level `streamSid`), validated `MZ` + alphanumerics.
@@ -99,7 +99,7 @@ pub struct Start<'a> {
     pub channels: Option<u64>,
 }
 
-/// Fields of an inbound `media` message (§1.3).
+/// Fields of an inbound `media` message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Media<'a> {
     /// `media.track` (`"inbound"` on bidirectional streams).
@@ -212,7 +212,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
 }
 
 /// True if `sid` looks like a Twilio stream SID: `MZ` followed by ASCII alphanumerics, at
-/// most 64 bytes (real ones are `MZ` + 32 hex, §1.9). This also guarantees the SID can be
+/// most 64 bytes (real ones are `MZ` + 32 hex). This also guarantees the SID can be
 /// copied into outbound JSON without escaping.
 pub fn is_valid_stream_sid(sid: &str) -> bool {
     sid.len() > 2
@@ -350,7 +350,7 @@ pub fn is_mulaw_8k_mono(start: &Start<'_>) -> bool {
         && start.channels.is_none_or(|c| c == 1)
 }
 
-/// Writes an outbound `media` message (§1.4) into `out` (cleared first):
+/// Writes an outbound `media` message into `out` (cleared first):
 /// `{"event":"media","streamSid":SID,"media":{"payload":B64}}` with exactly Twilio's fields.
 /// `stream_sid` must satisfy [`is_valid_stream_sid`] (it is copied without escaping).
 #[inline]
@@ -365,7 +365,7 @@ pub fn encode_media(stream_sid: &str, audio: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"}}");
 }
 
-/// Writes an outbound `mark` message (§1.4) into `out`:
+/// Writes an outbound `mark` message into `out`:
 /// `{"event":"mark","streamSid":SID,"mark":{"name":NAME}}`. `name` is JSON-escaped.
 pub fn encode_mark(stream_sid: &str, name: &str, out: &mut Vec<u8>) {
     debug_assert!(is_valid_stream_sid(stream_sid));
@@ -377,7 +377,7 @@ pub fn encode_mark(stream_sid: &str, name: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}}");
 }
 
-/// Writes an outbound `clear` message (§1.4) into `out`: `{"event":"clear","streamSid":SID}`.
+/// Writes an outbound `clear` message into `out`: `{"event":"clear","streamSid":SID}`.
 pub fn encode_clear(stream_sid: &str, out: &mut Vec<u8>) {
     debug_assert!(is_valid_stream_sid(stream_sid));
     out.clear();
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn decodes_protocol_samples() {
-        // protocols.md §1.3 samples, with SIDs made valid.
+        // Twilio Media Streams messages samples, with SIDs made valid.
         let connected = r#"{ "event": "connected", "protocol": "Call", "version": "1.0.0" }"#;
         let mut b = connected.as_bytes().to_vec();
         let mut sc = simd_json::Buffers::default();

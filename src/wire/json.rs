@@ -38,7 +38,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A non-negative integer that may arrive as a JSON string (`"42"`, Twilio's numeric fields,
-/// protocols.md §1.3) or a JSON number; any other value (or shape) becomes `None` instead of
+/// Twilio Media Streams messages) or a JSON number; any other value (or shape) becomes `None` instead of
 /// an error, so one odd field never costs a frame.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LenientU64(pub(crate) Option<u64>);

@@ -2,7 +2,7 @@
 //! shared rustls client configuration. HTTP requests go through `http_client`.
 //!
 //! Owns: name resolution + connect, TLS (one `Arc<ClientConfig>` for the process, so
-//! session resumption works across calls, stack.md "TLS"), body size limits. Does not own
+//! session resumption works across calls, TLS session resumption), body size limits. Does not own
 //! WebSocket framing (see `ws`) or any protocol.
 
 use hyper::Uri;

@@ -877,14 +877,23 @@ fn drain_notice_replaces_the_agents_audio_and_the_call_closes_once_it_played() {
     c.m.handle_agent_connected();
     elevenlabs_ready(&mut c, 0);
     let a = b64(&[7u8; 800]);
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), 10);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#),
+        10,
+    );
     c.twilio_audio(10); // 100 ms sent, playing
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#), 20);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":1}}}}"#),
+        20,
+    );
     assert!(c.m.handle_drain_deadline(c.at(30)));
     assert!(!c.m.handle_drain_deadline(c.at(31)), "once");
     assert!(c.end().is_none());
     let sent = c.drain(Side::Twilio, 30);
-    assert_eq!(sent[0]["event"], "clear", "the agent's playing audio is cleared");
+    assert_eq!(
+        sent[0]["event"], "clear",
+        "the agent's playing audio is cleared"
+    );
     let mut notice = Vec::new();
     for m in &sent {
         if m["event"] == "media" {
@@ -893,12 +902,19 @@ fn drain_notice_replaces_the_agents_audio_and_the_call_closes_once_it_played() {
             notice.extend(a);
         }
     }
-    assert_eq!(notice, vec![0x11u8; 1600], "the queued agent audio gave way to the notice");
+    assert_eq!(
+        notice,
+        vec![0x11u8; 1600],
+        "the queued agent audio gave way to the notice"
+    );
     let last = sent.last().unwrap();
     assert_eq!(last["event"], "mark");
     assert_eq!(last["mark"]["name"], "ms-300");
     // Agent audio during the notice is dropped.
-    c.agent(&format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":2}}}}"#), 40);
+    c.agent(
+        &format!(r#"{{"type":"audio","audio_event":{{"audio_base_64":"{a}","event_id":2}}}}"#),
+        40,
+    );
     assert!(c.drain(Side::Twilio, 40).is_empty());
     // Twilio confirms the notice played: the call closes.
     c.m.handle_twilio(TwilioEvent::Mark { name: "ms-300" }, c.at(250));

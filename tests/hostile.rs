@@ -183,3 +183,136 @@ async fn bad_close_frames_and_invalid_utf8_get_1002_or_1007() {
     let reply = ws.until_close(T).await.expect("normal close");
     assert_eq!(reply.close_code(), Some(1000));
 }
+
+/// A `start` whose media format is not μ-law 8000 Hz mono is refused: the call ends with
+/// its own outcome and a logged reason instead of relaying audio in the wrong encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_in_another_media_format_is_refused() {
+    let relay = start_relay(args()).await;
+    let mut ws = RawWs::connect(relay.addr, "/media").await;
+    ws.send(&raw::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ))
+    .await;
+    ws.send(&raw::text(
+        r#"{"event":"start","start":{"streamSid":"MZ00000000000000000000000000000010","callSid":"CA00000000000000000000000000000010","mediaFormat":{"encoding":"audio/x-alaw","sampleRate":8000,"channels":1},"customParameters":{}},"streamSid":"MZ00000000000000000000000000000010"}"#,
+    ))
+    .await;
+    let close = ws.until_close(T).await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(1003));
+    let m = wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"media_format_unsupported\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "relay_calls_total{outcome=\"media_format_unsupported\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "relay_errors_total{leg=\"twilio\",kind=\"media_format_unsupported\"}"
+        ),
+        1.0
+    );
+}
+
+/// A call that sent `start` and then nothing is ended after `--twilio-idle-timeout-secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_twilio_leg_ends_the_call_as_twilio_idle() {
+    let mut a = args();
+    a.twilio_idle_timeout_secs = 1;
+    let relay = start_relay(a).await;
+    let mut ws = RawWs::connect(relay.addr, "/media").await;
+    ws.send(&raw::connected_and_start(
+        "CA00000000000000000000000000000011",
+        "MZ00000000000000000000000000000011",
+    ))
+    .await;
+    let t = std::time::Instant::now();
+    let close = ws.until_close(T).await.expect("a close frame");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(close.close_code(), Some(1000));
+    let m = wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"twilio_idle\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&m, "relay_calls_total{outcome=\"twilio_idle\"}"),
+        1.0
+    );
+}
+
+/// One hostile call sending hundreds of bad messages gets a handful of `warn` lines and a
+/// counted total, not a line per message; every message is still counted. (A current-thread
+/// runtime, so the test's log subscriber sees the call task's lines.)
+#[tokio::test(flavor = "current_thread")]
+async fn bad_input_logging_is_rate_limited_per_call() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("media_relay=info")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let relay = start_relay(args()).await;
+    let mut ws = RawWs::connect(relay.addr, "/media").await;
+    ws.send(&raw::connected_and_start(
+        "CA00000000000000000000000000000012",
+        "MZ00000000000000000000000000000012",
+    ))
+    .await;
+    for _ in 0..300 {
+        ws.send(&raw::text("{not json")).await;
+    }
+    ws.send(&raw::text(r#"{"event":"stop"}"#)).await;
+    let close = ws.until_close(T).await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(1000));
+    let m = wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"twilio_stop\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "relay_errors_total{leg=\"twilio\",kind=\"malformed_json\"}"
+        ),
+        300.0,
+        "every bad message is counted"
+    );
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let warned = text.matches("skipped bad message").count();
+    assert_eq!(warned, 5, "{text}");
+    assert!(text.contains("further bad messages on this call are counted"));
+    assert!(
+        text.contains("bad_inputs=300"),
+        "the summary line counts them: {text}"
+    );
+}

@@ -6,12 +6,19 @@
 //!
 //! | bytes    | content                                                                     |
 //! |----------|-----------------------------------------------------------------------------|
-//! | 0..4     | call index, `u32` little-endian                                             |
-//! | 4..8     | sequence number within the call (0-based), `u32` LE                         |
-//! | 8..16    | caller send time, `u64` LE, nanoseconds since the harness epoch             |
-//! | 16..24   | fixture audio as sent; the harness's mock agent overwrites it in echo mode  |
-//! |          | with *its* send time (`u64` LE ns since the same epoch) — the re-tag        |
-//! | 24..160  | fixture audio ([`FramePlan::body`]), never modified by anyone               |
+//! | 0..8     | call index, `u32` little-endian, quiet-encoded                              |
+//! | 8..16    | sequence number within the call (0-based), `u32` LE, quiet-encoded          |
+//! | 16..32   | caller send time, `u64` LE, nanoseconds since the harness epoch, quiet      |
+//! | 32..48   | fixture audio as sent; the harness's mock agent overwrites it in echo mode  |
+//! |          | with *its* send time (`u64` LE ns since the same epoch, quiet-encoded)      |
+//! | 48..160  | fixture audio ([`FramePlan::body`]), never modified by anyone               |
+//!
+//! **Quiet encoding**: each tag byte is written as two μ-law bytes `0xF0 | high nibble`,
+//! `0xF0 | low nibble`. μ-law `0xF0..=0xFF` are the sixteen smallest positive levels (at most
+//! 120 of 32767, about −49 dBFS for a single sample), so a "silent" frame stays well under the
+//! relay's speech detector threshold (−40 dBFS mean square) and its turn latency measurement
+//! sees the caller stop speaking. (Plain little-endian integers put `0x00` bytes, full-scale
+//! μ-law samples, into every frame.)
 //!
 //! The relay forwards payloads byte-exact, so none of this is visible to it: it is just audio.
 
@@ -19,10 +26,33 @@ use std::sync::Arc;
 
 use crate::MULAW_FRAME_BYTES;
 
-/// Bytes of the caller tag (call index + sequence + send time).
-pub const TAG_BYTES: usize = 16;
+/// Bytes of the caller tag (call index + sequence + send time, 16 bytes quiet-encoded).
+pub const TAG_BYTES: usize = 32;
 /// Byte range the mock agent overwrites with its own send time when echoing.
-pub const AGENT_TS: std::ops::Range<usize> = 16..24;
+pub const AGENT_TS: std::ops::Range<usize> = 32..48;
+
+/// Writes `bytes` quiet-encoded (two μ-law bytes `0xF0 | nibble` each) into `out`, which must
+/// be twice as long.
+fn put_quiet(bytes: &[u8], out: &mut [u8]) {
+    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = 0xF0 | (b >> 4);
+        o[1] = 0xF0 | (b & 0x0F);
+    }
+}
+
+/// Reads `N` quiet-encoded bytes from `enc` (`2 × N` bytes); `None` if it is shorter or a
+/// byte is not of the form `0xF0 | nibble` (not a tag).
+fn get_quiet<const N: usize>(enc: &[u8]) -> Option<[u8; N]> {
+    let enc = enc.get(..2 * N)?;
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(enc.chunks_exact(2)) {
+        if pair[0] & 0xF0 != 0xF0 || pair[1] & 0xF0 != 0xF0 {
+            return None;
+        }
+        *o = (pair[0] << 4) | (pair[1] & 0x0F);
+    }
+    Some(out)
+}
 /// μ-law silence.
 pub const SILENCE: u8 = 0xFF;
 
@@ -38,9 +68,10 @@ pub struct FrameTag {
 }
 
 impl FrameTag {
-    /// Reads the tag from the first [`TAG_BYTES`] of `frame`; `None` if it is shorter.
+    /// Reads the tag from the first [`TAG_BYTES`] of `frame`; `None` if it is shorter or
+    /// not quiet-encoded.
     pub fn read(frame: &[u8]) -> Option<FrameTag> {
-        let b = frame.get(..TAG_BYTES)?;
+        let b: [u8; 16] = get_quiet(frame.get(..TAG_BYTES)?)?;
         Some(FrameTag {
             call: u32::from_le_bytes(b[0..4].try_into().ok()?),
             seq: u32::from_le_bytes(b[4..8].try_into().ok()?),
@@ -50,20 +81,22 @@ impl FrameTag {
 
     /// Writes the tag into the first [`TAG_BYTES`] of `frame` (which must be that long).
     pub fn write(&self, frame: &mut [u8]) {
-        frame[0..4].copy_from_slice(&self.call.to_le_bytes());
-        frame[4..8].copy_from_slice(&self.seq.to_le_bytes());
-        frame[8..16].copy_from_slice(&self.sent_ns.to_le_bytes());
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.call.to_le_bytes());
+        b[4..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.sent_ns.to_le_bytes());
+        put_quiet(&b, &mut frame[..TAG_BYTES]);
     }
 }
 
 /// Reads the agent's re-tag (send time, ns since the epoch) from an echoed frame.
 pub fn read_agent_ts(frame: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(frame.get(AGENT_TS)?.try_into().ok()?))
+    Some(u64::from_le_bytes(get_quiet::<8>(frame.get(AGENT_TS)?)?))
 }
 
 /// Writes the agent's send time (ns since the epoch) into an echoed frame.
 pub fn write_agent_ts(frame: &mut [u8], ns: u64) {
-    frame[AGENT_TS].copy_from_slice(&ns.to_le_bytes());
+    put_quiet(&ns.to_le_bytes(), &mut frame[AGENT_TS]);
 }
 
 /// Conversation turn structure shared by callers and the mock agent: every call repeats a
@@ -178,6 +211,36 @@ mod tests {
         assert!(plan.matches(&f, 3, Some(AGENT_TS)));
         f[100] ^= 1;
         assert!(!plan.matches(&f, 3, Some(AGENT_TS)));
+        // A byte outside the quiet alphabet is not a tag.
+        f[0] = 0x00;
+        assert_eq!(FrameTag::read(&f), None);
+    }
+
+    /// A silent frame carrying a tag (and an agent re-tag) stays under the relay speech
+    /// detector's −40 dBFS: mean square of the G.711 expansion, relative to full scale.
+    #[test]
+    fn tagged_silence_is_quiet() {
+        let plan = FramePlan {
+            fixture: Arc::new(vec![SILENCE; 160]),
+            turns: None,
+        };
+        let tag = FrameTag {
+            call: u32::MAX,
+            seq: 0,
+            sent_ns: 0x0F0F_0000_1234_5678,
+        };
+        let mut f = plan.frame(tag);
+        write_agent_ts(&mut f, 0);
+        let level = |u: u8| -> f64 {
+            // ITU-T G.711 μ-law expansion (16-bit scale).
+            let u = !u;
+            let (sign, exp, man) = (u & 0x80, (u >> 4) & 7, u & 0x0F);
+            let mag = ((((man as i32) << 3) + 0x84) << exp) - 0x84;
+            f64::from(if sign != 0 { -mag } else { mag })
+        };
+        let ms: f64 = f.iter().map(|&u| level(u).powi(2)).sum::<f64>() / f.len() as f64;
+        let dbfs = 10.0 * (ms / (32767.0f64 * 32767.0)).log10();
+        assert!(dbfs < -50.0, "{dbfs} dBFS");
     }
 
     #[test]

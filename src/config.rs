@@ -217,12 +217,12 @@ pub struct ServeArgs {
     pub max_call_duration_secs: u64,
 
     /// Largest agent audio chunk sent to Twilio as one `media` message, in ms; larger agent
-    /// events are split (Twilio Media Streams messages, https://www.twilio.com/docs/voice/media-streams/websocket-messages).
+    /// events are split (Twilio Media Streams messages, <https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
     #[arg(long, env = "RELAY_TWILIO_CHUNK_MS", default_value_t = 100)]
     pub twilio_chunk_ms: u64,
 
     /// Twilio account auth token: when set, `X-Twilio-Signature` is required and checked on
-    /// `/twiml` and on the `/media` upgrade against `--public-host` (Twilio webhook security, https://www.twilio.com/docs/usage/security).
+    /// `/twiml` and on the `/media` upgrade against `--public-host` (Twilio webhook security, <https://www.twilio.com/docs/usage/security>).
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<Secret>,
 

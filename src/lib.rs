@@ -1,22 +1,24 @@
 //! media-relay: relays Twilio Media Streams calls to voice agents (ElevenLabs Conversational
-//! AI today; AssemblyAI and OpenAI Realtime fit the same agent-leg shape), forwarding μ-law
-//! audio both ways byte-exact with no transcoding.
+//! AI, the AssemblyAI Voice Agent API, the OpenAI Realtime API, or a built-in echo agent),
+//! forwarding μ-law audio both ways byte-exact with no transcoding.
 //!
 //! # Layout
-//! - [`server`]: HTTP (hyper 1) accept loop, routes, admission, drain.
-//! - [`call`]: the per-call supervisor: both legs, early-audio buffer, barge-in, marks.
-//! - [`twilio::codec`]: sans-IO Twilio Media Streams decode/encode (simd-json, base64-simd).
-//! - [`agent`]: the dialect-neutral [`agent::AgentEvent`], the ElevenLabs codec, connecting,
-//!   and the built-in echo agent.
-//! - [`ws`]: data-path WebSocket framing (cancel-safe reader, batching writer) after the
-//!   fastwebsockets upgrade/handshake.
-//! - [`tokens`], [`control`]: per-call stream tokens and the duplicate-stream policy;
-//!   outbound calls and Twilio status callbacks.
-//! - [`playout`], [`latency`], [`metrics`]: playback accounting, per-call latency
-//!   histograms, Prometheus metrics.
-//! - [`config`], [`twiml`], [`net`], [`audio`], [`json`], [`twilio::signature`]:
-//!   configuration, TwiML, outbound TCP/TLS/HTTP, audio constants, JSON helpers, Twilio
-//!   request signatures.
+//! `config` and `http` sit on top (`config` builds the settings `http` and `call` take); below
+//! them each module imports only from modules listed after it.
+//! - [`config`]: flags and environment, validated before binding.
+//! - [`http`]: the control plane: accept loop, limits before the upgrade, routes, admission,
+//!   drain ([`http::server`]), TwiML, outbound calls and status callbacks, `GET /calls`.
+//! - [`call`]: one task per call: the sans-IO [`call::machine::CallMachine`] (every decision
+//!   and timer, injected clock), the async [`call::driver`] (both sockets, byte-capped
+//!   outboxes), tool webhooks, playout accounting.
+//! - [`agent`]: the dialect-neutral [`agent::AgentEvent`] and one sans-IO translator per
+//!   agent API ([`agent::elevenlabs`], [`agent::assemblyai`], [`agent::openai`]), the echo
+//!   agent, and connecting the agent leg.
+//! - [`twilio`]: the Twilio Media Streams codec (simd-json, base64-simd).
+//! - [`auth`]: Twilio request signatures, per-call stream tokens, secrets.
+//! - [`obs`]: Prometheus metrics, per-call latency histograms, live and recent call figures.
+//! - [`audio`]: G.711 μ-law facts and the caller speech-end detector.
+//! - [`wire`]: data-path WebSocket framing, JSON helpers, outbound TCP/TLS and HTTP.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

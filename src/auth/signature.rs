@@ -1,6 +1,6 @@
 //! Twilio request authentication: `X-Twilio-Signature` validation for webhooks (form- and
 //! JSON-bodied) and for the Media Streams WebSocket upgrade, plus a per-call token that binds
-//! a stream to the call it belongs to (Twilio webhook security, https://www.twilio.com/docs/usage/security).
+//! a stream to the call it belongs to (Twilio webhook security, <https://www.twilio.com/docs/usage/security>).
 //!
 //! Owns: the HMAC-SHA1 signature algorithm, the list of candidate URLs Twilio may have signed
 //! (port and trailing-slash variants), the `bodySHA256` check, constant-time comparison, and
@@ -35,7 +35,7 @@ const STANDARD_PORT: &str = ":443";
 /// Query parameter carrying the body hash of JSON webhooks.
 const BODY_SHA256_PARAM: &str = "bodySHA256";
 
-/// Why a request failed Twilio signature validation (Twilio webhook security, https://www.twilio.com/docs/usage/security). Each variant has a
+/// Why a request failed Twilio signature validation (Twilio webhook security, <https://www.twilio.com/docs/usage/security>). Each variant has a
 /// stable [`SignatureError::kind`] for the `kind` label of error metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -73,7 +73,7 @@ impl SignatureError {
     }
 }
 
-/// Computes Twilio's `X-Twilio-Signature` for `url` and `params` (Twilio webhook security, https://www.twilio.com/docs/usage/security):
+/// Computes Twilio's `X-Twilio-Signature` for `url` and `params` (Twilio webhook security, <https://www.twilio.com/docs/usage/security>):
 /// `data = url`, then for each name in byte-wise sorted order and each of its values in
 /// byte-wise sorted order, `data += name + value` (decoded values, no separators); the result
 /// is `base64(HMAC-SHA1(auth_token, data))`.
@@ -93,7 +93,7 @@ pub fn compute_signature(auth_token: &[u8], url: &str, params: &[(&str, &str)]) 
 }
 
 /// Validates `X-Twilio-Signature` on requests from Twilio against the relay's configured
-/// public origin (Twilio webhook security, https://www.twilio.com/docs/usage/security). Cheap to clone; keyed once at construction.
+/// public origin (Twilio webhook security, <https://www.twilio.com/docs/usage/security>). Cheap to clone; keyed once at construction.
 ///
 /// For every entry point the host variants tried are:
 /// the host **with** a port (`:443` inserted when the configured host has none, otherwise the
@@ -279,7 +279,7 @@ impl SignatureValidator {
     }
 }
 
-/// A per-call token binding a Media Stream to its call (Twilio webhook security, https://www.twilio.com/docs/usage/security):
+/// A per-call token binding a Media Stream to its call (Twilio webhook security, <https://www.twilio.com/docs/usage/security>):
 /// put [`token`](Self::token) in a `<Parameter>` (or path segment) of the TwiML for a call and
 /// check it with [`verify`](Self::verify) against `start.callSid` when `start` arrives.
 ///

@@ -98,7 +98,7 @@ pub const MAX_TWIML_URL_CHARS: usize = 8000;
 /// builds itself (names starting with `relay_` are refused as well).
 const OVERRIDE_PARAMETERS: [&str; 4] = ["prompt", "first_message", "language", "voice_id"];
 
-/// `CallStatus` values (Twilio Call resource status callbacks, https://www.twilio.com/docs/voice/api/call-resource), the label values of
+/// `CallStatus` values (Twilio Call resource status callbacks, <https://www.twilio.com/docs/voice/api/call-resource>), the label values of
 /// `relay_call_status_callbacks_total{status}` (plus `other`).
 const CALL_STATUSES: [&str; 9] = [
     "queued",
@@ -112,7 +112,7 @@ const CALL_STATUSES: [&str; 9] = [
     "canceled",
 ];
 
-/// `StreamEvent` values (Twilio <Stream> statusCallback, https://www.twilio.com/docs/voice/twiml/stream), the label values of
+/// `StreamEvent` values (Twilio `<Stream>` statusCallback, <https://www.twilio.com/docs/voice/twiml/stream>), the label values of
 /// `relay_stream_status_callbacks_total{event}` (plus `other`).
 const STREAM_EVENTS: [&str; 3] = ["stream-started", "stream-stopped", "stream-error"];
 
@@ -572,12 +572,12 @@ impl Control {
         }
     }
 
-    /// `POST /call-status`: Twilio call progress callbacks (Twilio Call resource status callbacks, https://www.twilio.com/docs/voice/api/call-resource).
+    /// `POST /call-status`: Twilio call progress callbacks (Twilio Call resource status callbacks, <https://www.twilio.com/docs/voice/api/call-resource>).
     pub async fn call_status(&self, req: Request<Incoming>) -> Resp {
         self.status_callback(req, CallbackKind::Call).await
     }
 
-    /// `POST /stream-status`: Twilio Media Streams status callbacks (Twilio <Stream> statusCallback, https://www.twilio.com/docs/voice/twiml/stream).
+    /// `POST /stream-status`: Twilio Media Streams status callbacks (Twilio `<Stream>` statusCallback, <https://www.twilio.com/docs/voice/twiml/stream>).
     pub async fn stream_status(&self, req: Request<Incoming>) -> Resp {
         self.status_callback(req, CallbackKind::Stream).await
     }

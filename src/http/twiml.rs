@@ -1,5 +1,5 @@
 //! TwiML for Twilio's incoming-call webhook: `<Connect><Stream>` pointing at the relay's
-//! `/media` WebSocket with `<Parameter>`s (Twilio <Stream> TwiML docs, https://www.twilio.com/docs/voice/twiml/stream). Owns XML escaping and the
+//! `/media` WebSocket with `<Parameter>`s (Twilio `<Stream>` TwiML docs, <https://www.twilio.com/docs/voice/twiml/stream>). Owns XML escaping and the
 //! parameter length rule; no HTTP here.
 
 use crate::config::MAX_PARAMETER_CHARS;

@@ -1,5 +1,5 @@
 //! Twilio Media Streams codec: sans-IO decode of the messages Twilio sends and hand-built
-//! encode of the three messages we may send back (Twilio Media Streams messages, https://www.twilio.com/docs/voice/media-streams/websocket-messages).
+//! encode of the three messages we may send back (Twilio Media Streams messages, <https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
 //! Owns: JSON parsing of one already-unmasked text frame into borrowed fields (simd-json, in
 //! place, no per-frame allocation with a reused [`simd_json::Buffers`]), the string-typed

@@ -1,7 +1,7 @@
 //! Mock ElevenLabs Conversational AI server: the ElevenLabs dialect of the shared mock
 //! server ([`crate::mock_server`]).
 //!
-//! Routes (protocols.md §2.1):
+//! Routes (ElevenLabs Agents WebSocket API, <https://elevenlabs.io/docs/agents-platform/api-reference/agents-platform/websocket>):
 //!
 //! - `GET /v1/convai/conversation/get-signed-url?agent_id=ID` → `200 {"signed_url":
 //!   "ws://127.0.0.1:PORT/v1/convai/conversation?agent_id=ID&conversation_signature=SIG"}`.
@@ -13,7 +13,7 @@
 //!   lifetime and may be reused.
 //! - anything else → 404.
 //!
-//! Each accepted WebSocket is a conversation (§2.2): the client's first message must be
+//! Each accepted WebSocket is a conversation: the client's first message must be
 //! `conversation_initiation_client_data` (anything else is recorded as a protocol error); the
 //! server then answers `conversation_initiation_metadata` and runs the configured
 //! [`AgentBehavior`]. Tests inspect and drive conversations through [`ConversationHandle`]

@@ -24,7 +24,7 @@
 //!   cross-talk (call index), loss/duplication/reorder (sequence) and byte-exactness, and its
 //!   one-way latency *caller send → agent receive* is recorded on the harness clock;
 //! - [`AgentMode::Echo`] echoes every frame immediately as one 160-byte agent-audio message,
-//!   re-tagged with the agent's send time (bytes 16..24) so the caller can time the
+//!   re-tagged with the agent's send time (bytes 32..48, see `tag`) so the caller can time the
 //!   *agent → caller* direction too;
 //! - [`AgentMode::Conversation`] answers each caller turn with the agent fixture after a think
 //!   time, in chunks faster than real time, and optionally handles barge-in: when the caller

@@ -17,7 +17,7 @@
 //! - *caller → agent*: mock receive time − caller send time (relay + 2 loopback hops +
 //!   both simulators' scheduling);
 //! - *agent → caller* (echo mode): caller receive time − the mock's send time, which the mock
-//!   wrote into the echoed frame (bytes 16..24);
+//!   wrote into the echoed frame (bytes 32..48, see `tag`);
 //! - *round trip*: caller receive − caller send (the only latency for the floor echo server);
 //! - *turn* (conversation): send time of the caller's last speech frame → first agent audio at
 //!   the caller; *barge-in*: mock sends its barge-in signal (`interruption`,
@@ -30,7 +30,7 @@
 //! call carries its index as custom parameter `lt_call` and, for AssemblyAI and OpenAI, also
 //! as `prompt` = `lt_call=<index>` (see [`bench_agent::call_prompt`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,8 +137,11 @@ impl Percentiles {
 pub struct CallerStats {
     /// Calls whose WebSocket upgrade succeeded.
     pub connected: u64,
-    /// Calls that could not connect or start.
+    /// Calls that could not connect or start (including `refused`).
     pub connect_failures: u64,
+    /// Of those, calls whose WebSocket upgrade was answered with an HTTP status instead of
+    /// 101 (e.g. 503 from a relay that is draining or full, or from a proxy with no server).
+    pub refused: u64,
     /// Tagged media frames sent.
     pub frames_sent: u64,
     /// `media` messages received.
@@ -174,12 +177,17 @@ pub struct CallerStats {
     /// Turns whose agent audio was not the reply fixture byte for byte (a prefix when
     /// barge-in is on, the whole reply otherwise).
     pub turn_audio_mismatch: u64,
+    /// How the relay ended each connection: close code → calls (`0`: no Close frame, the
+    /// TCP connection just ended or failed).
+    pub close_codes: BTreeMap<u16, u64>,
 }
 
 impl CallerStats {
-    fn add(&mut self, o: &CallerStats) {
+    /// Adds `o`'s counters to these.
+    pub fn add(&mut self, o: &CallerStats) {
         self.connected += o.connected;
         self.connect_failures += o.connect_failures;
+        self.refused += o.refused;
         self.frames_sent += o.frames_sent;
         self.media_received += o.media_received;
         self.frames_received += o.frames_received;
@@ -201,6 +209,9 @@ impl CallerStats {
         self.turns_expected += o.turns_expected;
         self.turns_answered += o.turns_answered;
         self.turn_audio_mismatch += o.turn_audio_mismatch;
+        for (code, n) in &o.close_codes {
+            *self.close_codes.entry(*code).or_default() += n;
+        }
     }
 }
 
@@ -302,25 +313,54 @@ impl LoadResult {
 }
 
 /// Caller-side shared state of one run.
-struct CallerRun {
-    epoch: Instant,
-    cfg: LoadConfig,
-    window_ns: (u64, u64),
-    stop_ns: u64,
-    agent_to_caller: Mutex<Histogram<u64>>,
-    round_trip: Mutex<Histogram<u64>>,
-    turn: Mutex<Histogram<u64>>,
-    barge_in: Mutex<Histogram<u64>>,
-    media_rx: AtomicU64,
-    active: AtomicUsize,
-    open_ns: Vec<AtomicU64>,
-    agent: Option<Arc<AgentRun>>,
+pub(crate) struct CallerRun {
+    pub(crate) epoch: Instant,
+    pub(crate) cfg: LoadConfig,
+    pub(crate) window_ns: (u64, u64),
+    pub(crate) stop_ns: u64,
+    pub(crate) agent_to_caller: Mutex<Histogram<u64>>,
+    pub(crate) round_trip: Mutex<Histogram<u64>>,
+    pub(crate) turn: Mutex<Histogram<u64>>,
+    pub(crate) barge_in: Mutex<Histogram<u64>>,
+    pub(crate) media_rx: AtomicU64,
+    /// Tagged media frames sent by all callers so far.
+    pub(crate) frames_tx: AtomicU64,
+    pub(crate) active: AtomicUsize,
+    pub(crate) open_ns: Vec<AtomicU64>,
+    pub(crate) agent: Option<Arc<AgentRun>>,
     /// The in-process mock agent's dialect, if there is one.
-    dialect: Option<BenchDialect>,
+    pub(crate) dialect: Option<BenchDialect>,
 }
 
 impl CallerRun {
-    fn now_ns(&self) -> u64 {
+    /// Fresh caller-side state (`cfg.calls` is the number of call indexes used).
+    pub(crate) fn new(
+        epoch: Instant,
+        cfg: LoadConfig,
+        window_ns: (u64, u64),
+        stop_ns: u64,
+        agent: Option<Arc<AgentRun>>,
+        dialect: Option<BenchDialect>,
+    ) -> Self {
+        CallerRun {
+            epoch,
+            window_ns,
+            stop_ns,
+            agent_to_caller: Mutex::new(new_histogram()),
+            round_trip: Mutex::new(new_histogram()),
+            turn: Mutex::new(new_histogram()),
+            barge_in: Mutex::new(new_histogram()),
+            media_rx: AtomicU64::new(0),
+            frames_tx: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            open_ns: (0..cfg.calls).map(|_| AtomicU64::new(0)).collect(),
+            agent,
+            dialect,
+            cfg,
+        }
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
     fn in_window(&self, ns: u64) -> bool {
@@ -374,21 +414,14 @@ pub async fn run_load(
         a.set_run(run.clone());
         run
     });
-    let shared = Arc::new(CallerRun {
+    let shared = Arc::new(CallerRun::new(
         epoch,
-        window_ns: (window_start, window_end),
+        cfg.clone(),
+        (window_start, window_end),
         stop_ns,
-        agent_to_caller: Mutex::new(new_histogram()),
-        round_trip: Mutex::new(new_histogram()),
-        turn: Mutex::new(new_histogram()),
-        barge_in: Mutex::new(new_histogram()),
-        media_rx: AtomicU64::new(0),
-        active: AtomicUsize::new(0),
-        open_ns: (0..cfg.calls).map(|_| AtomicU64::new(0)).collect(),
-        agent: agent_run.clone(),
-        dialect: agent.map(BenchAgent::dialect),
-        cfg: cfg.clone(),
-    });
+        agent_run.clone(),
+        agent.map(BenchAgent::dialect),
+    ));
 
     let mut handles = Vec::with_capacity(cfg.calls);
     for i in 0..cfg.calls {
@@ -568,10 +601,31 @@ enum PlayEvent {
 /// One simulated call: connect, `connected`/`start`, tagged frames until the stop time, 0.5 s
 /// linger, `stop`, wait for the close.
 async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
+    let stop_ns = s.stop_ns;
+    call_span(i, start_ns, stop_ns, Duration::from_millis(500), s).await
+}
+
+/// One simulated call with its own schedule: connect at `start_ns`, `connected`/`start`,
+/// tagged frames until `stop_ns`, `linger`, `stop`, wait for the relay's close.
+pub(crate) async fn call_span(
+    i: usize,
+    start_ns: u64,
+    stop_ns: u64,
+    linger: Duration,
+    s: Arc<CallerRun>,
+) -> CallerStats {
     let mut stats = CallerStats::default();
     tokio::time::sleep_until(s.tinstant(start_ns)).await;
-    let client = match TwilioClient::connect(&s.cfg.url, &[]).await {
-        Ok(c) => c,
+    let client = match TwilioClient::try_connect(&s.cfg.url, &[]).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(status)) => {
+            stats.connect_failures += 1;
+            stats.refused += 1;
+            stats
+                .protocol_error_samples
+                .push(format!("upgrade refused with HTTP {status}"));
+            return stats;
+        }
         Err(e) => {
             stats.connect_failures += 1;
             stats.protocol_error_samples.push(format!("connect: {e:#}"));
@@ -623,7 +677,7 @@ async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut seq: u32 = 0;
     let mut marks: VecDeque<(String, TInstant)> = VecDeque::new();
-    let linger_end = s.tinstant(s.stop_ns + 500_000_000);
+    let linger_end = s.tinstant(stop_ns + linger.as_nanos() as u64);
     let mut sending = true;
     let mut failed = false;
     loop {
@@ -631,7 +685,7 @@ async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
         tokio::select! {
             _ = ticker.tick(), if sending => {
                 let now = s.now_ns();
-                if now >= s.stop_ns {
+                if now >= stop_ns {
                     sending = false;
                     continue;
                 }
@@ -642,6 +696,7 @@ async fn call(i: usize, start_ns: u64, s: Arc<CallerRun>) -> CallerStats {
                     break;
                 }
                 stats.frames_sent += 1;
+                s.frames_tx.fetch_add(1, Ordering::Relaxed);
                 seq += 1;
             }
             ev = play_rx.recv() => match ev {
@@ -884,6 +939,8 @@ async fn receive(
             TwilioInbound::Close { .. } => break,
         }
     }
+    let code = rx.ended_with().flatten().unwrap_or(0);
+    *st.close_codes.entry(code).or_default() += 1;
     if let Some(c) = &conv {
         finish_turn(&mut st, &turn, &s, c);
         // Turns whose speech ended but that got no audio at all.

@@ -22,7 +22,8 @@
 //! run orchestration), [`bench_agent`] (a lean, tag-aware mock agent in each dialect), [`tag`]
 //! (per-frame tags inside the audio), [`floor`] (the fastwebsockets echo cost floor),
 //! [`procstat`] (CPU/RSS from `/proc`), [`procs`] (spawning the relay and the floor) and
-//! [`report`] (summary table, JSON, SVG).
+//! [`report`] (summary table, JSON, SVG), and [`soak`] (soak and churn runs: calls replaced as
+//! they end, each judged byte-exact, the relay's RSS, descriptors and tasks sampled over time).
 //!
 //! Audio everywhere in this crate is headerless G.711 μ-law at 8000 samples/s, mono:
 //! 1 byte per sample, 8 bytes per millisecond, 160 bytes per 20 ms frame.
@@ -43,6 +44,7 @@ pub mod pin;
 pub mod procs;
 pub mod procstat;
 pub mod report;
+pub mod soak;
 pub mod tag;
 pub mod twilio_sim;
 mod ws;

@@ -4,8 +4,12 @@
 //! loadtest --spawn [--agent elevenlabs|assemblyai|openai] [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
 //!          [--barge-in] [--no-floor] [--side-by-side] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
+//! loadtest --soak  --calls 200 --duration-secs 1800 [--call-secs 120] [--sample-secs 10] (--spawn [--pin] | --target …)
+//! loadtest --churn --calls 200 --total-calls 100000 [--call-secs 1] (--spawn [--pin] | --target …)
 //! loadtest floor-server --listen ADDR
 //! ```
+//!
+//! Soak and churn runs are described in `loadtest::soak`.
 //!
 //! See the crate docs of `loadtest::harness` for what is measured and how.
 
@@ -20,7 +24,7 @@ use loadtest::bench_agent::{BenchAgent, BenchDialect};
 use loadtest::harness::{self, LoadConfig, LoadResult, Progress};
 use loadtest::pin::Pinning;
 use loadtest::report::{self, Capacity, CapacityStep, Report};
-use loadtest::{fixtures, procs};
+use loadtest::{fixtures, procs, soak};
 
 // The same allocator as the relay, so the harness's own allocation cost stays small.
 #[global_allocator]
@@ -116,9 +120,50 @@ struct RunArgs {
     /// Calls started per second.
     #[arg(long, default_value_t = 50.0)]
     ramp_per_sec: f64,
-    /// Steady window (all calls up), seconds.
-    #[arg(long, default_value_t = 20)]
-    duration_secs: u64,
+    /// Steady window (all calls up), seconds (default 20). With --soak: the soak's length
+    /// from the first call; with --churn: an optional time limit.
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// Soak run: keep --calls calls up for --duration-secs (calls of --call-secs replaced as
+    /// they end, or each lasting the whole window), sampling the relay's RSS, descriptors
+    /// and tasks every --sample-secs.
+    #[arg(long, conflicts_with_all = ["churn", "find_capacity", "side_by_side"])]
+    soak: bool,
+    /// Churn run: short calls (--call-secs, default 1 s of audio), about --calls in flight,
+    /// until --total-calls have run; each call checked byte-exact; sampled like --soak.
+    #[arg(long, conflicts_with_all = ["find_capacity", "side_by_side"])]
+    churn: bool,
+    /// --churn: calls to run in all.
+    #[arg(long)]
+    total_calls: Option<u64>,
+    /// --soak/--churn: audio per call, seconds (soak default: the whole window; churn: 1).
+    #[arg(long)]
+    call_secs: Option<f64>,
+    /// --soak/--churn: seconds between resource samples (default: soak 10, churn 2).
+    #[arg(long)]
+    sample_secs: Option<f64>,
+    /// --soak/--churn: time between a call's last frame and its `stop`, ms.
+    #[arg(long, default_value_t = 500)]
+    linger_ms: u64,
+    /// --soak/--churn: after the last call, wait up to this long for the relay's
+    /// descriptors and tasks to return to the baseline, seconds.
+    #[arg(long, default_value_t = 30)]
+    after_wait_secs: u64,
+    /// --soak/--churn: RSS within this many KiB of the baseline counts as back at baseline.
+    #[arg(long, default_value_t = 2048)]
+    rss_tolerance_kib: u64,
+    /// --soak/--churn: before the baseline sample, run the same load for this many seconds
+    /// (calls of at most --call-secs) and let the relay go idle, so the baseline is a
+    /// warmed-up process (its allocator has seen the load) rather than a cold one.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_secs: f64,
+    /// --soak/--churn: stop starting calls once this file exists.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// --soak/--churn with --target: the relay's HTTP address (`host:port`) to read
+    /// /metrics from (tasks, calls; RSS and fds too without --relay-pid).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Pause between the ramp's end and the steady window, seconds.
     #[arg(long, default_value_t = 1.0)]
     settle_secs: f64,
@@ -238,6 +283,15 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     if a.calls == 0 {
         bail!("--calls must be > 0");
     }
+    if (a.soak || a.churn) && a.mode != Mode::Echo {
+        bail!("--soak and --churn run in echo mode");
+    }
+    if a.churn && a.total_calls.is_none() && a.duration_secs.is_none() && a.stop_file.is_none() {
+        bail!("--churn needs --total-calls (or --duration-secs / --stop-file)");
+    }
+    if a.soak && a.duration_secs.is_none() {
+        bail!("--soak needs --duration-secs");
+    }
     let caller = Arc::new(fixtures::caller_utterance()?);
     let reply = Arc::new(fixtures::agent_reply()?);
     let (plan, mode) = match a.mode {
@@ -298,12 +352,69 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     // Let the relay's startup settle before sampling idle RSS.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    if a.soak || a.churn {
+        let Some(agent) = agent.as_ref() else {
+            bail!("--soak/--churn need the in-process mock agent (--spawn, or --target with --mock-agent-listen)");
+        };
+        // The relay's task gauge is refreshed every second: let it catch up.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let kind = if a.soak {
+            soak::SoakKind::Soak
+        } else {
+            soak::SoakKind::Churn
+        };
+        let call_secs = a.call_secs.or(a.churn.then_some(1.0));
+        let cfg = soak::SoakConfig {
+            kind,
+            url: url.clone(),
+            calls: a.calls,
+            total_calls: a.total_calls,
+            duration: a.duration_secs.map(Duration::from_secs),
+            call_len: call_secs.map(Duration::from_secs_f64),
+            linger: Duration::from_millis(a.linger_ms),
+            ramp_per_sec: a.ramp_per_sec,
+            sample_every: Duration::from_secs_f64(a.sample_secs.unwrap_or(if a.soak {
+                10.0
+            } else {
+                2.0
+            })),
+            monitor: soak::Monitor {
+                pid,
+                metrics_addr: relay
+                    .as_ref()
+                    .map(|r| r.addr.clone())
+                    .or(a.metrics_addr.clone()),
+            },
+            after_wait: Duration::from_secs(a.after_wait_secs),
+            rss_tolerance_kib: a.rss_tolerance_kib,
+            stop_file: a.stop_file.clone(),
+            warmup: (a.warmup_secs > 0.0).then(|| Duration::from_secs_f64(a.warmup_secs)),
+            plan: plan.clone(),
+            pinning: pin.as_ref().map(Pinning::describe),
+        };
+        let rep = soak::run_soak(cfg, agent).await?;
+        drop(relay);
+        print!("{}", soak::summarize(&rep));
+        if let Some(p) = &a.json {
+            rep.write_json(p)?;
+            eprintln!("wrote {}", p.display());
+        }
+        if let Some(p) = &a.svg {
+            soak::write_svg(&rep, p)?;
+            eprintln!("wrote {}", p.display());
+        }
+        if !rep.clean() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+
     let base = LoadConfig {
         url: url.clone(),
         floor: false,
         calls: a.calls,
         ramp_per_sec: a.ramp_per_sec,
-        duration: Duration::from_secs(a.duration_secs),
+        duration: Duration::from_secs(a.duration_secs.unwrap_or(20)),
         settle: Duration::from_secs_f64(a.settle_secs),
         plan: plan.clone(),
         mode: mode.clone(),

@@ -32,6 +32,12 @@ pub fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// [`clock_ticks`], asked once per process.
+pub fn clock_ticks_cached() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(clock_ticks)
+}
+
 /// Samples `pid`'s CPU times and RSS. `ticks` is [`clock_ticks`].
 pub fn sample(pid: u32, ticks: f64) -> anyhow::Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -109,7 +109,7 @@ impl fmt::Display for TwilioProtocolError {
 impl std::error::Error for TwilioProtocolError {}
 
 /// Validates one text message the relay sent to Twilio, exactly as Twilio's rules in
-/// protocols.md §1.4 describe, and decodes it.
+/// Twilio Media Streams messages describe, and decodes it.
 ///
 /// `expected_stream_sid` is the `streamSid` of the `start` that was sent, or `None` if no
 /// `start` was sent yet (then any message is a violation: Twilio cannot route it).
@@ -440,6 +440,8 @@ pub struct TwilioReceiver {
     reader: WsReader,
     session: Arc<Session>,
     done: bool,
+    /// How the connection ended, once it has (see [`TwilioReceiver::ended_with`]).
+    ended: Option<Option<u16>>,
 }
 
 impl TwilioReceiver {
@@ -476,10 +478,12 @@ impl TwilioReceiver {
             .into()),
             WsMessage::Close { code, reason } => {
                 self.done = true;
+                self.ended = Some(Some(code.unwrap_or(1005)));
                 Ok(Some(TwilioInbound::Close { code, reason }))
             }
             WsMessage::Eof => {
                 self.done = true;
+                self.ended = Some(None);
                 Ok(None)
             }
         }
@@ -500,16 +504,30 @@ impl TwilioReceiver {
             match self.reader.next().await {
                 Ok(WsMessage::Text(t)) => return Ok(Some(t)),
                 Ok(WsMessage::Binary(_)) => continue,
-                Ok(WsMessage::Close { .. } | WsMessage::Eof) => {
+                Ok(WsMessage::Close { code, .. }) => {
                     self.done = true;
+                    self.ended = Some(Some(code.unwrap_or(1005)));
+                    return Ok(None);
+                }
+                Ok(WsMessage::Eof) => {
+                    self.done = true;
+                    self.ended = Some(None);
                     return Ok(None);
                 }
                 Err(e) => {
                     self.done = true;
+                    self.ended = Some(None);
                     return Err(anyhow!("WebSocket error reading from the relay: {e}"));
                 }
             }
         }
+    }
+
+    /// How the connection ended: `None` while it has not; `Some(Some(code))` after a Close
+    /// frame from the relay (1005 when it carried no code); `Some(None)` when TCP ended or
+    /// failed without one.
+    pub fn ended_with(&self) -> Option<Option<u16>> {
+        self.ended
     }
 }
 
@@ -577,6 +595,7 @@ impl TwilioClient {
                 reader,
                 session,
                 done: false,
+                ended: None,
             },
         }))
     }

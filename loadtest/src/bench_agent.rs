@@ -685,6 +685,42 @@ fn answer_truncate(st: &ReplyState, v: &Value) -> (String, bool) {
     }
 }
 
+/// ElevenLabs mock: a `ping` every this many caller frames (5 s of audio), as the real
+/// service sends keepalives; the relay must answer each with a `pong` at once.
+const PING_EVERY_FRAMES: u64 = 250;
+
+/// ElevenLabs keepalive pings of one conversation: each `ping` carries the round-trip time
+/// measured on the previous one in `ping_event.ping_ms` (null before the first pong), which
+/// is what the relay reports as `relay_agent_ping_rtt_seconds`.
+#[derive(Default)]
+struct PingClock {
+    next_id: i64,
+    /// `event_id` and send time (ns) of the ping awaiting its pong.
+    pending: Option<(i64, u64)>,
+    last_rtt_ms: Option<u64>,
+}
+
+impl PingClock {
+    /// The next `ping` message, sent at `now_ns`.
+    fn ping(&mut self, now_ns: u64) -> String {
+        self.next_id += 1;
+        self.pending = Some((self.next_id, now_ns));
+        json!({"type": "ping", "ping_event": {"event_id": self.next_id, "ping_ms": self.last_rtt_ms}})
+            .to_string()
+    }
+
+    /// A `pong` arrived at `now_ns`: its RTT is reported with the next ping.
+    fn pong(&mut self, v: &Value, now_ns: u64) {
+        let id = v.get("event_id").and_then(Value::as_i64);
+        if let Some((pending, sent)) = self.pending {
+            if id == Some(pending) {
+                self.last_rtt_ms = Some(now_ns.saturating_sub(sent) / 1_000_000);
+                self.pending = None;
+            }
+        }
+    }
+}
+
 /// Runs one conversation until the relay closes it.
 async fn conversation(
     run: Arc<AgentRun>,
@@ -742,6 +778,8 @@ async fn conversation(
     let mut reply_task: Option<JoinHandle<()>> = None;
     let mut buf = Vec::with_capacity(256);
     let prefix = dialect.audio_prefix();
+    let mut pings = PingClock::default();
+    let mut frames_in_call: u64 = 0;
     loop {
         let text = match reader.next().await {
             Ok(WsMessage::Text(t)) => t,
@@ -782,7 +820,11 @@ async fn conversation(
                     let _ = writer.send_text(answer).await;
                     continue;
                 }
-                // pong, tool results, …: nothing to do for load runs.
+                (BenchDialect::ElevenLabs, Some("pong")) => {
+                    pings.pong(&v, now);
+                    continue;
+                }
+                // tool results, …: nothing to do for load runs.
                 _ => continue,
             }
         };
@@ -793,6 +835,10 @@ async fn conversation(
         }
         drop(b64);
         run.frames_rx.fetch_add(1, Ordering::Relaxed);
+        frames_in_call += 1;
+        if dialect == BenchDialect::ElevenLabs && frames_in_call.is_multiple_of(PING_EVERY_FRAMES) {
+            let _ = writer.send_text(pings.ping(now)).await;
+        }
         let Some(tag) = check.check(&run, &buf, now) else {
             continue;
         };

@@ -606,8 +606,7 @@ OVERVIEW = [
        [(f"sum by (result) ({rate('relay_outbound_calls_total')})", "{{result}}")],
        "ops",
        "`POST /outbound-call` requests per second by result (`relay_outbound_calls_total`: "
-       "placed or the error code). The series appear with the first request (they are not "
-       "created at start-up).",
+       "placed or the error code; every result exists at 0 from start-up).",
        "unauthorized: a client with a wrong RELAY_API_TOKEN; rate_limited: a client over "
        "--outbound-calls-per-minute; Twilio errors: check the Twilio console.", w=8),
     ts("Twilio status callbacks",
@@ -617,7 +616,7 @@ OVERVIEW = [
         (f"sum({rate('relay_drain_notices_total')})", "drain notices")],
        "ops",
        "Twilio call status callbacks by CallStatus and stream status callbacks by "
-       "StreamEvent (these series appear with the first callback), plus calls that heard "
+       "StreamEvent (every label value exists at 0 from start-up), plus calls that heard "
        "the drain notice before the drain deadline (`relay_drain_notices_total`).",
        "Many busy / failed / no-answer statuses: outbound calls are not connecting. "
        "stream-error: Twilio could not keep the media stream.", w=8),

@@ -52,9 +52,9 @@ EXPECTED = {
 HISTOGRAM_SOURCES = {
     "relay_agent_ping_rtt_seconds":
         "only ElevenLabs `ping` events that carry `ping_event.ping_ms` are observed; the "
-        "loadtest mock agent (loadtest/src/bench_agent.rs) never sends `ping`, and the "
-        "AssemblyAI/OpenAI dialects have no RTT field. Needs a mock that sends "
-        '{"type":"ping","ping_event":{"event_id":N,"ping_ms":M}} periodically.',
+        "loadtest ElevenLabs mock (loadtest/src/bench_agent.rs) sends one every 250 caller "
+        "frames per call, with a null ping_ms on the first; the AssemblyAI/OpenAI dialects "
+        "have no RTT field.",
     "relay_agent_turn_latency_seconds":
         "needs an agent end-of-speech signal (AssemblyAI input.speech.stopped, OpenAI "
         "input_audio_buffer.speech_stopped, ElevenLabs user_transcript) followed by a reply; "

@@ -47,6 +47,10 @@ pub fn connect_stream(
     Ok(out)
 }
 
+/// Escapes `s` for an XML attribute value. Tab, LF and CR become character references, so
+/// they survive attribute-value normalisation (an XML processor reads a literal one as a
+/// space; XML 1.0 §3.3.3); characters XML 1.0 does not allow at all (§2.2: other C0
+/// controls, U+FFFE, U+FFFF) are dropped.
 fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -55,7 +59,10 @@ fn escape_into(out: &mut String, s: &str) {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\t' && c != '\n' && c != '\r' => {}
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
     }
@@ -75,6 +82,25 @@ mod tests {
         assert_eq!(
             x,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\" statusCallbackMethod=\"POST\"><Parameter name=\"From\" value=\"+1555\"/><Parameter name=\"prompt\" value=\"Say &quot;hi&quot; &amp; &lt;b&gt;\"/></Stream></Connect></Response>"
+        );
+    }
+
+    /// A prompt with line breaks and tabs reaches the agent as written: an XML processor
+    /// would turn literal ones in an attribute into spaces. Characters XML 1.0 forbids are
+    /// dropped, so the document stays well-formed.
+    #[test]
+    fn keeps_whitespace_and_drops_non_xml_characters() {
+        let x = connect_stream(
+            "h",
+            &[(
+                "prompt",
+                "line 1\nline 2\r\n\tindented\u{1}\u{FFFE}\u{FFFF}\u{FFFD}end",
+            )],
+        )
+        .unwrap();
+        assert!(
+            x.contains("value=\"line 1&#10;line 2&#13;&#10;&#9;indented\u{FFFD}end\""),
+            "{x}"
         );
     }
 

@@ -1056,6 +1056,11 @@ impl CallMachine {
                     .tail()
                     .extend_from_slice(&self.audio_scratch);
                 self.twilio_audio.commit(n, now, ReplyKey(0), false);
+                let dropped = self
+                    .twilio_audio
+                    .enforce_cap(self.cfg.twilio_outbox_bytes.max(1));
+                self.cm
+                    .drop_frames(Direction::AgentToTwilio, DropReason::OutboxFull, dropped);
             }
         }
         let mut expired = Vec::new();

@@ -433,6 +433,29 @@ fn a_full_twilio_outbox_drops_the_oldest_agent_audio() {
     assert_eq!(audio.len(), 4000);
 }
 
+/// The echo agent's playback goes through the same byte-capped Twilio outbox as a vendor
+/// agent's (found by the `call_machine` fuzz target: it used to skip the cap).
+#[test]
+fn echo_playback_respects_the_twilio_outbox_cap() {
+    let mut s = settings(AgentKind::Echo);
+    s.twilio_outbox_bytes = 320;
+    let mut c = Call::new(s);
+    c.start(&[], 0);
+    for i in 0..6u8 {
+        c.media(&[i + 1; 160], i as u64 + 1, 20 * i as u64);
+    }
+    // Twilio takes nothing while the echo comes due: six frames into a 320-byte outbox.
+    c.m.handle_write_blocked(Side::Twilio, c.at(10));
+    c.m.handle_timeout(c.at(600));
+    assert_eq!(dropped(&c.m, Direction::AgentToTwilio), 4);
+    let (audio, _) = c.twilio_audio(600);
+    assert_eq!(
+        audio,
+        [[5u8; 160], [6u8; 160]].concat(),
+        "the newest two frames remain"
+    );
+}
+
 // === barge-in and marks ===
 
 #[test]

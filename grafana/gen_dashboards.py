@@ -595,7 +595,7 @@ OVERVIEW = [
         (f"sum({rate('relay_duplicate_streams_total')})", "duplicate (replaced)")],
        "ops",
        "Stream token checks at `start` by result (`relay_stream_tokens_total`: valid, "
-       "token_missing, token_invalid, token_nonce_unknown), streams admitted without "
+       "token_missing, token_invalid), streams admitted without "
        "signature validation (`relay_streams_unauthenticated_total`, should be 0 in "
        "production), and streams that replaced a live stream of the same call "
        "(`relay_duplicate_streams_total`).",

@@ -191,7 +191,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
     pub max_pending_connections: usize,
 
-    /// Before the upgrade: largest request head (request line + headers), in bytes.
+    /// Before the upgrade: largest request head (request line + headers), in bytes; at least
+    /// 8192 (hyper's smallest read buffer).
     #[arg(long, env = "RELAY_MAX_HEADER_BYTES", default_value_t = 16_384)]
     pub max_header_bytes: usize,
 
@@ -364,28 +365,61 @@ impl ServeArgs {
                 return Err(ConfigError(format!("{flag} must be at least 1")));
             }
         }
-        if self.max_header_bytes < 1024 {
+        if self.max_header_bytes < 8192 {
             return Err(ConfigError(
-                "--max-header-bytes must be at least 1024".into(),
+                "--max-header-bytes must be at least 8192 (hyper's smallest read buffer)".into(),
             ));
         }
-        for (secs, flag) in [
+        // Time limits: at least 1, and at most 30 days (far beyond any use, and small enough
+        // that `Instant + limit` can never overflow).
+        const MAX_SECS: u64 = 30 * 86_400;
+        for (v, flag, max) in [
             (
                 self.agent_connect_timeout_secs,
                 "--agent-connect-timeout-secs",
+                MAX_SECS,
             ),
-            (self.start_timeout_secs, "--start-timeout-secs"),
-            (self.max_call_duration_secs, "--max-call-duration-secs"),
-            (self.twilio_idle_timeout_secs, "--twilio-idle-timeout-secs"),
-            (self.tool_timeout_ms, "--tool-timeout-ms"),
-            (self.write_stall_timeout_ms, "--write-stall-timeout-ms"),
-            (self.dtmf_interdigit_ms, "--dtmf-interdigit-ms"),
-            (self.header_read_timeout_ms, "--header-read-timeout-ms"),
-            (self.body_read_timeout_ms, "--body-read-timeout-ms"),
+            (self.start_timeout_secs, "--start-timeout-secs", MAX_SECS),
+            (
+                self.max_call_duration_secs,
+                "--max-call-duration-secs",
+                MAX_SECS,
+            ),
+            (
+                self.twilio_idle_timeout_secs,
+                "--twilio-idle-timeout-secs",
+                MAX_SECS,
+            ),
+            (self.tool_timeout_ms, "--tool-timeout-ms", MAX_SECS * 1000),
+            (
+                self.write_stall_timeout_ms,
+                "--write-stall-timeout-ms",
+                MAX_SECS * 1000,
+            ),
+            (
+                self.dtmf_interdigit_ms,
+                "--dtmf-interdigit-ms",
+                MAX_SECS * 1000,
+            ),
+            (
+                self.header_read_timeout_ms,
+                "--header-read-timeout-ms",
+                MAX_SECS * 1000,
+            ),
+            (
+                self.body_read_timeout_ms,
+                "--body-read-timeout-ms",
+                MAX_SECS * 1000,
+            ),
         ] {
-            if secs == 0 {
-                return Err(ConfigError(format!("{flag} must be at least 1")));
+            if v == 0 || v > max {
+                return Err(ConfigError(format!("{flag} must be 1..={max}")));
             }
+        }
+        if self.drain_timeout_secs > MAX_SECS {
+            return Err(ConfigError(format!(
+                "--drain-timeout-secs must be at most {MAX_SECS}"
+            )));
         }
         if let Some(h) = &self.public_host {
             if h.is_empty() || h.contains('/') || h.contains("://") {

@@ -1,5 +1,8 @@
 //! Hostile and broken peers on the Twilio leg, over real loopback sockets with hand-crafted
-//! frames (issue 8): each finding is reproduced here, and every other call must go on.
+//! frames (issue 8): each finding is reproduced here; each test checks the hostile call ends
+//! (or goes on) with the documented outcome and leaves no state behind. (That other calls go
+//! on beside a hostile one is `tests/relay.rs`'s
+//! `bad_twilio_input_is_skipped_and_counted_while_a_healthy_call_goes_on`.)
 
 mod common;
 
@@ -12,7 +15,8 @@ const T: Duration = Duration::from_secs(10);
 /// RFC 6455 §5.2: after a buffered fragment, a continuation whose 64-bit length has the top
 /// bits set used to wrap the length arithmetic and panic the call task (so the call skipped
 /// its end bookkeeping). It must be a protocol error: close 1002, outcome `twilio_error`,
-/// and the call's registry entry removed.
+/// and the call's registry entry removed. (The header check now refuses the top bit before
+/// any sum; the next test covers the sum with a legal length.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_continuation_length_is_a_protocol_error_not_a_panic() {
     let relay = start_relay(args()).await;
@@ -74,6 +78,35 @@ async fn huge_continuation_length_is_a_protocol_error_not_a_panic() {
     )
     .await;
     assert_eq!(metric(&m, "relay_duplicate_streams_total"), 0.0);
+}
+
+/// The same continuation with the top bit of its length clear (2^63 - 5 bytes): the
+/// header is legal, so the length sum with the buffered fragment is what must hold. It
+/// exceeds the message cap: close 1009, outcome `twilio_error`, no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_legal_continuation_length_is_too_large_not_a_panic() {
+    let relay = start_relay(args()).await;
+    let mut ws = RawWs::connect(relay.addr, "/media").await;
+    ws.send(&raw::connected_and_start(
+        "CA00000000000000000000000000000021",
+        "MZ00000000000000000000000000000021",
+    ))
+    .await;
+    let mut bytes = raw::frame(0x01, b"{\"event\":\"");
+    bytes.extend(raw::header_with_len64(0x80, (1u64 << 63) - 5));
+    ws.send(&bytes).await;
+    let close = ws.until_close(T).await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(1009));
+    wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"twilio_error\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        wait_metric_eq(relay.addr, "relay_calls_active", 0.0).await,
+        0.0
+    );
 }
 
 /// RFC 6455 §5.2: "the most significant bit MUST be 0" in a 64-bit length; a single frame

@@ -55,7 +55,7 @@ async fn calls_routes_need_the_admin_token_and_are_absent_without_one() {
     assert_eq!(get(relay.addr, "/calls/CA404", Some(ADMIN)).await.0, 404);
 }
 
-/// Tolerances: frame and mark counts exact; played ms exact (the last mark the caller
+/// Tolerances: frame counts and barge-ins exact; played ms exact (the last mark the caller
 /// echoed); turn latency within 80 ms of the caller's own measurement (the relay's speech
 /// detector works in 20 ms frames and timestamps on arrival; the caller timestamps its send
 /// tick and the reply's arrival, so loopback and scheduling sit between the two).

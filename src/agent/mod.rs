@@ -328,7 +328,10 @@ impl Dialect {
     /// `None` when `kind` is echo or not configured.
     pub fn new(kind: AgentKind, settings: &AgentSettings, params: CallParams) -> Option<Dialect> {
         Some(match kind {
-            AgentKind::Elevenlabs => Dialect::Elevenlabs(elevenlabs::Session::new(params)),
+            AgentKind::Elevenlabs => {
+                settings.elevenlabs.as_ref()?;
+                Dialect::Elevenlabs(elevenlabs::Session::new(params))
+            }
             AgentKind::Assemblyai => Dialect::Assemblyai(assemblyai::Session::new(
                 settings.assemblyai.as_ref()?,
                 settings,
@@ -533,6 +536,17 @@ pub fn dtmf_text(digits: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_labels_follow_agent_kinds() {
+        for k in AgentKind::ALL {
+            assert_eq!(crate::obs::metrics::AGENT_LABELS[k as usize], k.as_str());
+        }
+        assert_eq!(
+            AgentKind::ALL.len(),
+            crate::obs::metrics::AGENT_LABELS.len()
+        );
+    }
 
     #[test]
     fn tool_arguments_must_be_objects() {

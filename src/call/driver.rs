@@ -100,6 +100,45 @@ struct Legs {
     scratch: Vec<u8>,
     live_id: Option<u64>,
     replaced: CancellationToken,
+    /// Each writer's `bytes_written` when last looked at (Twilio, agent).
+    seen_written: [u64; 2],
+    /// For the end bookkeeping: the call's `/calls` entry and its live-stream call SID.
+    ctx: Arc<CallContext>,
+    registry_id: u64,
+    live_sid: Option<String>,
+    /// Set by [`finish`]; if the task ends without it (a panic), `Drop` still removes the
+    /// call's registry entries so it does not stay "live" forever.
+    finished: bool,
+}
+
+impl Drop for Legs {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::error!("call task ended without its end bookkeeping; removing its entries");
+        if let (Some(sid), Some(id)) = (self.live_sid.as_deref(), self.live_id) {
+            self.ctx.live.remove(sid, id);
+        }
+        self.ctx.calls.abandon(self.registry_id);
+    }
+}
+
+impl Legs {
+    /// Tells the machine about write progress since the last look: a leg whose socket
+    /// took any bytes is slow, not stalled (its stall clock starts again).
+    fn note_progress(&mut self, m: &mut CallMachine, now: Instant) {
+        let written = [
+            self.t_tx.bytes_written(),
+            self.a_tx.as_ref().map_or(0, |w| w.bytes_written()),
+        ];
+        for (side, i) in [(Side::Twilio, 0), (Side::Agent, 1)] {
+            if written[i] != self.seen_written[i] {
+                self.seen_written[i] = written[i];
+                m.handle_write_progress(side, now);
+            }
+        }
+    }
 }
 
 async fn drive(
@@ -113,6 +152,7 @@ async fn drive(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut m = CallMachine::new(ctx.settings.clone(), started);
+    let registry_id = ctx.calls.register(m.summary(started, started_unix_ms));
     let mut legs = Legs {
         t_tx,
         a_tx: None,
@@ -121,8 +161,12 @@ async fn drive(
         scratch: Vec::with_capacity(512),
         live_id: None,
         replaced: shutdown.child_token(),
+        seen_written: [0; 2],
+        ctx: ctx.clone(),
+        registry_id,
+        live_sid: None,
+        finished: false,
     };
-    let registry_id = ctx.calls.register(m.summary(started, started_unix_ms));
     let mut a_rx: Option<AgentRead> = None;
     let mut connecting: Option<(ConnectFuture, Instant, AgentKind)> = None;
     let mut tool_calls: Vec<(String, ToolFuture)> = Vec::new();
@@ -152,6 +196,9 @@ async fn drive(
                 CallEvent::Started(kind) => {
                     tracing::Span::current().record("agent", kind.as_str());
                     ctx.metrics.call_started(kind as usize);
+                    // `GET /calls/{sid}` finds the call from its start on.
+                    ctx.calls
+                        .update(registry_id, m.summary(Instant::now(), started_unix_ms));
                 }
                 CallEvent::ConnectAgent(kind) => {
                     match ConnectSpec::new(kind, &ctx.settings.agents, &m.params()) {
@@ -204,6 +251,7 @@ async fn drive(
             fill(&mut m, Side::Agent, a_tx, &mut legs.scratch, now);
             try_write(&mut m, Side::Agent, a_tx, now).await;
         }
+        legs.note_progress(&mut m, now);
         if legs.scratch.capacity() > SCRATCH_KEEP_BYTES {
             legs.scratch = Vec::with_capacity(512);
         }
@@ -236,6 +284,7 @@ async fn drive(
                 continue;
             }
             if timer_at.is_some_and(|t| t <= Instant::now()) {
+                legs.note_progress(&mut m, Instant::now());
                 m.handle_timeout(Instant::now());
                 continue;
             }
@@ -296,6 +345,7 @@ async fn drive(
                 m.handle_tool_result(&id, result, output);
             }
             _ = &mut timer, if timer_at.is_some() => {
+                legs.note_progress(&mut m, Instant::now());
                 m.handle_timeout(Instant::now());
             }
             _ = &mut stopped, if !stop_seen => {
@@ -310,7 +360,15 @@ async fn drive(
     close_legs(&mut m, &mut legs, &mut t_rx, a_rx.as_mut(), &end).await;
     drop(t_rx);
     drop(a_rx);
-    finish(m, &legs, &ctx, &end, started, started_unix_ms, registry_id);
+    finish(
+        m,
+        &mut legs,
+        &ctx,
+        &end,
+        started,
+        started_unix_ms,
+        registry_id,
+    );
 }
 
 /// The call is stopped from outside: a newer stream replaced it (ends now), or the drain
@@ -476,6 +534,7 @@ fn admit(ctx: &CallContext, legs: &mut Legs, st: &tw::Start<'_>) -> Option<EndRe
     if legs.live_id.is_none() && !st.call_sid.is_empty() {
         let (id, replaced_older) = ctx.live.register(st.call_sid, legs.replaced.clone());
         legs.live_id = Some(id);
+        legs.live_sid = Some(st.call_sid.to_owned());
         if replaced_older {
             ctx.metrics.count("relay_duplicate_streams_total", &[], 1);
             warn!("a second stream for this call arrived: it replaces the older one (policy: keep the newest)");
@@ -618,13 +677,14 @@ async fn linger<R: tokio::io::AsyncRead + Unpin>(rx: &mut WsReader<R>) {
 /// Folds metrics, publishes the final figures, and writes the one summary line of the call.
 fn finish(
     mut m: CallMachine,
-    legs: &Legs,
+    legs: &mut Legs,
     ctx: &CallContext,
     end: &EndReason,
     started: Instant,
     started_unix_ms: u64,
     registry_id: u64,
 ) {
+    legs.finished = true;
     if let Some(id) = legs.live_id {
         ctx.live.remove(m.call_sid(), id);
     }

@@ -76,6 +76,10 @@ pub const BAD_INPUT_WARN_LIMIT: u32 = 5;
 /// Most tool calls of one call in flight at once; more get an error result at once.
 pub const MAX_TOOL_CALLS_IN_FLIGHT: usize = 4;
 
+/// Most tool results waiting to be written to the agent (or held until its reply ends);
+/// more are discarded and counted (`relay_tool_calls_total{result="discarded"}`).
+pub const MAX_TOOL_RESULTS_WAITING: usize = 16;
+
 /// Most keypad digits collected before they are sent anyway.
 pub const MAX_DTMF_DIGITS: usize = 32;
 
@@ -564,8 +568,13 @@ impl CallMachine {
             let dev = gap.abs_diff(crate::audio::FRAME_DURATION);
             self.cm.jitter.record(dev);
             if let (Some(p), Some(c)) = (prev_chunk, chunk) {
-                if c > p + 1 {
-                    self.cm.missing_frames(c - p - 1);
+                // Frames skipped in the numbering, but never more than could have been sent
+                // in the time that passed (one per 20 ms, plus one): a peer jumping its
+                // `chunk` numbers cannot inflate the count.
+                let skipped = c.saturating_sub(p).saturating_sub(1);
+                let possible = (gap.as_millis() / 20) as u64 + 1;
+                if skipped > 0 {
+                    self.cm.missing_frames(skipped.min(possible));
                 }
             }
         }
@@ -589,6 +598,11 @@ impl CallMachine {
             );
             return;
         };
+        if n == 0 {
+            // Nothing to relay; an empty item would still take a place in the outbox.
+            self.handle_bad_input(Leg::Twilio, "empty_payload", &"media.payload is empty");
+            return;
+        }
         // Turn timing from the caller's own audio.
         let speech = {
             let frame: &[u8] = if to_outbox {
@@ -646,7 +660,7 @@ impl CallMachine {
         reason: &dyn std::fmt::Display,
     ) {
         self.cm.error(leg, kind);
-        self.figures.bad_inputs += 1;
+        self.figures.bad_inputs = self.figures.bad_inputs.saturating_add(1);
         let n = self.figures.bad_inputs;
         if n <= BAD_INPUT_WARN_LIMIT {
             warn!(leg = leg.as_str(), kind, reason = %reason, "skipped bad message");
@@ -717,9 +731,12 @@ impl CallMachine {
                     .get_or_insert((now, self.newest_reply()));
             }
             AgentEvent::Transcript { speaker, text } => {
-                if speaker == Speaker::Caller {
-                    // Dialects without a speech-stopped event (ElevenLabs) end the
-                    // caller's turn with the final transcript.
+                if speaker == Speaker::Caller
+                    && matches!(self.dialect(), Some(Dialect::Elevenlabs(_)))
+                {
+                    // ElevenLabs has no speech-stopped event: its final caller transcript
+                    // ends the caller's turn. (AssemblyAI and OpenAI send transcripts after
+                    // their speech-stopped event, sometimes after the reply began.)
                     self.agent_turn_from
                         .get_or_insert((now, self.newest_reply()));
                 }
@@ -754,7 +771,16 @@ impl CallMachine {
                 // Answered before any queued audio, but never inside a half-sent
                 // multi-message command.
                 let at = usize::from(self.cmd_part > 0).min(self.agent_cmds.len());
-                self.agent_cmds.insert(at, AgentCmd::Pong(id));
+                // One pong waits at most: a newer ping replaces the id of one not yet sent.
+                match self
+                    .agent_cmds
+                    .iter_mut()
+                    .skip(at)
+                    .find(|c| matches!(c, AgentCmd::Pong(_)))
+                {
+                    Some(AgentCmd::Pong(waiting)) => *waiting = id,
+                    _ => self.agent_cmds.insert(at, AgentCmd::Pong(id)),
+                }
                 if let Some(ms) = rtt_ms {
                     let d = Duration::from_millis(ms);
                     self.cm.sample(Sample::PingRtt, d.as_secs_f64());
@@ -883,8 +909,24 @@ impl CallMachine {
             return;
         }
         let digits = std::mem::take(&mut self.dtmf);
-        if matches!(self.agent, Agent::Dialect(_)) {
-            self.agent_cmds.push_back(AgentCmd::Dtmf(digits));
+        if !matches!(self.agent, Agent::Dialect(_)) {
+            return;
+        }
+        // Entries the agent has not been sent yet join into one (at most MAX_DTMF_DIGITS
+        // more digits are kept), so a caller pressing keys while the agent socket is slow
+        // cannot grow the queue.
+        let at = usize::from(self.cmd_part > 0).min(self.agent_cmds.len());
+        match self
+            .agent_cmds
+            .iter_mut()
+            .skip(at)
+            .find(|c| matches!(c, AgentCmd::Dtmf(_)))
+        {
+            Some(AgentCmd::Dtmf(waiting)) => {
+                let room = (2 * MAX_DTMF_DIGITS).saturating_sub(waiting.len());
+                waiting.extend(digits.chars().take(room));
+            }
+            _ => self.agent_cmds.push_back(AgentCmd::Dtmf(digits)),
         }
     }
 
@@ -895,7 +937,7 @@ impl CallMachine {
         arguments: Result<serde_json::Value, &'static str>,
         now: Instant,
     ) {
-        self.figures.tool_calls += 1;
+        self.figures.tool_calls = self.figures.tool_calls.saturating_add(1);
         let configured = self.cfg.tools.webhook_url.is_some();
         let used_up = self.figures.tool_calls > self.cfg.tools.max_per_call;
         let refused = match &arguments {
@@ -952,6 +994,18 @@ impl CallMachine {
     }
 
     fn tool_result_out(&mut self, id: String, output: ToolOutput) {
+        // An agent that keeps asking while not reading its socket cannot grow the queue:
+        // beyond this many results waiting, further ones are discarded (and counted).
+        let waiting = self.held_tool_results.len()
+            + self
+                .agent_cmds
+                .iter()
+                .filter(|c| matches!(c, AgentCmd::ToolResult { .. }))
+                .count();
+        if waiting >= MAX_TOOL_RESULTS_WAITING {
+            self.cm.tool(ToolResult::Discarded);
+            return;
+        }
         let hold = self
             .dialect()
             .is_some_and(Dialect::holds_tool_results_until_reply_done);
@@ -968,6 +1022,14 @@ impl CallMachine {
     /// The driver could not write everything to `side`'s socket at `now`.
     pub fn handle_write_blocked(&mut self, side: Side, now: Instant) {
         self.stall_since[side as usize].get_or_insert(now);
+    }
+
+    /// `side`'s socket took some bytes at `now` but not all: the peer reads, slowly. A
+    /// stall is a leg that accepts nothing, so its clock starts again.
+    pub fn handle_write_progress(&mut self, side: Side, now: Instant) {
+        if let Some(since) = self.stall_since[side as usize].as_mut() {
+            *since = now;
+        }
     }
 
     /// Everything handed to `side`'s writer reached the socket at `now`.
@@ -1081,6 +1143,12 @@ impl CallMachine {
         if self.dtmf_deadline.is_some_and(|d| now >= d) {
             self.flush_dtmf();
         }
+        // A held sub-20 ms tail is due: release it. It goes out as soon as the Twilio writer
+        // takes it, and its deadline must not stay in the past meanwhile (the driver's timer
+        // would fire at once, again and again, while the writer is full).
+        if self.hold_deadline().is_some_and(|d| now >= d) {
+            self.tail_open = false;
+        }
     }
 
     /// The next deadline, if any.
@@ -1146,7 +1214,10 @@ impl CallMachine {
         }
         if let Some(signal) = self.clear_owed.take() {
             tw::encode_clear(&self.stream_sid, out);
-            self.playout.on_clear();
+            let tail_ms = self.playout.on_clear();
+            if tail_ms > 0 {
+                self.cm.playout(false, crate::audio::ms_to_bytes(tail_ms));
+            }
             self.clear_pending = Some(signal);
             self.reply_sent_ms = 0;
             return true;

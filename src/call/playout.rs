@@ -44,7 +44,8 @@ pub struct Playout {
     last_mark_ms: u64,
     /// Offset (ms) of the newest echoed mark.
     acked_ms: u64,
-    /// Highest mark offset sent before the most recent `clear`.
+    /// `sent_ms` when the most recent `clear` was sent: audio up to here was flushed unless
+    /// a mark confirmed it played before.
     cleared_through_ms: u64,
     /// Totals.
     played_ms: u64,
@@ -93,10 +94,16 @@ impl Playout {
         })
     }
 
-    /// Records that a `clear` was sent: every mark already sent is flushed, not played.
-    pub fn on_clear(&mut self) {
-        self.cleared_through_ms = self.last_mark_ms;
+    /// Records that a `clear` was sent: every mark already sent is flushed, not played, and
+    /// so is the audio sent after the last mark. Returns the ms of that unmarked tail, which
+    /// no mark echo will report (it counts as flushed now).
+    pub fn on_clear(&mut self) -> u64 {
+        let sent = self.sent_ms();
+        let tail = sent.saturating_sub(self.last_mark_ms.max(self.cleared_through_ms));
+        self.flushed_ms += tail;
+        self.cleared_through_ms = sent;
         self.in_flight.clear();
+        tail
     }
 
     /// Offset (ms of agent audio since the call began) up to which Twilio confirmed playing.
@@ -128,11 +135,11 @@ impl Playout {
         (outcome, lag)
     }
 
-    /// Upper bound on the ms of audio Twilio still holds.
+    /// Upper bound on the ms of audio Twilio still holds: sent, neither confirmed played
+    /// nor flushed by a `clear`.
     pub fn queued_ms(&self) -> u64 {
-        self.last_mark_ms
+        self.sent_ms()
             .saturating_sub(self.acked_ms.max(self.cleared_through_ms))
-            + self.sent_ms().saturating_sub(self.last_mark_ms)
     }
 
     /// Handles a mark echoed by Twilio.
@@ -146,13 +153,16 @@ impl Playout {
         if ms <= self.acked_ms || ms > self.last_mark_ms {
             return MarkOutcome::Unknown;
         }
-        let delta = ms - self.acked_ms;
+        let from = self.acked_ms;
         self.acked_ms = ms;
         if ms <= self.cleared_through_ms {
+            let delta = ms - from;
             self.flushed_ms += delta;
             self.marks_flushed += 1;
             MarkOutcome::Flushed(delta)
         } else {
+            // Audio up to the last clear was flushed (counted then), not played.
+            let delta = ms - from.max(self.cleared_through_ms);
             self.played_ms += delta;
             self.marks_played += 1;
             self.played_through_ms = ms;
@@ -204,6 +214,26 @@ mod tests {
         assert_eq!(p.take_mark(), Some(400));
         assert_eq!(p.on_mark_echo("ms-400"), MarkOutcome::Played(100));
         assert_eq!(p.totals(), (300, 100, 2, 1));
+    }
+
+    /// Audio sent after the last mark and before a `clear` is flushed too, and does not
+    /// count as played when the next mark after the clear comes back.
+    #[test]
+    fn the_unmarked_tail_before_a_clear_is_flushed() {
+        let mut p = Playout::default();
+        p.on_audio_sent(800); // 100 ms
+        assert_eq!(p.take_mark(), Some(100));
+        p.on_audio_sent(400); // 50 ms, below the mark interval: unmarked
+        assert_eq!(p.take_mark(), None);
+        assert_eq!(p.queued_ms(), 150);
+        assert_eq!(p.on_clear(), 50);
+        assert_eq!(p.queued_ms(), 0);
+        assert_eq!(p.on_mark_echo("ms-100"), MarkOutcome::Flushed(100));
+        p.on_audio_sent(800); // 100 ms after the clear
+        assert_eq!(p.queued_ms(), 100);
+        assert_eq!(p.take_mark(), Some(250));
+        assert_eq!(p.on_mark_echo("ms-250"), MarkOutcome::Played(100));
+        assert_eq!(p.totals(), (100, 150, 1, 1));
     }
 
     #[test]

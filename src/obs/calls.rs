@@ -137,6 +137,14 @@ impl CallRegistry {
         r.push_back(s);
     }
 
+    /// Forgets a live call that ended without [`CallRegistry::finish`] (its task panicked).
+    pub fn abandon(&self, id: u64) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     /// Live calls, oldest first.
     pub fn live(&self) -> Vec<CallSummary> {
         let mut v: Vec<CallSummary> = self

@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Buckets per power of two (resolution ~19 %).
 const SUB_BUCKETS: u32 = 4;
 /// Number of buckets: edges 1 µs · 2^(i/4) cover 1 µs … ~0.92 s; larger values land in the
-/// last bucket.
+/// last bucket, whose observations are reported at the call's exact maximum (an upper
+/// bound) rather than at the bucket's edge.
 const BUCKETS: usize = 80;
 
 /// Log-scale latency counts for one direction of one call (640 bytes).
@@ -97,7 +98,8 @@ impl LatencyHistogram {
     }
 
     /// Approximate quantile `q` (0..=1) as the upper bound of the bucket holding it
-    /// (within ~19 % above the true value); `None` when empty.
+    /// (within ~19 % above the true value; in the last, open-ended bucket the exact maximum,
+    /// an upper bound); `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         if self.total == 0 {
             return None;
@@ -107,16 +109,28 @@ impl LatencyHistogram {
         for (i, (&a, &b)) in self.folded.iter().zip(&self.pending).enumerate() {
             seen += a as u64 + b as u64;
             if seen >= rank {
-                return Some(Duration::from_nanos((upper_micros(i) * 1000.0) as u64));
+                return Some(Duration::from_nanos((self.edge_micros(i) * 1000.0) as u64));
             }
         }
         None
     }
 
+    /// The value reported for bucket `i`: its upper bound, or for the last, open-ended
+    /// bucket the call's maximum (at least that bound).
+    fn edge_micros(&self, i: usize) -> f64 {
+        if i == BUCKETS - 1 {
+            upper_micros(i).max(self.max_micros as f64)
+        } else {
+            upper_micros(i)
+        }
+    }
+
     /// Adds the observations recorded since the last fold to `target`, each at its bucket's
-    /// upper bound, so Prometheus bucket counts stay exact for bounds that fall on our bucket
-    /// edges and `_sum` is within ~19 %.
+    /// upper bound (the last bucket's at the call's maximum), so Prometheus bucket counts
+    /// stay exact for bounds that fall on our bucket edges and `_sum` is within ~19 % for
+    /// values under ~0.92 s.
     pub fn fold_into(&mut self, target: &FrameHistogram) {
+        let last = self.edge_micros(BUCKETS - 1);
         for (i, (p, f)) in self
             .pending
             .iter_mut()
@@ -124,7 +138,12 @@ impl LatencyHistogram {
             .enumerate()
         {
             if *p > 0 {
-                target.add(upper_micros(i), u64::from(*p));
+                let edge = if i == BUCKETS - 1 {
+                    last
+                } else {
+                    upper_micros(i)
+                };
+                target.add(edge, u64::from(*p));
                 *f += *p;
                 *p = 0;
             }
@@ -274,5 +293,24 @@ mod tests {
         assert!((990.0..=990.0 * 1.25).contains(&p99), "{p99}");
         assert_eq!(h.count(), 1000);
         assert!(LatencyHistogram::default().quantile(0.5).is_none());
+    }
+
+    /// A stall longer than the histogram's range (~0.92 s) is reported at the call's maximum,
+    /// not at the range's end.
+    #[test]
+    fn values_beyond_the_range_report_the_maximum() {
+        let mut h = LatencyHistogram::default();
+        for _ in 0..98 {
+            h.record(Duration::from_micros(100));
+        }
+        h.record(Duration::from_secs(3));
+        h.record(Duration::from_secs(5));
+        assert_eq!(h.quantile(0.99), Some(Duration::from_secs(5)));
+        static EDGES: [f64; 2] = [1.0, 4.0];
+        let target = FrameHistogram::new(&EDGES);
+        h.fold_into(&target);
+        let mut text = String::new();
+        target.render("x", "", &mut text);
+        assert!(text.contains("x_bucket{le=\"4\"} 98\n"), "{text}");
     }
 }

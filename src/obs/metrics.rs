@@ -65,7 +65,8 @@ impl Leg {
 }
 
 /// Every `kind` of `relay_errors_total`, per leg: the closed label set (each comes from an
-/// error enum's `kind()` or a fixed string in the call machine; a test keeps them in step).
+/// error enum's `kind()` or a fixed string in the call machine). Both error counters
+/// debug-assert membership, so a test that reaches a new kind fails until it is listed here.
 pub const ERROR_KINDS: [(Leg, &[&str]); 3] = [
     (
         Leg::Twilio,
@@ -80,7 +81,10 @@ pub const ERROR_KINDS: [(Leg, &[&str]); 3] = [
             "missing_event",
             "missing_field",
             "invalid_stream_sid",
+            "invalid_call_sid",
             "invalid_base64",
+            "empty_payload",
+            "invalid_dtmf",
             "binary_frame",
             "media_before_start",
             "duplicate_start",
@@ -131,7 +135,7 @@ pub const ERROR_KINDS: [(Leg, &[&str]); 3] = [
 ];
 
 /// The `agent` label values, indexed by `AgentKind as usize` (a test in `agent` keeps them
-/// in step with `AgentKind::ALL`).
+/// in step with `AgentKind::ALL`: `agent_labels_follow_agent_kinds`).
 pub const AGENT_LABELS: [&str; 4] = ["elevenlabs", "assemblyai", "openai", "echo"];
 
 /// The `outcome` label values of `relay_calls_total` (a test in `call` checks that every
@@ -167,8 +171,8 @@ pub enum DropReason {
     Interrupted = 2,
     /// The echo agent's delay queue overflowed; oldest dropped.
     EchoQueueFull = 3,
-    /// Agent audio (and caller audio to the agent) while a closing call plays the drain
-    /// notice.
+    /// Agent audio dropped while a closing call plays the drain notice (the notice replaces
+    /// the agent's voice; caller audio still reaches the agent).
     Draining = 4,
 }
 
@@ -249,7 +253,10 @@ pub enum ToolResult {
     LimitReached = 6,
     /// The agent's arguments were not a JSON object.
     InvalidArguments = 7,
-    /// A result the agent no longer wanted (AssemblyAI: its reply was interrupted).
+    /// A result not delivered: the agent no longer wanted it (AssemblyAI: its reply was
+    /// interrupted), or too many results already waited for an agent not reading its socket
+    /// (`MAX_TOOL_RESULTS_WAITING`; such a result may also have been counted once as
+    /// refused, e.g. `limit_reached`).
     Discarded = 8,
 }
 
@@ -371,12 +378,7 @@ const HISTOGRAMS: [(&str, &[f64]); 9] = [
 ];
 
 /// Label values of `relay_stream_tokens_total{result}`.
-pub const STREAM_TOKEN_RESULTS: [&str; 4] = [
-    "valid",
-    "token_missing",
-    "token_invalid",
-    "token_nonce_unknown",
-];
+pub const STREAM_TOKEN_RESULTS: [&str; 3] = ["valid", "token_missing", "token_invalid"];
 
 /// Per-agent histogram handles.
 struct AgentHistograms {
@@ -970,6 +972,13 @@ impl CallMetrics {
 
     /// Counts an error (`kind` from [`ERROR_KINDS`]).
     pub fn error(&mut self, leg: Leg, kind: &'static str) {
+        debug_assert!(
+            ERROR_KINDS
+                .iter()
+                .any(|(l, kinds)| *l == leg && kinds.contains(&kind)),
+            "error kind {kind} of leg {} is not in ERROR_KINDS",
+            leg.as_str()
+        );
         match self
             .errors
             .iter_mut()
@@ -983,8 +992,8 @@ impl CallMetrics {
 
     /// Counts frames missing from Twilio's media sequence.
     pub fn missing_frames(&mut self, n: u64) {
-        self.missing_frames += n;
-        self.missing_total += n;
+        self.missing_frames = self.missing_frames.saturating_add(n);
+        self.missing_total = self.missing_total.saturating_add(n);
         self.events_dirty = true;
     }
 

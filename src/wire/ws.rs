@@ -39,6 +39,9 @@ pub enum Role {
 /// Initial (and resting) size of a socket's read buffer, in bytes: one ~400-byte Twilio frame.
 pub const READ_BUFFER_BYTES: usize = 512;
 
+/// Bytes waiting in a writer beyond which a pong is not queued ([`WsWriter::send_pong`]).
+pub const PONG_SKIP_PENDING_BYTES: usize = 80 * 1024;
+
 /// One whole WebSocket message, borrowing the reader's buffer until the next read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -473,6 +476,8 @@ pub struct WsWriter<W> {
     /// Frames queued; `out[..written]` already reached the socket.
     out: Vec<u8>,
     written: usize,
+    /// Bytes that reached the socket over the writer's life.
+    total_written: u64,
     close_sent: bool,
     /// xorshift state for client masking keys.
     mask_state: u64,
@@ -498,6 +503,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             role,
             out: Vec::new(),
             written: 0,
+            total_written: 0,
             close_sent: false,
             mask_state: u64::from_le_bytes(seed) | 1,
         }
@@ -567,7 +573,10 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         Ok(())
     }
 
-    /// Queues a pong echoing `payload` (no I/O).
+    /// Queues a pong echoing `payload` (no I/O), unless more than
+    /// [`PONG_SKIP_PENDING_BYTES`] already wait to be written: a peer that sends pings and
+    /// does not read cannot grow the buffer with pongs (RFC 6455 §5.5.3 lets an endpoint
+    /// answer only the most recent ping; a later one gets its pong once the peer reads).
     ///
     /// # Errors
     /// As [`WsWriter::send_text`].
@@ -575,7 +584,9 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         if self.close_sent {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
-        self.push_frame(OP_PONG, payload);
+        if self.pending_bytes() <= PONG_SKIP_PENDING_BYTES {
+            self.push_frame(OP_PONG, payload);
+        }
         Ok(())
     }
 
@@ -601,7 +612,10 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.total_written += n as u64;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -617,6 +631,11 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
             self.out = Vec::new();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Bytes that reached the socket since the writer was made (a slow peer's progress).
+    pub fn bytes_written(&self) -> u64 {
+        self.total_written
     }
 
     /// Bytes queued that have not reached the socket yet.
@@ -1043,6 +1062,25 @@ mod tests {
         w.flush().await.unwrap();
         assert_eq!(w.pending_bytes(), 0);
         assert_eq!(reader.await.unwrap(), vec![first, b"second".to_vec()]);
+    }
+
+    /// A peer that pings and never reads cannot grow the writer with pongs; the count of
+    /// bytes the socket took shows a slow reader's progress.
+    #[tokio::test]
+    async fn pongs_stop_queueing_when_the_peer_does_not_read() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = WsWriter::new(a, Role::Server);
+        for _ in 0..1000 {
+            w.send_pong(&[7u8; 125]).unwrap();
+        }
+        let cap = PONG_SKIP_PENDING_BYTES + 127;
+        assert!(w.pending_bytes() <= cap, "{}", w.pending_bytes());
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), w.flush()).await;
+        assert_eq!(w.bytes_written(), 64, "the pipe took 64 bytes");
+        for _ in 0..1000 {
+            w.send_pong(&[7u8; 125]).unwrap();
+        }
+        assert!(w.pending_bytes() <= cap, "{}", w.pending_bytes());
     }
 
     #[tokio::test]

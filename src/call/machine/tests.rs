@@ -99,7 +99,7 @@ impl Call {
             TwilioEvent::Media(tw::Media {
                 track: Some("inbound"),
                 chunk: Some(chunk),
-                timestamp_ms: Some(chunk * 20),
+                timestamp_ms: Some(chunk.saturating_mul(20)),
                 payload: &p,
             }),
             self.at(at),
@@ -794,18 +794,127 @@ fn bad_input_is_counted_and_skipped() {
     for _ in 0..10 {
         c.m.handle_bad_input(Leg::Twilio, "malformed_json", &"x");
     }
+    // An empty payload has nothing to relay: counted as bad input, not queued.
+    c.media(&[], 2, 30);
     assert!(c.end().is_none());
-    assert_eq!(c.m.figures().bad_inputs, 12);
-    // Every kind the machine counts is a known label.
-    for kind in [
-        "media_before_start",
-        "invalid_base64",
-        "malformed_json",
-        "duplicate_start",
-        "media_format_unsupported",
-    ] {
-        assert!(ERROR_KINDS[0].1.contains(&kind), "{kind}");
+    assert_eq!(c.m.figures().bad_inputs, 13);
+    c.m.handle_timeout(c.at(2_000));
+    assert!(c.twilio_audio(2_000).0.is_empty(), "nothing to echo");
+    // (Every kind counted is a known label: `CallMetrics::error` debug-asserts it.)
+    assert!(ERROR_KINDS[0].1.contains(&"empty_payload"));
+}
+
+#[test]
+fn chunk_numbers_cannot_inflate_missing_frames() {
+    let mut c = Call::new(settings(AgentKind::Echo));
+    c.start(&[], 0);
+    c.media(&[0xFF; 160], 1, 0);
+    // A jump by 10^19 after 20 ms counts at most the frames 20 ms can hold, and
+    // `u64::MAX` does not overflow.
+    c.media(&[0xFF; 160], 10_000_000_000_000_000_000, 20);
+    c.media(&[0xFF; 160], u64::MAX, 40);
+    c.media(&[0xFF; 160], 3, 60);
+    assert!(
+        c.m.metrics().missing_total() <= 4,
+        "{}",
+        c.m.metrics().missing_total()
+    );
+}
+
+/// A held sub-20 ms tail whose hold time passed while the Twilio writer was full (the
+/// driver does not ask for output then) must not leave a deadline in the past: the driver's
+/// timer would fire again at once, forever.
+#[test]
+fn a_due_held_tail_leaves_no_deadline_in_the_past() {
+    let mut c = Call::new(settings(AgentKind::Openai));
+    c.start(&[], 0);
+    c.m.poll_event();
+    c.m.poll_event();
+    c.m.handle_agent_connected();
+    c.agent(r#"{"type":"session.updated"}"#, 0);
+    c.drain(Side::Agent, 0);
+    let d = b64(&[5u8; 80]); // 10 ms: held
+    c.agent(
+        &format!(r#"{{"type":"response.output_audio.delta","item_id":"i","delta":"{d}"}}"#),
+        10,
+    );
+    assert_eq!(c.m.poll_timeout(), Some(c.at(50)));
+    c.m.handle_timeout(c.at(50));
+    assert!(c.m.poll_timeout().is_some_and(|t| t > c.at(50)));
+    // The tail goes out as soon as the writer takes it.
+    assert_eq!(c.twilio_audio(60).0.len(), 80);
+}
+
+/// A peer that pings while its socket is backed up gets one pong (for its newest ping),
+/// not a queue of them.
+#[test]
+fn pongs_waiting_for_the_agent_do_not_pile_up() {
+    let mut c = Call::new(settings(AgentKind::Elevenlabs));
+    c.start(&[], 0);
+    c.m.poll_event();
+    c.m.poll_event();
+    c.m.handle_agent_connected();
+    elevenlabs_ready(&mut c, 0);
+    c.drain(Side::Agent, 0);
+    for id in 1..=50 {
+        c.agent(
+            &format!(r#"{{"type":"ping","ping_event":{{"event_id":{id},"ping_ms":null}}}}"#),
+            10,
+        );
     }
+    let sent = c.drain(Side::Agent, 10);
+    let pongs: Vec<_> = sent.iter().filter(|m| m["type"] == "pong").collect();
+    assert_eq!(pongs.len(), 1);
+    assert_eq!(pongs[0]["event_id"], 50);
+}
+
+/// Keypad entries waiting for the agent join into one (bounded), however often the caller
+/// presses `#`.
+#[test]
+fn keypad_entries_waiting_for_the_agent_are_bounded() {
+    let mut c = Call::new(settings(AgentKind::Elevenlabs));
+    c.start(&[], 0);
+    c.m.poll_event();
+    c.m.poll_event();
+    c.m.handle_agent_connected();
+    elevenlabs_ready(&mut c, 0);
+    c.drain(Side::Agent, 0);
+    for _ in 0..200 {
+        for digit in ["1", "#"] {
+            c.m.handle_twilio(TwilioEvent::Dtmf { digit }, c.at(10));
+        }
+    }
+    let sent = c.drain(Side::Agent, 10);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let text = sent[0]["text"].as_str().unwrap_or_default();
+    assert!(text.len() < 2 * MAX_DTMF_DIGITS + 60, "{text}");
+}
+
+/// A slow reader is not a stalled one: each bit of progress restarts the stall clock.
+#[test]
+fn write_progress_restarts_the_stall_clock() {
+    let mut c = Call::new(settings(AgentKind::Echo));
+    c.start(&[], 0);
+    c.m.handle_write_blocked(Side::Twilio, c.at(0));
+    c.m.handle_write_progress(Side::Twilio, c.at(4_000));
+    c.media(&[0xFF; 160], 1, 4_500);
+    c.media(&[0xFF; 160], 2, 8_500);
+    c.m.handle_timeout(c.at(8_999));
+    assert!(c.end().is_none(), "progress at 4 s: not stalled at 9 s");
+    c.m.handle_timeout(c.at(9_000));
+    assert_eq!(c.end(), Some(&EndReason::TwilioStalled));
+}
+
+#[test]
+fn an_unconfigured_elevenlabs_agent_is_refused_at_start() {
+    let mut s = settings(AgentKind::Elevenlabs);
+    s.agents.elevenlabs = None;
+    let mut c = Call::new(s);
+    c.start(&[], 0);
+    assert_eq!(
+        c.end(),
+        Some(&EndReason::AgentConnectFailed("agent_not_configured"))
+    );
 }
 
 #[test]

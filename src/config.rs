@@ -191,6 +191,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
     pub max_pending_connections: usize,
 
+    /// Listen backlog: connections the kernel completes and queues before the relay accepts
+    /// them (`listen(2)`); the kernel caps it at `net.core.somaxconn`. Without this, tokio
+    /// (mio) asks for 128, too few for the calls of a lost instance arriving at once.
+    #[arg(long, env = "RELAY_LISTEN_BACKLOG", default_value_t = 1024)]
+    pub listen_backlog: u32,
+
     /// Before the upgrade: largest request head (request line + headers), in bytes; at least
     /// 8192 (hyper's smallest read buffer).
     #[arg(long, env = "RELAY_MAX_HEADER_BYTES", default_value_t = 16_384)]
@@ -360,6 +366,7 @@ impl ServeArgs {
             (self.agent_outbox_bytes, "--agent-outbox-bytes"),
             (self.twilio_outbox_bytes, "--twilio-outbox-bytes"),
             (self.max_pending_connections, "--max-pending-connections"),
+            (self.listen_backlog as usize, "--listen-backlog"),
         ] {
             if v == 0 {
                 return Err(ConfigError(format!("{flag} must be at least 1")));

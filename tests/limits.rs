@@ -158,3 +158,36 @@ async fn an_oversized_request_head_is_refused() {
     );
     assert_eq!(try_http(relay.addr, "/healthz").await, Some(200));
 }
+
+/// The listening socket's backlog as the kernel reports it: `ss -ltn` shows a listener's
+/// backlog in its Send-Q column (iproute2; `apt-get install iproute2` where missing).
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("`ss` (Debian package iproute2) is needed by this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener: {text:?}"));
+    // State Recv-Q Send-Q Local-Address:Port Peer-Address:Port
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_backlog_is_the_configured_one_capped_by_somaxconn() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The default asks for 1024 (tokio alone would ask for 128).
+    let relay = start_relay(args()).await;
+    assert_eq!(listen_backlog(relay.addr.port()), 1024.min(somaxconn));
+    let mut a = args();
+    a.listen_backlog = 300;
+    let relay = start_relay(a).await;
+    assert_eq!(listen_backlog(relay.addr.port()), 300.min(somaxconn));
+    assert_eq!(try_http(relay.addr, "/healthz").await, Some(200));
+}

@@ -119,7 +119,7 @@ impl Relay {
             signatures.clone(),
             tokens.clone(),
         );
-        let listener = TcpListener::bind(args.listen).await?;
+        let listener = listen(args.listen, args.listen_backlog)?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
                 settings: Arc::new(settings),
@@ -226,6 +226,22 @@ impl Relay {
         upkeep.abort();
         info!("media-relay stopped");
     }
+}
+
+/// Binds `addr` with `SO_REUSEADDR` and listens with `backlog` (capped by the kernel at
+/// `net.core.somaxconn`), the one thing `TcpListener::bind` does not let us choose.
+///
+/// # Errors
+/// The socket, bind or listen error.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {

@@ -114,11 +114,19 @@ pub async fn metrics(addr: SocketAddr) -> String {
 }
 
 /// Waits until `series` reaches at least `want` (metrics fold at call end, asynchronously).
+///
+/// Returns a scrape taken *after* the one that showed `series` at `want`: a scrape is not a
+/// snapshot (the exporter reads one counter after another while calls keep counting), so the
+/// scrape that saw a call's `relay_calls_total` may have read that call's other counters
+/// before its end-of-call fold. Everything counted before `series` is in the next scrape.
 pub async fn wait_metric(addr: SocketAddr, series: &str, want: f64) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let m = metrics(addr).await;
-        if metric(&m, series) >= want || tokio::time::Instant::now() > deadline {
+        if metric(&m, series) >= want {
+            return metrics(addr).await;
+        }
+        if tokio::time::Instant::now() > deadline {
             return m;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -692,7 +692,6 @@ fn finish(
     m.metrics_mut().fold(metrics);
     let duration = started.elapsed();
     metrics.call_duration.record(duration.as_secs_f64());
-    metrics.call_ended(end.outcome());
     let summary = m.summary(Instant::now(), started_unix_ms);
     let f = m.figures();
     metrics.call_quality(
@@ -757,6 +756,9 @@ fn finish(
         line!(info);
     }
     ctx.calls.finish(registry_id, summary);
+    // Last, so that whoever sees this call in `relay_calls_total` also finds its other
+    // counters folded and its summary at `/calls/{sid}`.
+    metrics.call_ended(end.outcome());
 }
 
 fn fmt_ms(v: Option<f64>) -> String {

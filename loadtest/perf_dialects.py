@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-dialect performance of the relay, side by side with the floor (issue 9's benchmark).
+"""Per-dialect performance of the relay, side by side with the floor.
 
 For each agent dialect (ElevenLabs, AssemblyAI, OpenAI Realtime) and each mode (echo, and
 conversation with barge-in), runs the load harness twice:
@@ -17,6 +17,7 @@ first. Everything runs on 127.0.0.1.
 
     python3 loadtest/perf_dialects.py                       # the committed run (~15 min)
     python3 loadtest/perf_dialects.py --repeat 1 --window 8 # quicker, noisier
+    python3 loadtest/perf_dialects.py --summarize-only      # summary from the saved runs
 """
 
 import argparse
@@ -44,11 +45,18 @@ def run(args, out_base):
         sys.stdout.write(p.stdout[-3000:])
         raise SystemExit(f"loadtest failed ({p.returncode}): see {out_base}.txt")
     print(f"  {time.time() - t:.0f} s", flush=True)
+    return load(out_base)
+
+
+def load(out_base):
+    """Reads a run's report (.json) and output (.txt) saved by `run`."""
     with open(out_base + ".json") as f:
         rep = json.load(f)
+    with open(out_base + ".txt") as f:
+        out = f.read()
     # The harness prints "checks: CLEAN" per run, or PROBLEMS (loss, reorder, duplication,
     # cross-talk, corruption, failed calls, protocol errors).
-    rep["_clean"] = "PROBLEMS" not in p.stdout and "checks: CLEAN" in p.stdout
+    rep["_clean"] = "PROBLEMS" not in out and "checks: CLEAN" in out
     return rep
 
 
@@ -62,26 +70,34 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest/results/dialects"))
     ap.add_argument("--dialects", nargs="*", default=DIALECTS)
     ap.add_argument("--modes", nargs="*", default=list(MODES))
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="rewrite the summary from the runs already saved under --out")
     a = ap.parse_args()
+    if a.high <= a.low:
+        ap.error("--high must be above --low")
     os.makedirs(a.out, exist_ok=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "media-relay", "-p", "loadtest"],
-                   cwd=ROOT, check=True)
+    if not a.summarize_only:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "media-relay", "-p",
+                        "loadtest"], cwd=ROOT, check=True)
 
     rows = []
     for d in a.dialects:
         for m in a.modes:
             common = ["--agent", d] + MODES[m]
             base = os.path.join(a.out, f"{d}-{m}")
-            cpu = run(common + ["--calls", str(a.calls), "--duration-secs", str(a.window),
-                                "--side-by-side", "--repeat", str(a.repeat)], base + "-cpu")
-            mem = {}
-            for n in (a.low, a.high):
-                rep = run(common + ["--calls", str(n), "--duration-secs", str(a.window),
-                                    "--no-floor"], f"{base}-mem-{n}")
-                mem[n] = rep
+            if a.summarize_only:
+                cpu = load(base + "-cpu")
+                mem = {n: load(f"{base}-mem-{n}") for n in (a.low, a.high)}
+            else:
+                cpu = run(common + ["--calls", str(a.calls), "--duration-secs", str(a.window),
+                                    "--side-by-side", "--repeat", str(a.repeat)], base + "-cpu")
+                mem = {n: run(common + ["--calls", str(n), "--duration-secs", str(a.window),
+                                        "--no-floor"], f"{base}-mem-{n}")
+                       for n in (a.low, a.high)}
             rss = {n: mem[n]["relay"]["resources"]["window_end"]["rss_kib"] for n in mem}
             margin = (rss[a.high] - rss[a.low]) / (a.high - a.low)
             pairs = [p["ratio"] for p in cpu.get("pairs", [])]
+            relay_us = [p["relay_cpu_us_per_frame"] for p in cpu.get("pairs", [])]
             lost = sum(r["relay"]["lost_caller_to_agent"] + r["relay"]["lost_to_caller"]
                        for r in [cpu] + list(mem.values()))
             res = cpu["relay"]["resources"]
@@ -89,8 +105,8 @@ def main():
                 "dialect": d, "mode": m,
                 "ratio": cpu["cpu_ratio_relay_over_floor"],
                 "pairs": pairs,
-                "relay_us": res["cpu_us_per_frame"],
-                "floor_us": (cpu.get("floor") or {}).get("resources", {}).get("cpu_us_per_frame"),
+                "relay_us": relay_us or [res["cpu_us_per_frame"]],
+                "floor_us": [p["floor_cpu_us_per_frame"] for p in cpu.get("pairs", [])],
                 "rss_low": rss[a.low], "rss_high": rss[a.high],
                 "margin_kib": margin,
                 "frames_lost": lost,
@@ -102,15 +118,18 @@ def main():
         f"({a.calls} calls, {a.window} s windows, {a.repeat} pairs, pinned), memory per call "
         f"at the margin between {a.low} and {a.high} calls (relay alone, pinned).",
         "",
-        "| dialect | mode | relay ÷ floor (median) | pairs | relay µs/frame (last pair) "
+        "| dialect | mode | relay ÷ floor (median) | pairs | relay / floor µs per frame (pairs) "
         f"| RSS at {a.low} / {a.high} calls | memory per call at the margin | frames lost | checks |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        pairs = ", ".join(f"{p:.2f}" for p in r["pairs"])
+        pairs = ", ".join(f"{p:.2f}" for p in r["pairs"] if p is not None)
+        ratio = "-" if r["ratio"] is None else f"**{r['ratio']:.2f}×**"
+        span = lambda v: f"{min(v):.1f}–{max(v):.1f}" if v else "-"
         lines.append(
-            f"| {r['dialect']} | {r['mode']} | **{r['ratio']:.2f}×** | {pairs} | "
-            f"{r['relay_us']:.1f} | {r['rss_low'] / 1024:.1f} / {r['rss_high'] / 1024:.1f} MiB | "
+            f"| {r['dialect']} | {r['mode']} | {ratio} | {pairs} | "
+            f"{span(r['relay_us'])} / {span(r['floor_us'])} | "
+            f"{r['rss_low'] / 1024:.1f} / {r['rss_high'] / 1024:.1f} MiB | "
             f"**{r['margin_kib']:.1f} KiB** | {r['frames_lost']} | "
             f"{'clean' if r['clean'] else 'PROBLEMS'} |")
     text = "\n".join(lines) + "\n"

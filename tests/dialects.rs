@@ -55,6 +55,20 @@ fn reply_script(reply: &Arc<Vec<u8>>, after: usize) -> ReplyScript {
     }
 }
 
+/// Sends `frames` frames of μ-law silence in real time (20 ms apart) on `client`'s stream,
+/// stopping early if the relay closes it.
+fn send_silence(client: &TwilioClient, frames: usize) -> tokio::task::JoinHandle<()> {
+    let sender = client.sender().clone();
+    tokio::spawn(async move {
+        for _ in 0..frames {
+            if sender.send_media(&[0xFF; 160]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 fn call(relay: &TestRelay, n: u64, params: &[(&str, &str)], audio: Arc<Vec<u8>>) -> CallScript {
     let mut s = CallScript::new(relay.media_url(), start_params(n, params), audio);
     s.linger = Duration::from_millis(2500);
@@ -251,17 +265,7 @@ async fn assemblyai_tools_dtmf_and_errors() {
         .send_start(&start_params(3, &[("customer", "Ada")]))
         .await
         .unwrap();
-    let frames = tokio::spawn({
-        let sender = client.sender().clone();
-        async move {
-            for _ in 0..150 {
-                if sender.send_media(&[0xFF; 160]).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let frames = send_silence(&client, 150);
     let s = mock.next_session(T).await.unwrap();
     let results = s.wait_tool_results(3, T).await.unwrap();
     // The webhook's answer, as AssemblyAI wants it: a string.
@@ -370,14 +374,13 @@ async fn assemblyai_session_ended_ends_the_call_cleanly() {
     let caller = Arc::new(fixtures::caller_utterance().unwrap());
     let report = run_call(call(&relay, 4, &[], caller)).await.unwrap();
     assert_eq!(report.close_code, Some(1000));
-    let m = wait_metric(
-        relay.addr,
-        "relay_calls_total{outcome=\"agent_ended\"}",
-        1.0,
-    )
-    .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"agent_ended\"}"),
+        wait_metric_eq(
+            relay.addr,
+            "relay_calls_total{outcome=\"agent_ended\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 }
@@ -562,17 +565,7 @@ async fn openai_tools_dtmf_and_non_fatal_errors() {
         .unwrap();
     client.send_connected().await.unwrap();
     client.send_start(&start_params(7, &[])).await.unwrap();
-    let frames = tokio::spawn({
-        let sender = client.sender().clone();
-        async move {
-            for _ in 0..150 {
-                if sender.send_media(&[0xFF; 160]).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let frames = send_silence(&client, 150);
     let s = mock.next_session(T).await.unwrap();
     let results = s.wait_tool_results(2, T).await.unwrap();
     assert_eq!(results[0].call_id, "fc_1");

@@ -275,14 +275,13 @@ async fn a_silent_twilio_leg_ends_the_call_as_twilio_idle() {
         t.elapsed()
     );
     assert_eq!(close.close_code(), Some(1000));
-    let m = wait_metric(
-        relay.addr,
-        "relay_calls_total{outcome=\"twilio_idle\"}",
-        1.0,
-    )
-    .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"twilio_idle\"}"),
+        wait_metric_eq(
+            relay.addr,
+            "relay_calls_total{outcome=\"twilio_idle\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 }

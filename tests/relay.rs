@@ -252,14 +252,13 @@ async fn agent_close_closes_the_twilio_socket() {
     assert_eq!(wait_twilio_close(&mut client).await, Some(1000));
     // RFC 6455 §5.5.1: the relay answers the agent's close with a close (echoing 1000).
     assert_eq!(conv.wait_closed(T).await.unwrap(), Some(1000));
-    let m = wait_metric(
-        relay.addr,
-        "relay_calls_total{outcome=\"agent_closed\"}",
-        1.0,
-    )
-    .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"agent_closed\"}"),
+        wait_metric_eq(
+            relay.addr,
+            "relay_calls_total{outcome=\"agent_closed\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 }
@@ -484,14 +483,13 @@ async fn non_ulaw_agent_ends_the_call_with_a_reason() {
     assert_eq!(wait_twilio_close(&mut client).await, Some(1011));
     let conv = mock.next_conversation(T).await.unwrap();
     assert_eq!(conv.wait_closed(T).await.unwrap(), Some(1000));
-    let m = wait_metric(
-        relay.addr,
-        "relay_calls_total{outcome=\"audio_format_mismatch\"}",
-        1.0,
-    )
-    .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"audio_format_mismatch\"}"),
+        wait_metric_eq(
+            relay.addr,
+            "relay_calls_total{outcome=\"audio_format_mismatch\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 }

@@ -643,6 +643,18 @@ impl CallMachine {
         }
     }
 
+    /// Index of the first agent command not started yet (the front one may be a half-sent
+    /// multi-message command).
+    fn first_unsent_cmd(&self) -> usize {
+        usize::from(self.cmd_part > 0).min(self.agent_cmds.len())
+    }
+
+    /// The first agent command not started yet that `is` picks, to merge a new one into.
+    fn unsent_cmd(&mut self, is: impl Fn(&AgentCmd) -> bool) -> Option<&mut AgentCmd> {
+        let at = self.first_unsent_cmd();
+        self.agent_cmds.iter_mut().skip(at).find(|c| is(c))
+    }
+
     /// The newest reply key the agent has used.
     fn newest_reply(&self) -> ReplyKey {
         match &self.agent {
@@ -768,18 +780,15 @@ impl CallMachine {
                 arguments,
             } => self.tool_call(id, name, arguments, now),
             AgentEvent::Ping { id, rtt_ms } => {
-                // Answered before any queued audio, but never inside a half-sent
-                // multi-message command.
-                let at = usize::from(self.cmd_part > 0).min(self.agent_cmds.len());
                 // One pong waits at most: a newer ping replaces the id of one not yet sent.
-                match self
-                    .agent_cmds
-                    .iter_mut()
-                    .skip(at)
-                    .find(|c| matches!(c, AgentCmd::Pong(_)))
-                {
+                // Otherwise it goes before any queued audio, but never inside a half-sent
+                // multi-message command.
+                match self.unsent_cmd(|c| matches!(c, AgentCmd::Pong(_))) {
                     Some(AgentCmd::Pong(waiting)) => *waiting = id,
-                    _ => self.agent_cmds.insert(at, AgentCmd::Pong(id)),
+                    _ => {
+                        let at = self.first_unsent_cmd();
+                        self.agent_cmds.insert(at, AgentCmd::Pong(id));
+                    }
                 }
                 if let Some(ms) = rtt_ms {
                     let d = Duration::from_millis(ms);
@@ -915,13 +924,7 @@ impl CallMachine {
         // Entries the agent has not been sent yet join into one (at most MAX_DTMF_DIGITS
         // more digits are kept), so a caller pressing keys while the agent socket is slow
         // cannot grow the queue.
-        let at = usize::from(self.cmd_part > 0).min(self.agent_cmds.len());
-        match self
-            .agent_cmds
-            .iter_mut()
-            .skip(at)
-            .find(|c| matches!(c, AgentCmd::Dtmf(_)))
-        {
+        match self.unsent_cmd(|c| matches!(c, AgentCmd::Dtmf(_))) {
             Some(AgentCmd::Dtmf(waiting)) => {
                 let room = (2 * MAX_DTMF_DIGITS).saturating_sub(waiting.len());
                 waiting.extend(digits.chars().take(room));

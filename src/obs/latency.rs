@@ -60,6 +60,16 @@ fn bucket_of(micros: u64) -> usize {
 }
 
 /// Upper bound of bucket `i` in microseconds.
+/// The value reported for bucket `i`: its upper bound, or for the last, open-ended bucket
+/// the call's maximum `max_micros` (at least that bound).
+fn reported_micros(i: usize, max_micros: u64) -> f64 {
+    if i == BUCKETS - 1 {
+        upper_micros(i).max(max_micros as f64)
+    } else {
+        upper_micros(i)
+    }
+}
+
 fn upper_micros(i: usize) -> f64 {
     if i == 0 {
         return 1.0;
@@ -109,20 +119,11 @@ impl LatencyHistogram {
         for (i, (&a, &b)) in self.folded.iter().zip(&self.pending).enumerate() {
             seen += a as u64 + b as u64;
             if seen >= rank {
-                return Some(Duration::from_nanos((self.edge_micros(i) * 1000.0) as u64));
+                let edge = reported_micros(i, self.max_micros);
+                return Some(Duration::from_nanos((edge * 1000.0) as u64));
             }
         }
         None
-    }
-
-    /// The value reported for bucket `i`: its upper bound, or for the last, open-ended
-    /// bucket the call's maximum (at least that bound).
-    fn edge_micros(&self, i: usize) -> f64 {
-        if i == BUCKETS - 1 {
-            upper_micros(i).max(self.max_micros as f64)
-        } else {
-            upper_micros(i)
-        }
     }
 
     /// Adds the observations recorded since the last fold to `target`, each at its bucket's
@@ -130,7 +131,7 @@ impl LatencyHistogram {
     /// stay exact for bounds that fall on our bucket edges and `_sum` is within ~19 % for
     /// values under ~0.92 s.
     pub fn fold_into(&mut self, target: &FrameHistogram) {
-        let last = self.edge_micros(BUCKETS - 1);
+        let max_micros = self.max_micros;
         for (i, (p, f)) in self
             .pending
             .iter_mut()
@@ -138,12 +139,7 @@ impl LatencyHistogram {
             .enumerate()
         {
             if *p > 0 {
-                let edge = if i == BUCKETS - 1 {
-                    last
-                } else {
-                    upper_micros(i)
-                };
-                target.add(edge, u64::from(*p));
+                target.add(reported_micros(i, max_micros), u64::from(*p));
                 *f += *p;
                 *p = 0;
             }

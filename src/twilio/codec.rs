@@ -1,5 +1,6 @@
 //! Twilio Media Streams codec: sans-IO decode of the messages Twilio sends and hand-built
-//! encode of the three messages we may send back (Twilio Media Streams messages, <https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
+//! encode of the three messages we may send back (Twilio Media Streams messages,
+//! <https://www.twilio.com/docs/voice/media-streams/websocket-messages>).
 //!
 //! Owns: JSON parsing of one already-unmasked text frame into borrowed fields (simd-json, in
 //! place, no per-frame allocation with a reused [`simd_json::Buffers`]), the string-typed
@@ -432,7 +433,7 @@ mod tests {
 
     #[test]
     fn decodes_protocol_samples() {
-        // Twilio Media Streams messages samples, with SIDs made valid.
+        // The samples of Twilio's Media Streams messages page, with SIDs made valid.
         let connected = r#"{ "event": "connected", "protocol": "Call", "version": "1.0.0" }"#;
         let mut b = connected.as_bytes().to_vec();
         let mut sc = simd_json::Buffers::default();

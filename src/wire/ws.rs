@@ -20,7 +20,8 @@
 //! Input is untrusted: every length is checked before it is added or sliced with, a 64-bit
 //! length with its top bit set is refused (RFC 6455 §5.2), text is validated as UTF-8 (fail
 //! fast across fragments, RFC 6455 §8.1), and close frames are checked for size, code
-//! (RFC 6455 §7.4) and UTF-8 reason (RFC 6455 §5.5.1). Memory per reader is bounded by its message limit.
+//! (RFC 6455 §7.4) and UTF-8 reason (RFC 6455 §5.5.1). Memory per reader is bounded by its
+//! message limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -113,7 +114,7 @@ impl ReadError {
     }
 }
 
-/// True for a close code a peer may send (RFC 6455 §7.4.1/ and the IANA registry:
+/// True for a close code a peer may send (RFC 6455 §7.4.1, §7.4.2 and the IANA registry:
 /// 1000–1003, 1007–1014, 3000–4999). 1004–1006 and 1015 are reserved and never sent.
 pub fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -443,7 +444,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
     }
 }
 
-/// Checks a close frame's payload (RFC 6455 §5.5.1): empty, or a valid code followed by
+/// Checks a close frame's payload (RFC 6455 §5.5.1, §7.4): empty, or a valid code followed by
 /// a UTF-8 reason. One byte, a reserved or unassigned code, or a bad reason is an error.
 fn check_close_payload(p: &[u8]) -> Result<(), ReadError> {
     match p.len() {

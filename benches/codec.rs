@@ -16,7 +16,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use media_relay::agent::{elevenlabs, AgentEvent};
-use media_relay::twilio::codec::{self as twilio, TwilioEvent};
+use media_relay::carrier::twilio::codec as twilio;
+use media_relay::carrier::CallerEvent as TwilioEvent;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -152,7 +153,7 @@ fn ours_twilio_decode(frame: &mut [u8], scratch: &mut simd_json::Buffers, out: &
     match twilio::decode(frame, scratch).expect("valid twilio json") {
         TwilioEvent::Media(m) => {
             black_box((m.track, m.chunk, m.timestamp_ms));
-            twilio::decode_payload(m.payload, out).expect("valid base64");
+            media_relay::wire::b64::decode(m.payload, out).expect("valid base64");
         }
         e => panic!("unexpected {e:?}"),
     }
@@ -168,7 +169,7 @@ fn ours_agent_decode(
     match session.decode(frame, scratch).expect("valid agent json") {
         AgentEvent::Audio { payload_b64, reply } => {
             black_box(reply);
-            twilio::decode_payload(payload_b64, out).expect("valid base64");
+            media_relay::wire::b64::decode(payload_b64, out).expect("valid base64");
         }
         e => panic!("unexpected {e:?}"),
     }

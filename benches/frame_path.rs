@@ -1,4 +1,4 @@
-//! Per-frame cost of metrics on the caller-audio path (issue 10: the hot-path budget).
+//! Per-frame cost of metrics on the caller-audio path (the hot-path budget).
 //!
 //! Three measurements of one inbound Twilio `media` message of 20 ms, each one group so the
 //! ratios show in a single run:
@@ -8,7 +8,7 @@
 //!   machine does: frame and byte counters, the inbound-jitter and relay-added-latency
 //!   histograms (local, folded into the shared Prometheus families every 250 frames), and
 //!   the speech-end detector behind the turn latency (G.711 decode + energy of the frame);
-//! - `machine`: the real `CallMachine` doing the whole step (`handle_twilio` → `poll_transmit`
+//! - `machine`: the real `CallMachine` doing the whole step (`handle_caller` → `poll_transmit`
 //!   → `handle_write_done`), metrics included.
 //!
 //! Run with `cargo bench --bench frame_path`; the README states the measured ratio.
@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use media_relay::agent::{elevenlabs, AgentKind};
 use media_relay::audio::vad::SpeechDetector;
-use media_relay::call::machine::{CallMachine, Side};
+use media_relay::call::machine::{CallEvent, CallMachine};
+use media_relay::carrier::twilio::codec as twilio;
+use media_relay::carrier::{CallerEvent, CarrierKind};
+use media_relay::obs::call_metrics::CallMetrics;
+use media_relay::obs::labels::{Direction, Leg};
 use media_relay::obs::latency::LatencyHistogram;
-use media_relay::obs::metrics::{CallMetrics, Direction, Metrics};
-use media_relay::twilio::codec::{self as twilio, TwilioEvent};
+use media_relay::obs::metrics::{MetricLabels, Metrics};
 
 const STREAM_SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
 
@@ -51,11 +54,11 @@ fn codecs(
     audio: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> usize {
-    let TwilioEvent::Media(m) = twilio::decode(buf, scratch).expect("valid media") else {
+    let CallerEvent::Media(m) = twilio::decode(buf, scratch).expect("valid media") else {
         unreachable!()
     };
     audio.clear();
-    twilio::decode_payload_append(m.payload, audio).expect("valid base64");
+    media_relay::wire::b64::decode_append(m.payload, audio).expect("valid base64");
     elevenlabs::encode_user_audio(audio, out);
     out.len()
 }
@@ -79,7 +82,10 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(MetricLabels {
+        agents: AgentKind::NAMES.to_vec(),
+        carriers: CarrierKind::NAMES.to_vec(),
+    });
     let mut cm = CallMetrics::default();
     let mut jitter = LatencyHistogram::default();
     let mut speech = SpeechDetector::default();
@@ -95,8 +101,8 @@ fn bench(c: &mut Criterion) {
             );
             last = now;
             black_box(speech.push(&audio, now));
-            cm.frame(Direction::TwilioToAgent, n);
-            cm.latency[Direction::TwilioToAgent as usize].record(Instant::now() - now);
+            cm.frame(Direction::ToAgent, n);
+            cm.latency[Direction::ToAgent.index()].record(Instant::now() - now);
             if cm.fold_due(Duration::ZERO) {
                 cm.fold(&metrics);
                 jitter.fold_into(&metrics.jitter);
@@ -104,23 +110,29 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let settings = media_relay::config::ServeArgs {
-        agent: Some(AgentKind::Elevenlabs),
-        elevenlabs_agent_id: Some("bench".into()),
-        insecure_skip_twilio_signature: true,
-        ..media_relay::config::ServeArgs::defaults()
-    }
-    .call_settings()
-    .expect("bench settings");
+    let settings = media_relay::config::ServeArgs::parse_from(&[
+        "--agent",
+        "elevenlabs",
+        "--elevenlabs-agent-id",
+        "bench",
+        "--insecure-skip-twilio-signature",
+    ])
+    .settings()
+    .expect("bench settings")
+    .call;
     let t0 = Instant::now();
-    let mut m = CallMachine::new(Arc::new(settings), t0);
+    let mut m = CallMachine::new(Arc::new(settings), CarrierKind::Twilio, t0);
     let start = format!(
         r#"{{"event":"start","start":{{"streamSid":"{STREAM_SID}","callSid":"CA1","mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}},"streamSid":"{STREAM_SID}"}}"#
     );
     let mut sb = start.into_bytes();
     let ev = twilio::decode(&mut sb, &mut scratch).expect("valid start");
-    m.handle_twilio(ev, t0);
-    while m.poll_event().is_some() {}
+    m.handle_caller(ev, t0);
+    while let Some(ev) = m.poll_event() {
+        if let CallEvent::Admit { .. } = ev {
+            m.handle_admission(None, false, t0);
+        }
+    }
     m.handle_agent_connected();
     let mut ready = br#"{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"user_input_audio_format":"ulaw_8000","agent_output_audio_format":"ulaw_8000"}}"#.to_vec();
     let ev = m
@@ -129,17 +141,17 @@ fn bench(c: &mut Criterion) {
         .decode(&mut ready, &mut scratch)
         .expect("valid metadata");
     m.handle_agent(ev, t0);
-    while m.poll_transmit(Side::Agent, &mut out, t0) {}
+    while m.poll_transmit(Leg::Agent, &mut out, t0) {}
     g.bench_function("machine", |b| {
         b.iter(|| {
             buf.copy_from_slice(black_box(&msg));
             let now = Instant::now();
             let ev = twilio::decode(&mut buf, &mut scratch).expect("valid media");
-            m.handle_twilio(ev, now);
-            while m.poll_transmit(Side::Agent, &mut out, now) {
+            m.handle_caller(ev, now);
+            while m.poll_transmit(Leg::Agent, &mut out, now) {
                 black_box(out.len());
             }
-            m.handle_write_done(Side::Agent, now);
+            m.handle_write_done(Leg::Agent, now);
             if m.metrics().fold_due(Duration::ZERO) {
                 m.metrics_mut().fold(&metrics);
             }

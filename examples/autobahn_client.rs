@@ -1,5 +1,5 @@
 //! Autobahn TestSuite client (`wstest -m fuzzingserver`), on the relay's own framing in the
-//! client role, connected exactly as the agent leg connects (`agent::connect::connect_ws`:
+//! client role, connected exactly as the agent leg connects (`wire::ws_client::connect`:
 //! fastwebsockets handshake with `Sec-WebSocket-Accept` checked, then `media_relay::wire::ws`).
 //!
 //! Usage: `autobahn_client [BASE_URL] [AGENT]` (default `ws://127.0.0.1:9002`,
@@ -10,7 +10,15 @@
 mod echo;
 
 use anyhow::Context;
-use media_relay::agent::connect::connect_ws;
+use media_relay::agent::MAX_AGENT_MESSAGE_BYTES;
+use media_relay::wire::ws_client;
+
+async fn connect_ws(
+    url: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(ws_client::ClientRead, ws_client::ClientWrite), ws_client::HandshakeError> {
+    ws_client::connect(url, &[], tls, MAX_AGENT_MESSAGE_BYTES).await
+}
 use media_relay::wire::ws::Message;
 
 #[tokio::main]

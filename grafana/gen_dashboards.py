@@ -28,7 +28,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
-NORMAL_OUTCOMES = "twilio_stop|twilio_closed|agent_closed|agent_ended|replaced|shutdown"
+NORMAL_OUTCOMES = "caller_hangup|caller_closed|agent_closed|agent_ended|replaced|shutdown"
 # Label matchers used inside f-strings (no backslashes allowed in f-string expressions).
 ABNORMAL = 'outcome!~"' + NORMAL_OUTCOMES + '"'
 FAILED = 'result="failed"'
@@ -461,8 +461,8 @@ OVERVIEW = [
        [(f"sum by (outcome) ({rate('relay_calls_total')})", "{{outcome}}")],
        "ops",
        "Calls ended per second, stacked by outcome (`relay_calls_total`). Normal endings: "
-       "twilio_stop, twilio_closed, agent_closed, agent_ended, replaced, shutdown. "
-       "Everything else is a failure: twilio_error / twilio_idle / twilio_stalled (Twilio "
+       "caller_hangup, caller_closed, agent_closed, agent_ended, replaced, shutdown. "
+       "Everything else is a failure: caller_error / caller_idle / caller_stalled (Twilio "
        "leg broke or went quiet), media_format_unsupported, agent_error / agent_stalled / "
        "agent_connect_failed (agent side), audio_format_mismatch, start_timeout (no `start` "
        "after the upgrade), "

@@ -1,24 +1,25 @@
-//! media-relay: relays Twilio Media Streams calls to voice agents (ElevenLabs Conversational
-//! AI, the AssemblyAI Voice Agent API, the OpenAI Realtime API, or a built-in echo agent),
-//! forwarding μ-law audio both ways byte-exact with no transcoding.
+//! media-relay: relays a carrier's call media streams (Twilio Media Streams, Telnyx media
+//! streaming) to voice agents (ElevenLabs Conversational AI, the AssemblyAI Voice Agent API,
+//! the OpenAI Realtime API, or a built-in agent), forwarding μ-law audio both ways byte-exact
+//! with no transcoding.
 //!
 //! # Layout
-//! `config` and `http` sit on top (`config` builds the settings `http` and `call` take); below
-//! them each module imports only from modules listed after it.
-//! - [`config`]: flags and environment, validated before binding.
+//! Arrows point down only: each module imports from modules on the floors below it, never
+//! above (`tests/layering.rs` checks this against the source).
+//! - [`config`] (top): flags and environment, validated and turned into plain settings; only
+//!   `main` uses it.
 //! - [`http`]: the control plane: accept loop, limits before the upgrade, routes, admission,
-//!   drain ([`http::server`]), TwiML, outbound calls and status callbacks, `GET /calls`.
+//!   drain, the carriers' webhooks, outbound calls, `GET /calls`.
 //! - [`call`]: one task per call: the sans-IO [`call::machine::CallMachine`] (every decision
-//!   and timer, injected clock), the async [`call::driver`] (both sockets, byte-capped
-//!   outboxes), tool webhooks, playout accounting.
-//! - [`agent`]: the dialect-neutral [`agent::AgentEvent`] and one sans-IO translator per
-//!   agent API ([`agent::elevenlabs`], [`agent::assemblyai`], [`agent::openai`]), the echo
-//!   agent, and connecting the agent leg.
-//! - [`twilio`]: the Twilio Media Streams codec (simd-json, base64-simd).
-//! - [`auth`]: Twilio request signatures, per-call stream tokens, secrets.
-//! - [`obs`]: Prometheus metrics, per-call latency histograms, live and recent call figures.
-//! - [`audio`]: G.711 μ-law facts and the caller speech-end detector.
-//! - [`wire`]: data-path WebSocket framing, JSON helpers, outbound TCP/TLS and HTTP.
+//!   and timer, injected clock, in parts), the async [`call::driver`] (both sockets,
+//!   byte-capped outboxes), connecting the agent, tool webhooks.
+//! - [`carrier`] and [`agent`]: one module per carrier (codec, markup, signatures, REST) and
+//!   per agent dialect (sans-IO translator), each behind a registry of one line per entry.
+//! - [`wire`]: data-path WebSocket framing and client handshakes, base64, JSON and XML
+//!   helpers, outbound TCP/TLS and HTTP; [`audio`]: G.711 μ-law facts and the speech detector.
+//! - [`auth`]: stream tokens, bearer tokens, secrets, the shared signature error.
+//! - [`obs`] (bottom): the label vocabulary, metric families and registry, per-call
+//!   accumulators, call figures.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -27,10 +28,11 @@ pub mod agent;
 pub mod audio;
 pub mod auth;
 pub mod call;
+pub mod carrier;
 pub mod config;
+pub mod flags;
 pub mod http;
 pub mod obs;
-pub mod twilio;
 pub mod wire;
 
 pub use http::server::Relay;

@@ -13,12 +13,21 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
-    init_logging(args.log_format);
-    if let Err(e) = args.call_settings() {
-        eprintln!("media-relay: {e}");
-        std::process::exit(EXIT_CONFIG);
-    }
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Dialects => {
+            print!("{}", media_relay::agent::readme_table());
+            return;
+        }
+    };
+    init_logging(args.http.log_format);
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("media-relay: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-files limit raised"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
@@ -34,17 +43,13 @@ fn main() {
         }
     };
     let result = rt.block_on(async move {
-        let relay = Relay::bind(args).await?;
+        let relay = Relay::bind(settings).await?;
         relay.run(shutdown_signal()).await;
         anyhow::Ok(())
     });
     if let Err(e) = result {
         eprintln!("media-relay: {e:#}");
-        std::process::exit(if e.is::<media_relay::config::ConfigError>() {
-            EXIT_CONFIG
-        } else {
-            1
-        });
+        std::process::exit(1);
     }
 }
 

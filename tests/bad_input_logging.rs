@@ -51,7 +51,7 @@ async fn bad_input_logging_is_rate_limited_per_call() {
     assert_eq!(close.close_code(), Some(1000));
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;

@@ -8,8 +8,9 @@ mod common;
 mod twilio_rest;
 
 use common::*;
-use media_relay::auth::signature::compute_signature;
-use media_relay::config::{Secret, ServeArgs};
+use media_relay::auth::Secret;
+use media_relay::carrier::twilio::signature::compute_signature;
+use media_relay::config::ServeArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,11 +23,11 @@ const BEARER: &str = "Bearer api-secret";
 
 fn control_args(twilio_api_base: &str) -> ServeArgs {
     let mut a = args();
-    a.twilio_auth_token = Some(Secret::new(AUTH_TOKEN));
-    a.public_host = Some("relay.example.com".into());
-    a.twilio_account_sid = Some(ACCOUNT_SID.into());
-    a.relay_api_token = Some(Secret::new(API_TOKEN));
-    a.twilio_api_base = twilio_api_base.into();
+    a.carriers.twilio.twilio_auth_token = Some(Secret::new(AUTH_TOKEN));
+    a.http.public_host = Some("relay.example.com".into());
+    a.carriers.twilio.twilio_account_sid = Some(ACCOUNT_SID.into());
+    a.http.relay_api_token = Some(Secret::new(API_TOKEN));
+    a.carriers.twilio.twilio_api_base = twilio_api_base.into();
     a
 }
 
@@ -187,8 +188,8 @@ fn twiml_parameter(twiml: &str, name: &str) -> Option<String> {
 async fn outbound_call_sends_the_exact_twilio_request() {
     let twilio = MockTwilio::start().await;
     let mut a = control_args(&twilio.origin());
-    a.agent_prompt = Some("configured prompt".into());
-    a.agent_language = Some("en".into());
+    a.call.agent_prompt = Some("configured prompt".into());
+    a.call.agent_language = Some("en".into());
     let relay = start_relay(a).await;
 
     let body = serde_json::json!({
@@ -317,7 +318,7 @@ async fn outbound_call_sends_the_exact_twilio_request() {
 async fn from_defaults_to_the_configured_number() {
     let twilio = MockTwilio::start().await;
     let mut a = control_args(&twilio.origin());
-    a.twilio_phone_number = Some("+15550001111".into());
+    a.carriers.twilio.twilio_phone_number = Some("+15550001111".into());
     let relay = start_relay(a).await;
     let r = outbound(relay.addr, Some(BEARER), r#"{"to":"+15551230001"}"#).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -524,7 +525,7 @@ async fn outbound_call_validates_the_request() {
 async fn outbound_calls_are_rate_limited_per_client() {
     let twilio = MockTwilio::start().await;
     let mut a = control_args(&twilio.origin());
-    a.outbound_calls_per_minute = 2;
+    a.http.outbound_calls_per_minute = 2;
     let relay = start_relay(a).await;
     let body = r#"{"to":"+15551230001","from":"+15557654321"}"#;
     for _ in 0..2 {
@@ -566,7 +567,7 @@ async fn twilio_errors_become_502() {
         r#"{"to":"+15551230001","from":"+15557654321"}"#,
     )
     .await;
-    r.assert_error(502, "twilio_error");
+    r.assert_error(502, "carrier_error");
     let j = r.json();
     assert_eq!(j["status"], 400, "{j}");
     assert_eq!(
@@ -575,7 +576,7 @@ async fn twilio_errors_become_502() {
     );
     assert_eq!(twilio.requests().len(), 1);
 
-    // A non-JSON error answer still maps to twilio_error with Twilio's status.
+    // A non-JSON error answer still maps to carrier_error with Twilio's status.
     twilio.fail_with(500, "<html>oops</html>");
     let r = outbound(
         relay.addr,
@@ -583,7 +584,7 @@ async fn twilio_errors_become_502() {
         r#"{"to":"+15551230001","from":"+15557654321"}"#,
     )
     .await;
-    r.assert_error(502, "twilio_error");
+    r.assert_error(502, "carrier_error");
     assert_eq!(r.json()["status"], 500);
 
     // 2xx without a call SID is not a placed call.
@@ -594,11 +595,11 @@ async fn twilio_errors_become_502() {
         r#"{"to":"+15551230001","from":"+15557654321"}"#,
     )
     .await;
-    r.assert_error(502, "twilio_error");
+    r.assert_error(502, "carrier_error");
 
     let m = metrics(relay.addr).await;
     assert_eq!(
-        metric(&m, r#"relay_outbound_calls_total{result="twilio_error"}"#),
+        metric(&m, r#"relay_outbound_calls_total{result="carrier_error"}"#),
         3.0,
         "{m}"
     );
@@ -618,7 +619,7 @@ async fn unreachable_twilio_is_a_502() {
         r#"{"to":"+15551230001","from":"+15557654321"}"#,
     )
     .await
-    .assert_error(502, "twilio_unreachable");
+    .assert_error(502, "carrier_unreachable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,8 +857,8 @@ async fn outbound_call_placed_on_one_instance_streams_through_another() {
     use loadtest::twilio_sim::{StartParams, TwilioClient, TwilioInbound};
     let twilio = MockTwilio::start().await;
     let mut a = control_args(&twilio.origin());
-    a.twilio_phone_number = Some("+15557654321".into());
-    a.echo_delay_ms = 20;
+    a.carriers.twilio.twilio_phone_number = Some("+15557654321".into());
+    a.agents.echo.echo_delay_ms = 20;
     let instance_a = start_relay(a.clone()).await;
     let instance_b = start_relay(a).await;
     let placed = outbound(

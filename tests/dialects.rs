@@ -33,15 +33,15 @@ fn all_dialects(
     webhook_url: Option<&str>,
 ) -> media_relay::config::ServeArgs {
     let mut a = elevenlabs_args(elevenlabs_base, "agent_el", None);
-    a.agent = Some(default);
-    a.assemblyai_api_key = Some(Secret::new("test-key"));
-    a.assemblyai_url = assemblyai_url.into();
-    a.openai_api_key = Some(Secret::new("test-key"));
-    a.openai_realtime_url = openai_url.into();
-    a.tool_webhook_url = webhook_url.map(str::to_owned);
-    a.tool_webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
-    a.tool_timeout_ms = 500;
-    a.dtmf_interdigit_ms = 200;
+    a.call.agent = Some(default);
+    a.agents.assemblyai.assemblyai_api_key = Some(Secret::new("test-key"));
+    a.agents.assemblyai.assemblyai_url = assemblyai_url.into();
+    a.agents.openai.openai_api_key = Some(Secret::new("test-key"));
+    a.agents.openai.openai_realtime_url = openai_url.into();
+    a.call.tool_webhook_url = webhook_url.map(str::to_owned);
+    a.call.tool_webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+    a.call.tool_timeout_ms = 500;
+    a.call.dtmf_interdigit_ms = 200;
     a
 }
 
@@ -126,7 +126,7 @@ async fn assemblyai_call_end_to_end_with_session_gating() {
     assert!(report.received_audio == *reply, "agent audio byte-exact");
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -176,7 +176,7 @@ async fn assemblyai_barge_in_clears_and_drops_the_stale_tail() {
     );
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -595,7 +595,7 @@ async fn openai_tools_dtmf_and_non_fatal_errors() {
     frames.abort();
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -664,7 +664,7 @@ async fn the_agent_is_chosen_per_call_by_parameter() {
     assert_eq!(el.conversations_started(), 1);
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         4.0,
     )
     .await;

@@ -19,9 +19,9 @@ fn notice_path() -> std::path::PathBuf {
 async fn callers_hear_the_drain_notice_then_the_call_closes_with_1001() {
     let notice = loadtest::fixtures::load_mulaw_wav(&notice_path()).unwrap();
     let mut a = args();
-    a.drain_timeout_secs = 1;
-    a.echo_delay_ms = 20;
-    a.drain_notice_file = Some(notice_path());
+    a.http.drain_timeout_secs = 1;
+    a.agents.echo.echo_delay_ms = 20;
+    a.call.drain_notice_file = Some(notice_path());
     let mut relay = start_relay(a).await;
     let mut clients = Vec::new();
     for i in 0..3 {
@@ -101,8 +101,8 @@ async fn callers_hear_the_drain_notice_then_the_call_closes_with_1001() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_notices_are_counted_while_they_play() {
     let mut a = args();
-    a.drain_timeout_secs = 1;
-    a.drain_notice_file = Some(notice_path());
+    a.http.drain_timeout_secs = 1;
+    a.call.drain_notice_file = Some(notice_path());
     let mut relay = start_relay(a).await;
     let mut c = TwilioClient::connect(&relay.media_url(), &[])
         .await

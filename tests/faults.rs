@@ -20,8 +20,8 @@ const T: Duration = Duration::from_secs(10);
 
 fn fault_args(api_base: &str) -> media_relay::config::ServeArgs {
     let mut a = elevenlabs_args(api_base, "fault_agent", None);
-    a.write_stall_timeout_ms = 1000;
-    a.agent_connect_timeout_secs = 1;
+    a.call.write_stall_timeout_ms = 1000;
+    a.call.agent_connect_timeout_secs = 1;
     a
 }
 
@@ -153,17 +153,17 @@ async fn caller_that_stops_reading_ends_the_call_as_twilio_stalled() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         let m = metrics(relay.addr).await;
-        if metric(&m, "relay_calls_total{outcome=\"twilio_stalled\"}") >= 1.0 {
+        if metric(&m, "relay_calls_total{outcome=\"caller_stalled\"}") >= 1.0 {
             ended = true;
             break;
         }
     }
     assert!(
         ended,
-        "no twilio_stalled outcome after {:?}",
+        "no caller_stalled outcome after {:?}",
         started.elapsed()
     );
-    let m = outcome(&relay, "twilio_stalled").await;
+    let m = outcome(&relay, "caller_stalled").await;
     assert!(
         metric(
             &m,
@@ -192,11 +192,8 @@ async fn agent_closing_mid_sentence_ends_the_call_as_agent_closed() {
                 let v: serde_json::Value = serde_json::from_slice(&f.payload).unwrap();
                 if v["event"] == "media" {
                     let mut a = Vec::new();
-                    media_relay::twilio::codec::decode_payload(
-                        v["media"]["payload"].as_str().unwrap(),
-                        &mut a,
-                    )
-                    .unwrap();
+                    media_relay::wire::b64::decode(v["media"]["payload"].as_str().unwrap(), &mut a)
+                        .unwrap();
                     audio += a.len();
                 }
             }
@@ -244,7 +241,7 @@ async fn refused_hanging_and_silent_agent_hosts_fail_the_connect_precisely() {
         (hang.api_base(), Some("xi-key"), "ready_timeout"),
     ] {
         let mut a = fault_args(&api_base);
-        a.elevenlabs_api_key = key.map(media_relay::auth::Secret::new);
+        a.agents.elevenlabs.elevenlabs_api_key = key.map(media_relay::auth::Secret::new);
         let relay = start_relay(a).await;
         let healthy = healthy_call(&relay);
         let started = std::time::Instant::now();

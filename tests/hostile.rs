@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(10);
 
 /// RFC 6455 §5.2: after a buffered fragment, a continuation whose 64-bit length has the top
 /// bits set used to wrap the length arithmetic and panic the call task (so the call skipped
-/// its end bookkeeping). It must be a protocol error: close 1002, outcome `twilio_error`,
+/// its end bookkeeping). It must be a protocol error: close 1002, outcome `caller_error`,
 /// and the call's registry entry removed. (The header check now refuses the top bit before
 /// any sum; the next test covers the sum with a legal length.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,12 +40,12 @@ async fn huge_continuation_length_is_a_protocol_error_not_a_panic() {
 
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_error\"}",
+        "relay_calls_total{outcome=\"caller_error\"}",
         1.0,
     )
     .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"twilio_error\"}"),
+        metric(&m, "relay_calls_total{outcome=\"caller_error\"}"),
         1.0
     );
     assert_eq!(
@@ -73,7 +73,7 @@ async fn huge_continuation_length_is_a_protocol_error_not_a_panic() {
     assert_eq!(close.close_code(), Some(1000));
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -82,7 +82,7 @@ async fn huge_continuation_length_is_a_protocol_error_not_a_panic() {
 
 /// The same continuation with the top bit of its length clear (2^63 - 5 bytes): the
 /// header is legal, so the length sum with the buffered fragment is what must hold. It
-/// exceeds the message cap: close 1009, outcome `twilio_error`, no panic.
+/// exceeds the message cap: close 1009, outcome `caller_error`, no panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_legal_continuation_length_is_too_large_not_a_panic() {
     let relay = start_relay(args()).await;
@@ -99,7 +99,7 @@ async fn huge_legal_continuation_length_is_too_large_not_a_panic() {
     assert_eq!(close.close_code(), Some(1009));
     wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_error\"}",
+        "relay_calls_total{outcome=\"caller_error\"}",
         1.0,
     )
     .await;
@@ -259,7 +259,7 @@ async fn a_start_in_another_media_format_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_twilio_leg_ends_the_call_as_twilio_idle() {
     let mut a = args();
-    a.twilio_idle_timeout_secs = 1;
+    a.call.twilio_idle_timeout_secs = 1;
     let relay = start_relay(a).await;
     let mut ws = RawWs::connect(relay.addr, "/media").await;
     ws.send(&raw::connected_and_start(
@@ -278,7 +278,7 @@ async fn a_silent_twilio_leg_ends_the_call_as_twilio_idle() {
     assert_eq!(
         wait_metric_eq(
             relay.addr,
-            "relay_calls_total{outcome=\"twilio_idle\"}",
+            "relay_calls_total{outcome=\"caller_idle\"}",
             1.0
         )
         .await,

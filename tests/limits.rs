@@ -12,9 +12,9 @@ use tokio::net::TcpStream;
 
 fn limited_args() -> media_relay::config::ServeArgs {
     let mut a = args();
-    a.header_read_timeout_ms = 500;
-    a.body_read_timeout_ms = 500;
-    a.max_pending_connections = 4;
+    a.http.header_read_timeout_ms = 500;
+    a.http.body_read_timeout_ms = 500;
+    a.http.max_pending_connections = 4;
     a
 }
 
@@ -144,7 +144,7 @@ async fn connections_beyond_the_pending_cap_are_closed_and_calls_do_not_count() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_head_is_refused() {
     let mut a = limited_args();
-    a.max_header_bytes = 8192;
+    a.http.max_header_bytes = 8192;
     let relay = start_relay(a).await;
     let mut s = TcpStream::connect(relay.addr).await.unwrap();
     let big = "x".repeat(20_000);
@@ -186,7 +186,7 @@ async fn listen_backlog_is_the_configured_one_capped_by_somaxconn() {
     let relay = start_relay(args()).await;
     assert_eq!(listen_backlog(relay.addr.port()), 1024.min(somaxconn));
     let mut a = args();
-    a.listen_backlog = 300;
+    a.http.listen_backlog = 300;
     let relay = start_relay(a).await;
     assert_eq!(listen_backlog(relay.addr.port()), 300.min(somaxconn));
     assert_eq!(try_http(relay.addr, "/healthz").await, Some(200));

@@ -26,7 +26,7 @@ async fn calls_routes_need_the_admin_token_and_are_absent_without_one() {
     assert_eq!(get(relay.addr, "/calls", Some(ADMIN)).await.0, 404);
     assert_eq!(get(relay.addr, "/calls/CA1", None).await.0, 404);
     let mut a = args();
-    a.admin_token = Some(media_relay::auth::Secret::new(ADMIN));
+    a.http.admin_token = Some(media_relay::auth::Secret::new(ADMIN));
     let relay = start_relay(a).await;
     assert_eq!(get(relay.addr, "/calls", None).await.0, 401);
     assert_eq!(get(relay.addr, "/calls", Some("wrong")).await.0, 401);
@@ -56,7 +56,7 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     };
     let mock = agent_sim::start(cfg).await.unwrap();
     let mut a = elevenlabs_args(&mock.api_base(), "agent_obs", None);
-    a.admin_token = Some(media_relay::auth::Secret::new(ADMIN));
+    a.http.admin_token = Some(media_relay::auth::Secret::new(ADMIN));
     let relay = start_relay(a).await;
     let start = start_params(77, &[]);
     let call_sid = start.call_sid.clone();
@@ -79,7 +79,7 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     assert_eq!(live["state"], "live");
     assert_eq!(live["agent"], "elevenlabs");
     assert!(
-        live["frames_twilio_to_agent"].as_u64().unwrap() > 100,
+        live["frames_caller_to_agent"].as_u64().unwrap() > 100,
         "{live}"
     );
 
@@ -91,7 +91,7 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     );
     let _ = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -99,13 +99,13 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     assert_eq!(status, 200, "{body}");
     let s: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["state"], "ended");
-    assert_eq!(s["outcome"], "twilio_stop");
+    assert_eq!(s["outcome"], "caller_hangup");
     assert_eq!(
-        s["frames_twilio_to_agent"].as_u64().unwrap(),
+        s["frames_caller_to_agent"].as_u64().unwrap(),
         report.frames_sent as u64
     );
     assert_eq!(
-        s["frames_agent_to_twilio"].as_u64().unwrap(),
+        s["frames_agent_to_caller"].as_u64().unwrap(),
         report.media_messages as u64
     );
     assert_eq!(s["barge_ins"].as_u64().unwrap(), report.clears as u64);
@@ -115,8 +115,8 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
         .and_then(|m| m.strip_prefix("ms-")?.parse().ok())
         .unwrap();
     assert_eq!(s["played_ms"].as_u64().unwrap(), last_echoed);
-    assert_eq!(s["dropped_twilio_to_agent"], 0);
-    assert_eq!(s["dropped_agent_to_twilio"], 0);
+    assert_eq!(s["dropped_caller_to_agent"], 0);
+    assert_eq!(s["dropped_agent_to_caller"], 0);
 
     // Turn latency: the caller's speech ends at the last voiced frame of the fixture (the
     // same detector, on the bytes it sent); it was sent at that frame's 20 ms tick.
@@ -152,8 +152,8 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     );
     // The other latencies were measured too.
     for name in [
-        "forward_twilio_to_agent",
-        "forward_agent_to_twilio",
+        "forward_caller_to_agent",
+        "forward_agent_to_caller",
         "playout_lag",
         "inbound_jitter",
     ] {

@@ -97,7 +97,9 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
     assert!(!report.marks_received.is_empty());
     let last: u64 = report.marks_received.last().unwrap()[3..].parse().unwrap();
     let reply_ms = reply.len() as u64 / 8;
-    assert!(last <= reply_ms && last + media_relay::call::playout::MARK_INTERVAL_MS > reply_ms);
+    assert!(
+        last <= reply_ms && last + media_relay::call::machine::playout::MARK_INTERVAL_MS > reply_ms
+    );
     assert!(!report.marks_echoed.is_empty());
 
     // Pings answered with the same event_id.
@@ -105,12 +107,12 @@ async fn elevenlabs_call_end_to_end_on_real_speech() {
 
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"twilio_stop\"}"),
+        metric(&m, "relay_calls_total{outcome=\"caller_hangup\"}"),
         1.0
     );
     assert_eq!(
@@ -187,7 +189,7 @@ async fn barge_in_sends_clear_and_drops_stale_audio() {
 
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -389,7 +391,7 @@ async fn bad_twilio_input_is_skipped_and_counted_while_a_healthy_call_goes_on() 
 
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_error\"}",
+        "relay_calls_total{outcome=\"caller_error\"}",
         1.0,
     )
     .await;
@@ -418,11 +420,11 @@ async fn bad_twilio_input_is_skipped_and_counted_while_a_healthy_call_goes_on() 
         1.0
     );
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"twilio_stop\"}"),
+        metric(&m, "relay_calls_total{outcome=\"caller_hangup\"}"),
         1.0
     );
     assert_eq!(
-        metric(&m, "relay_calls_total{outcome=\"twilio_error\"}"),
+        metric(&m, "relay_calls_total{outcome=\"caller_error\"}"),
         1.0
     );
 }
@@ -449,7 +451,7 @@ async fn agent_garbage_is_skipped_and_counted() {
     );
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -530,10 +532,10 @@ async fn wrong_api_key_fails_the_agent_connect_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_agent_plays_the_caller_back_and_endpoints_answer() {
     let mut a = args();
-    a.echo_delay_ms = 100;
-    a.max_calls = 1;
-    a.public_host = Some("relay.example.com".into());
-    a.agent_prompt = Some("Be brief.".into());
+    a.agents.echo.echo_delay_ms = 100;
+    a.http.max_calls = 1;
+    a.http.public_host = Some("relay.example.com".into());
+    a.call.agent_prompt = Some("Be brief.".into());
     let relay = start_relay(a).await;
 
     let caller = Arc::new(fixtures::caller_utterance().unwrap()[..160 * 50].to_vec());
@@ -571,11 +573,11 @@ async fn echo_agent_plays_the_caller_back_and_endpoints_answer() {
     assert_eq!(status, 200);
     assert_eq!(
         xml,
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\" statusCallbackMethod=\"POST\"><Parameter name=\"From\" value=\"+15551230000\"/><Parameter name=\"To\" value=\"+15557654321\"/><Parameter name=\"CallSid\" value=\"CA123\"/><Parameter name=\"prompt\" value=\"Be brief.\"/></Stream></Connect></Response>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://relay.example.com/media\" statusCallback=\"https://relay.example.com/stream-status\" statusCallbackMethod=\"POST\"><Parameter name=\"From\" value=\"+15551230000\"/><Parameter name=\"To\" value=\"+15557654321\"/><Parameter name=\"CallSid\" value=\"CA123\"/><Parameter name=\"prompt\" value=\"Be brief.\"/></Stream></Connect><Hangup/></Response>"
     );
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -592,7 +594,7 @@ async fn echo_agent_plays_the_caller_back_and_endpoints_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_lets_calls_finish_then_closes_with_1001() {
     let mut a = args();
-    a.drain_timeout_secs = 1;
+    a.http.drain_timeout_secs = 1;
     let mut relay = start_relay(a).await;
     let mut client = TwilioClient::connect(&relay.media_url(), &[])
         .await

@@ -4,16 +4,16 @@ mod common;
 
 use common::*;
 use loadtest::twilio_sim::{StartParams, TwilioClient};
-use media_relay::auth::signature::compute_signature;
 use media_relay::auth::Secret;
+use media_relay::carrier::twilio::signature::compute_signature;
 
 /// Twilio webhook security example: token `12345`, `wss://relay.example.com/media`, no params.
 const MEDIA_SIGNATURE: &str = "MVVXQK8WMm1ywK7bu7blrI+Pdd8=";
 
 fn signed_args() -> media_relay::config::ServeArgs {
     let mut a = args();
-    a.twilio_auth_token = Some(Secret::new("12345"));
-    a.public_host = Some("relay.example.com".into());
+    a.carriers.twilio.twilio_auth_token = Some(Secret::new("12345"));
+    a.http.public_host = Some("relay.example.com".into());
     a
 }
 
@@ -68,7 +68,7 @@ async fn media_upgrade_requires_a_valid_signature() {
     client.send_stop().await.unwrap();
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -129,7 +129,7 @@ async fn without_a_token_streams_are_admitted_and_counted() {
     client.send_stop().await.unwrap();
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;
@@ -139,7 +139,7 @@ async fn without_a_token_streams_are_admitted_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_tokens_bind_streams_to_their_call() {
     let mut a = signed_args();
-    a.echo_delay_ms = 20;
+    a.agents.echo.echo_delay_ms = 20;
     let relay = start_relay(a).await;
     let url = relay.media_url();
     let call_a = "CA00000000000000000000000000000001";
@@ -190,7 +190,7 @@ async fn stream_tokens_bind_streams_to_their_call() {
 
     let m = wait_metric(
         relay.addr,
-        "relay_calls_total{outcome=\"twilio_stop\"}",
+        "relay_calls_total{outcome=\"caller_hangup\"}",
         1.0,
     )
     .await;

@@ -1372,12 +1372,12 @@ mod tests {
 
     #[test]
     fn metrics_parse() {
-        let t = "# HELP x\nrelay_calls_active 3\nrelay_calls_active_other 9\nrelay_calls_total{outcome=\"twilio_stop\"} 5\nrelay_calls_total{outcome=\"shutdown\"} 2\nprocess_open_fds 17\n";
+        let t = "# HELP x\nrelay_calls_active 3\nrelay_calls_active_other 9\nrelay_calls_total{outcome=\"caller_hangup\"} 5\nrelay_calls_total{outcome=\"shutdown\"} 2\nprocess_open_fds 17\n";
         assert_eq!(metric_sum(t, "relay_calls_active"), Some(3.0));
         assert_eq!(metric_sum(t, "relay_calls_total"), Some(7.0));
         assert_eq!(metric_sum(t, "nope"), None);
         let o = outcomes(t);
-        assert_eq!(o["twilio_stop"], 5.0);
+        assert_eq!(o["caller_hangup"], 5.0);
         assert_eq!(o["shutdown"], 2.0);
     }
 }

@@ -32,7 +32,7 @@ fn assert_clean(r: &SoakReport, expect_calls: Option<u64>) {
         "{summary}"
     );
     assert_eq!(
-        r.relay_outcomes.get("twilio_stop").copied(),
+        r.relay_outcomes.get("caller_hangup").copied(),
         Some(r.calls_completed as f64),
         "{summary}"
     );

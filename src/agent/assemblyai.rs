@@ -10,11 +10,166 @@
 //! send what (the call machine) or sockets.
 
 use super::{
-    AgentEvent, AgentSettings, AssemblyAiSettings, BargeInTrigger, CallParams, DecodeError,
-    ReplyKey, Speaker, ToolOutput,
+    AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
+    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput,
 };
+use crate::auth::Secret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+
+/// Which caller-speech signal makes the AssemblyAI dialect clear the caller's playback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BargeInTrigger {
+    /// `reply.done{status:"interrupted"}` or `transcript.agent{interrupted:true}`: the
+    /// agent's own verdict; back-channels ("uh-huh") do not cut the reply.
+    #[default]
+    ReplyInterrupted,
+    /// `input.speech.started`: faster, but may cut the reply on a back-channel.
+    SpeechStarted,
+}
+
+/// AssemblyAI flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "assemblyai_flags")]
+pub struct Args {
+    /// AssemblyAI Voice Agent API key (`Authorization: Bearer`).
+    #[arg(long, env = "ASSEMBLYAI_API_KEY", hide_env_values = true)]
+    pub assemblyai_api_key: Option<Secret>,
+
+    /// AssemblyAI Voice Agent WebSocket URL.
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_URL",
+        default_value = "wss://agents.assemblyai.com/v1/ws"
+    )]
+    pub assemblyai_url: String,
+
+    /// AssemblyAI voice when the call's `voice_id` parameter sets none (service default:
+    /// `ivy`).
+    #[arg(long, env = "ASSEMBLYAI_VOICE")]
+    pub assemblyai_voice: Option<String>,
+
+    /// Which AssemblyAI signal clears the caller's playback: `reply-interrupted` (the
+    /// agent's verdict; back-channels do not cut) or `speech-started` (faster, may cut on
+    /// "uh-huh").
+    #[arg(
+        long,
+        env = "ASSEMBLYAI_BARGE_IN",
+        value_enum,
+        default_value = "reply-interrupted"
+    )]
+    pub assemblyai_barge_in: BargeInTrigger,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
+}
+
+/// AssemblyAI Voice Agent settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `Authorization: Bearer` key.
+    pub api_key: Secret,
+    /// WebSocket URL, default `wss://agents.assemblyai.com/v1/ws`.
+    pub url: String,
+    /// Default voice (`output.voice`) when the call sets none; `None` = the service default.
+    pub voice: Option<String>,
+    /// Barge-in trigger.
+    pub barge_in: BargeInTrigger,
+}
+
+impl Dialect for Session {
+    type Args = Args;
+    type Settings = Settings;
+    const INFO: DialectInfo = DialectInfo {
+        title: "AssemblyAI Voice Agent API",
+        connects_to: "`wss://agents.assemblyai.com/v1/ws` (`Authorization: Bearer`)",
+        barge_in: "`reply.done{status:\"interrupted\"}` / `transcript.agent{interrupted:true}` (or `input.speech.started` with `--assemblyai-barge-in speech-started`)",
+        tools: "`tool.call` → `tool.result` (held until `reply.done`)",
+        dtmf: "`reply.create` with the digits as instructions",
+        setup: "set ASSEMBLYAI_API_KEY",
+    };
+
+    fn settings(a: &Args) -> Result<Option<Settings>, SettingsError> {
+        let Some(api_key) = super::nonempty(&a.assemblyai_api_key) else {
+            return Ok(None);
+        };
+        Ok(Some(Settings {
+            api_key,
+            url: super::check_ws_url(&a.assemblyai_url, "ASSEMBLYAI_URL")?,
+            voice: a.assemblyai_voice.clone().filter(|v| !v.is_empty()),
+            barge_in: a.assemblyai_barge_in,
+        }))
+    }
+
+    fn connect(s: &Settings, _: &CallParams) -> Result<Option<ConnectSpec>, ConnectError> {
+        Ok(Some(ConnectSpec {
+            url: s.url.clone(),
+            headers: vec![(
+                "authorization",
+                Secret::new(format!("Bearer {}", s.api_key.expose())),
+            )],
+            fetch_url: None,
+        }))
+    }
+
+    fn new(s: &Settings, shared: &SharedSettings, p: CallParams) -> Session {
+        Session::new(s, shared, p)
+    }
+
+    #[inline]
+    fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        Session::decode(self, frame, scratch)
+    }
+
+    fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        index == 0 && Session::encode_session_init(self, out)
+    }
+
+    #[inline]
+    fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
+        encode_input_audio(audio, out)
+    }
+
+    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+        part == 0 && {
+            encode_tool_result(call_id, output, out);
+            true
+        }
+    }
+
+    fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+        part == 0 && {
+            encode_dtmf(digits, out);
+            true
+        }
+    }
+
+    fn current_reply(&self) -> ReplyKey {
+        Session::current_reply(self)
+    }
+
+    fn clears_on_speech_started(&self) -> bool {
+        self.barge_in == BargeInTrigger::SpeechStarted
+    }
+
+    /// With `speech-started` as the trigger, the later verdict is only a filter update.
+    fn clears_on_interrupted(&self) -> bool {
+        self.barge_in == BargeInTrigger::ReplyInterrupted
+    }
+
+    /// AssemblyAI wants tool results only once `reply.done` is the latest event, and drops
+    /// them after an interrupted reply (its tool-calling guide).
+    fn holds_tool_results_until_reply_done(&self) -> bool {
+        true
+    }
+}
 
 /// The encoding name of G.711 μ-law in AssemblyAI's `format` objects.
 pub const PCMU: &str = "audio/pcmu";
@@ -82,7 +237,7 @@ struct Wire<'a> {
 impl Session {
     /// A session for one call: the first `session.update` carries μ-law 8 kHz both ways plus
     /// the call's prompt, greeting, voice and tools (locked after the first update).
-    pub fn new(s: &AssemblyAiSettings, agents: &AgentSettings, p: CallParams) -> Session {
+    pub fn new(s: &Settings, shared: &SharedSettings, p: CallParams) -> Session {
         let fmt = json!({ "encoding": PCMU, "sample_rate": 8000 });
         let mut session = Map::new();
         if let Some(v) = &p.prompt {
@@ -91,7 +246,7 @@ impl Session {
         if let Some(v) = &p.first_message {
             session.insert("greeting".into(), Value::String(v.clone()));
         }
-        let tools = flat_tools(p.tools.as_ref().unwrap_or(&agents.tools));
+        let tools = super::function_tools(p.tools.as_ref().unwrap_or(&shared.tools));
         if !tools.is_empty() {
             session.insert("tools".into(), Value::Array(tools));
         }
@@ -142,7 +297,7 @@ impl Session {
         scratch: &mut simd_json::Buffers,
     ) -> Result<AgentEvent<'a>, DecodeError> {
         let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
-            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+            .map_err(DecodeError::MalformedJson)?;
         let Some(kind) = w.kind else {
             // Tolerated: error events without a `type` field.
             if w.code.is_some() || w.error.is_some() {
@@ -222,34 +377,10 @@ fn error_event<'a>(code: Option<&'a str>, message: Option<&'a str>) -> AgentEven
     }
 }
 
-/// Tool definitions in AssemblyAI's flat shape `{type:"function", name, description,
-/// parameters}` (entries that are not objects with a name are skipped).
-fn flat_tools(tools: &Value) -> Vec<Value> {
-    tools
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|t| t.get("name").is_some_and(Value::is_string))
-                .map(|t| {
-                    let mut t = t.clone();
-                    if let Some(o) = t.as_object_mut() {
-                        o.entry("type").or_insert_with(|| json!("function"));
-                    }
-                    t
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `{"type":"input.audio","audio":"<base64>"}` into `out` (cleared).
 #[inline]
 pub fn encode_input_audio(audio: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.reserve(32 + base64_simd::STANDARD.encoded_length(audio.len()));
-    out.extend_from_slice(b"{\"type\":\"input.audio\",\"audio\":\"");
-    base64_simd::STANDARD.encode_append(audio, out);
-    out.extend_from_slice(b"\"}");
+    crate::wire::b64::message(b"{\"type\":\"input.audio\",\"audio\":\"", audio, b"\"}", out);
 }
 
 /// `{"type":"tool.result","call_id":…,"result":"<string>"}`: a failure is a result too (the
@@ -281,8 +412,8 @@ mod tests {
     use super::*;
     use crate::auth::Secret;
 
-    fn settings(barge_in: BargeInTrigger) -> AssemblyAiSettings {
-        AssemblyAiSettings {
+    fn settings(barge_in: BargeInTrigger) -> Settings {
+        Settings {
             api_key: Secret::new("k"),
             url: "wss://agents.assemblyai.com/v1/ws".into(),
             voice: Some("ivy".into()),
@@ -293,7 +424,7 @@ mod tests {
     fn session() -> Session {
         Session::new(
             &settings(BargeInTrigger::ReplyInterrupted),
-            &AgentSettings::default(),
+            &SharedSettings::default(),
             CallParams::default(),
         )
     }
@@ -306,9 +437,8 @@ mod tests {
 
     #[test]
     fn first_update_carries_pcmu_both_ways_and_the_call_settings() {
-        let agents = AgentSettings {
+        let agents = SharedSettings {
             tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
-            ..AgentSettings::default()
         };
         let p = CallParams {
             prompt: Some("Be brief.".into()),
@@ -427,7 +557,7 @@ mod tests {
             .contains("ReplyKey(2)"));
         let speech = Session::new(
             &settings(BargeInTrigger::SpeechStarted),
-            &AgentSettings::default(),
+            &SharedSettings::default(),
             CallParams::default(),
         );
         assert_eq!(speech.barge_in(), BargeInTrigger::SpeechStarted);
@@ -479,11 +609,11 @@ mod tests {
             assert!(e.ends_with("fatal: true }"), "{e}");
         }
         assert_eq!(
-            dec(&mut s, r#"{"no":"type"}"#).unwrap_err().kind(),
+            dec(&mut s, r#"{"no":"type"}"#).unwrap_err().kind().as_str(),
             "missing_type"
         );
         assert_eq!(
-            dec(&mut s, r#"{"type":"reply.audio"}"#).unwrap_err().kind(),
+            dec(&mut s, r#"{"type":"reply.audio"}"#).unwrap_err().kind().as_str(),
             "missing_field"
         );
     }

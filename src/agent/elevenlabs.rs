@@ -3,15 +3,215 @@
 //! Platform WebSocket API reference
 //! (<https://elevenlabs.io/docs/agents-platform/api-reference/agents-platform/websocket>).
 //!
-//! Owns: the wire shapes, the custom-parameter → `conversation_initiation_client_data`
-//! mapping, and tolerant handling of uncertain items (a legacy `audio.chunk` shape, an
+//! Owns: its flags, the wire shapes, the custom-parameter → `conversation_initiation_client_data`
+//! mapping, the connect plan (the public conversation URL, or a signed URL fetched first for
+//! private agents: "get signed URL",
+//! <https://elevenlabs.io/docs/agents-platform/api-reference/conversations/get-signed-url>),
+//! and tolerant handling of uncertain items (a legacy `audio.chunk` shape, an
 //! `interruption_event` without `event_id`, unknown types). The reply key is the audio
-//! `event_id` itself. Does not own: connecting (see `agent::connect`), the interruption filter
-//! (see `call`), or sockets.
+//! `event_id` itself. Does not own: the I/O of connecting (`call::connect`), the interruption
+//! filter (see `call`), or sockets.
 
-use super::{AgentEvent, CallParams, DecodeError, ReplyKey, Speaker, ToolOutput};
+use super::{
+    AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
+    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput, UrlFetch,
+};
+use crate::auth::Secret;
 use crate::wire::json::LenientU64;
+use crate::wire::net::NetError;
 use serde::Deserialize;
+
+/// ElevenLabs flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "elevenlabs_flags")]
+pub struct Args {
+    /// ElevenLabs API key: when set, each call fetches a signed URL (private agents).
+    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
+    pub elevenlabs_api_key: Option<Secret>,
+
+    /// ElevenLabs agent id.
+    #[arg(long, env = "ELEVENLABS_AGENT_ID")]
+    pub elevenlabs_agent_id: Option<String>,
+
+    /// ElevenLabs REST origin; the WebSocket origin follows from it (https → wss).
+    #[arg(
+        long,
+        env = "ELEVENLABS_API_BASE",
+        default_value = "https://api.elevenlabs.io"
+    )]
+    pub elevenlabs_api_base: String,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
+}
+
+/// ElevenLabs settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// API key: when set the relay fetches a signed URL (private agents); `Debug` redacts it.
+    pub api_key: Option<Secret>,
+    /// The agent id.
+    pub agent_id: String,
+    /// REST origin, e.g. `https://api.elevenlabs.io`; the WebSocket origin follows from it
+    /// (`https` → `wss`, `http` → `ws`).
+    pub api_base: String,
+}
+
+/// Derives the public conversation URL from the REST origin:
+/// `{ws(s) origin}/v1/convai/conversation?agent_id={id}`.
+///
+/// # Errors
+/// [`NetError::InvalidUrl`] for an origin that is not `http(s)://host[:port]`.
+pub fn public_conversation_url(api_base: &str, agent_id: &str) -> Result<String, NetError> {
+    let base = api_base.trim_end_matches('/');
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        return Err(NetError::InvalidUrl(format!(
+            "ELEVENLABS_API_BASE must start with http:// or https://: {base}"
+        )));
+    };
+    Ok(format!(
+        "{ws_base}/v1/convai/conversation?agent_id={}",
+        encode_query(agent_id)
+    ))
+}
+
+fn encode_query(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// Reads `signed_url` out of a "get signed URL" answer; `None` unless it is a `ws(s)://` URL.
+/// The URL is treated as opaque.
+pub fn parse_signed_url(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct SignedUrl {
+        signed_url: String,
+    }
+    let parsed: SignedUrl = serde_json::from_slice(body).ok()?;
+    (parsed.signed_url.starts_with("wss://") || parsed.signed_url.starts_with("ws://"))
+        .then_some(parsed.signed_url)
+}
+
+impl Dialect for Session {
+    type Args = Args;
+    type Settings = Settings;
+    const INFO: DialectInfo = DialectInfo {
+        title: "ElevenLabs Conversational AI",
+        connects_to: "`wss://api.elevenlabs.io/v1/convai/conversation` (signed URL with an API key)",
+        barge_in: "`interruption` (audio with `event_id` ≤ its id is dropped)",
+        tools: "`client_tool_call` → `client_tool_result`",
+        dtmf: "`user_message`",
+        setup: "set ELEVENLABS_AGENT_ID",
+    };
+
+    fn settings(a: &Args) -> Result<Option<Settings>, SettingsError> {
+        let Some(agent_id) = a
+            .elevenlabs_agent_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        public_conversation_url(&a.elevenlabs_api_base, &agent_id)
+            .map_err(|e| SettingsError(e.to_string()))?;
+        Ok(Some(Settings {
+            api_key: super::nonempty(&a.elevenlabs_api_key),
+            agent_id,
+            api_base: a.elevenlabs_api_base.clone(),
+        }))
+    }
+
+    /// The public conversation URL, or (with an API key) a signed URL fetched first:
+    /// `GET {base}/v1/convai/conversation/get-signed-url?agent_id=` with `xi-api-key`. A
+    /// per-call agent id replaces the configured one.
+    fn connect(s: &Settings, params: &CallParams) -> Result<Option<ConnectSpec>, ConnectError> {
+        let agent_id = params.agent_id.as_deref().unwrap_or(&s.agent_id);
+        let url = public_conversation_url(&s.api_base, agent_id)?;
+        let fetch_url = s.api_key.clone().map(|key| UrlFetch {
+            url: format!(
+                "{}/v1/convai/conversation/get-signed-url?agent_id={}",
+                s.api_base.trim_end_matches('/'),
+                encode_query(agent_id)
+            ),
+            headers: vec![("xi-api-key", key)],
+            parse: parse_signed_url,
+        });
+        Ok(Some(ConnectSpec {
+            url,
+            headers: Vec::new(),
+            fetch_url,
+        }))
+    }
+
+    fn new(_: &Settings, _: &SharedSettings, params: CallParams) -> Session {
+        Session::new(params)
+    }
+
+    #[inline]
+    fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        Session::decode(self, frame, scratch)
+    }
+
+    fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        index == 0 && {
+            encode_initiation(&self.params, out);
+            true
+        }
+    }
+
+    #[inline]
+    fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
+        encode_user_audio(audio, out)
+    }
+
+    fn encode_pong(&self, id: u64, out: &mut Vec<u8>) -> bool {
+        encode_pong(id, out);
+        true
+    }
+
+    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+        part == 0 && {
+            encode_tool_result(call_id, output, out);
+            true
+        }
+    }
+
+    fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+        part == 0 && {
+            encode_dtmf(digits, out);
+            true
+        }
+    }
+
+    fn current_reply(&self) -> ReplyKey {
+        Session::current_reply(self)
+    }
+
+    /// ElevenLabs sends audio in large events: nothing to coalesce.
+    fn coalesces_small_deltas(&self) -> bool {
+        false
+    }
+
+    /// ElevenLabs has no speech-stopped event: its final caller transcript ends the caller's
+    /// turn.
+    fn transcript_ends_turn(&self) -> bool {
+        true
+    }
+
+    fn close_code_meaning(&self, code: u16) -> &'static str {
+        close_code_meaning(code)
+    }
+}
 
 /// Audio format name that means "G.711 μ-law 8 kHz" in ElevenLabs' metadata.
 pub const ULAW_8000: &str = "ulaw_8000";
@@ -145,7 +345,7 @@ impl Session {
         scratch: &mut simd_json::Buffers,
     ) -> Result<AgentEvent<'a>, DecodeError> {
         let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
-            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+            .map_err(DecodeError::MalformedJson)?;
         let kind = w.kind.ok_or(DecodeError::MissingType)?;
         Ok(match kind {
             "audio" => {
@@ -237,21 +437,12 @@ impl Session {
         })
     }
 
-    /// `conversation_initiation_client_data` (see [`encode_initiation`]).
-    pub fn encode_session_init(&self, out: &mut Vec<u8>) -> bool {
-        encode_initiation(&self.params, out);
-        true
-    }
 }
 
 /// Writes `{"user_audio_chunk":"<base64>"}` into `out` (cleared).
 #[inline]
 pub fn encode_user_audio(audio: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.reserve(24 + base64_simd::STANDARD.encoded_length(audio.len()));
-    out.extend_from_slice(b"{\"user_audio_chunk\":\"");
-    base64_simd::STANDARD.encode_append(audio, out);
-    out.extend_from_slice(b"\"}");
+    crate::wire::b64::message(b"{\"user_audio_chunk\":\"", audio, b"\"}", out);
 }
 
 /// Writes `{"type":"pong","event_id":N}` into `out` (cleared).
@@ -444,20 +635,42 @@ mod tests {
     }
 
     #[test]
-    fn errors() {
-        assert_eq!(dec("nope").unwrap_err().kind(), "malformed_json");
+    fn derives_public_url() {
         assert_eq!(
-            dec(r#"{"user_audio_chunk":"AA=="}"#).unwrap_err().kind(),
+            public_conversation_url("https://api.elevenlabs.io/", "agent 1").unwrap(),
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent+1"
+        );
+        assert_eq!(
+            public_conversation_url("http://127.0.0.1:9000", "a").unwrap(),
+            "ws://127.0.0.1:9000/v1/convai/conversation?agent_id=a"
+        );
+        assert!(public_conversation_url("ftp://x", "a").is_err());
+    }
+
+    #[test]
+    fn signed_urls_must_be_websocket_urls() {
+        assert_eq!(
+            parse_signed_url(br#"{"signed_url":"wss://x/y?conversation_signature=s"}"#).as_deref(),
+            Some("wss://x/y?conversation_signature=s")
+        );
+        assert_eq!(parse_signed_url(br#"{"signed_url":"https://x"}"#), None);
+        assert_eq!(parse_signed_url(b"nope"), None);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(dec("nope").unwrap_err().kind().as_str(), "malformed_json");
+        assert_eq!(
+            dec(r#"{"user_audio_chunk":"AA=="}"#).unwrap_err().kind().as_str(),
             "missing_type"
         );
         assert_eq!(
-            dec(r#"{"type":"ping"}"#).unwrap_err().kind(),
+            dec(r#"{"type":"ping"}"#).unwrap_err().kind().as_str(),
             "missing_field"
         );
         assert_eq!(
             dec(r#"{"type":"audio","audio_event":{}}"#)
-                .unwrap_err()
-                .kind(),
+                .unwrap_err().kind().as_str(),
             "missing_field"
         );
     }
@@ -537,7 +750,7 @@ mod tests {
                 encode_user_audio(&chunk, &mut out);
                 let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
                 let mut back = Vec::new();
-                crate::twilio::codec::decode_payload(v["user_audio_chunk"].as_str().unwrap(), &mut back).unwrap();
+                crate::wire::b64::decode(v["user_audio_chunk"].as_str().unwrap(), &mut back).unwrap();
                 prop_assert_eq!(back, chunk);
             }
         }

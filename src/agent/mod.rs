@@ -1,60 +1,584 @@
 //! The agent leg: one dialect-neutral event and command vocabulary, and one sans-IO
 //! translator per agent API.
 //!
-//! Owns [`AgentEvent`] (what an agent said, in neutral terms), [`Dialect`] (static dispatch
-//! over the translators: [`elevenlabs`], [`assemblyai`], [`openai`]), the per-call session
-//! parameters ([`CallParams`]), the dialect settings, and connecting ([`connect`]). The
-//! built-in [`echo`] agent needs no socket and is driven by the call machine directly.
+//! Owns [`AgentEvent`] (what an agent said, in neutral terms), the [`Dialect`] trait every
+//! translator implements, the per-call session parameters ([`CallParams`]) and what a dialect
+//! connects to ([`ConnectSpec`], pure: the I/O is `call::connect`). Does not own the call
+//! (see `call`): the machine decides when to send what; a translator only turns bytes into
+//! events and commands into bytes.
 //!
-//! Does not own the call (see `call`): the machine decides when to send what; a translator
-//! only turns bytes into events and commands into bytes. Adding a dialect means one new file
-//! here and one variant in [`AgentKind`] and [`Dialect`].
-
-pub mod assemblyai;
-pub mod connect;
-pub mod echo;
-pub mod elevenlabs;
-pub mod openai;
+//! Two kinds of dialect: **socket** dialects speak an agent API over a WebSocket
+//! ([`elevenlabs`], [`assemblyai`], [`openai`]); **local** dialects run inside the relay with
+//! no socket ([`echo`], [`scripted`]) and are driven by the call machine's clock.
+//!
+//! # Adding a dialect
+//! One file here implementing [`Dialect`] (its flags and settings, its connect details, its
+//! session init, decoders and encoders, its tool and DTMF forms, its README row in
+//! [`Dialect::INFO`]) and one line in the [`dialects!`] list below. That line declares the
+//! module and generates [`AgentKind`] (names and metric labels), [`Session`] (static dispatch
+//! on the per-frame path: no `dyn`), [`AgentArgs`] (its flags flattened into
+//! `media-relay serve`) and [`AgentSettings`].
 
 use crate::auth::Secret;
+use crate::obs::labels::ErrorKind;
+use std::time::Instant;
 
-/// Which agent a call talks to: the server default (`--agent`) or the call's `agent`
-/// stream parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum AgentKind {
-    /// ElevenLabs Conversational AI (Agents Platform) WebSocket.
-    Elevenlabs,
-    /// AssemblyAI Voice Agent API.
-    Assemblyai,
-    /// OpenAI Realtime API (GA).
-    Openai,
-    /// The built-in echo agent: plays the caller's audio back after a delay. No account needed.
-    Echo,
+/// Declares the dialects: `Variant => module`, one line each.
+macro_rules! dialects {
+    ( $( $(#[$meta:meta])* $variant:ident => $module:ident ),+ $(,)? ) => {
+        dialects!(@with_dollar ($) $( $(#[$meta])* $variant => $module ),+);
+    };
+    (@with_dollar ($d:tt) $( $(#[$meta:meta])* $variant:ident => $module:ident ),+ ) => {
+        $( $(#[$meta])* pub mod $module; )+
+
+        /// Which agent a call talks to: the server default (`--agent`) or the call's
+        /// `agent` stream parameter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+        pub enum AgentKind {
+            $( $(#[$meta])* $variant ),+
+        }
+
+        impl AgentKind {
+            /// Every kind, in label order (metrics create one series per kind at start).
+            pub const ALL: &'static [AgentKind] = &[$(AgentKind::$variant),+];
+            /// The kinds' names (the `agent` parameter and metric label), in label order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($module)),+];
+
+            /// Name used in logs, the `agent` parameter and the `agent` metric label.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(AgentKind::$variant => stringify!($module)),+
+                }
+            }
+
+            /// Its index in [`AgentKind::ALL`] (metric series are indexed by it).
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// Parses a name as given in the `agent` parameter (exact, lower case).
+            pub fn from_name(name: &str) -> Option<AgentKind> {
+                AgentKind::ALL.iter().copied().find(|k| k.as_str() == name)
+            }
+
+            /// The dialect's README facts.
+            pub const fn info(self) -> &'static DialectInfo {
+                match self {
+                    $(AgentKind::$variant => &<$module::Session as Dialect>::INFO),+
+                }
+            }
+
+            /// Whether the dialect runs inside the relay (no socket).
+            pub const fn is_local(self) -> bool {
+                match self {
+                    $(AgentKind::$variant => <$module::Session as Dialect>::LOCAL),+
+                }
+            }
+        }
+
+        /// The translator of one call's agent session: static dispatch, no `dyn` on the
+        /// frame path. Created when the call knows its agent and parameters.
+        #[derive(Debug)]
+        pub enum Session {
+            $( $(#[$meta])* $variant($module::Session) ),+
+        }
+
+        /// `dispatch!(session, s => expr)`: `expr` with `s` bound to the dialect's session.
+        macro_rules! dispatch {
+            ($d s:expr, $d x:ident => $d body:expr) => {
+                match $d s { $(Session::$variant($d x) => $d body),+ }
+            };
+        }
+
+        impl Session {
+            /// The translator for `kind` with this call's parameters; `None` when `kind` is
+            /// not configured on this relay.
+            pub fn new(kind: AgentKind, settings: &AgentSettings, params: CallParams) -> Option<Session> {
+                Some(match kind {
+                    $(AgentKind::$variant => Session::$variant(<$module::Session as Dialect>::new(
+                        settings.$module.as_ref()?,
+                        &settings.shared,
+                        params,
+                    ))),+
+                })
+            }
+
+            /// Which API this is.
+            pub fn kind(&self) -> AgentKind {
+                match self {
+                    $(Session::$variant(_) => AgentKind::$variant),+
+                }
+            }
+        }
+
+        /// Every dialect's flags (flattened into `media-relay serve`).
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct AgentArgs {
+            /// Flags shared by the dialects.
+            #[command(flatten)]
+            pub shared: SharedArgs,
+            $( #[command(flatten)] #[allow(missing_docs)] pub $module: <$module::Session as Dialect>::Args, )+
+        }
+
+        /// Everything the dialects need from configuration: each dialect's settings when
+        /// configured, and what they share.
+        #[derive(Debug, Clone, Default)]
+        pub struct AgentSettings {
+            /// Shared by the dialects.
+            pub shared: SharedSettings,
+            $( #[allow(missing_docs)] pub $module: Option<<$module::Session as Dialect>::Settings>, )+
+        }
+
+        impl AgentSettings {
+            /// Validates every dialect's flags.
+            ///
+            /// # Errors
+            /// [`SettingsError`] naming the flag.
+            pub fn from_args(args: &AgentArgs) -> Result<AgentSettings, SettingsError> {
+                Ok(AgentSettings {
+                    shared: SharedSettings::from_args(&args.shared)?,
+                    $( $module: <$module::Session as Dialect>::settings(&args.$module)?, )+
+                })
+            }
+
+            /// Whether calls can use `kind`.
+            pub fn is_configured(&self, kind: AgentKind) -> bool {
+                match kind {
+                    $(AgentKind::$variant => self.$module.is_some()),+
+                }
+            }
+
+            /// What `kind` connects to for a call with these parameters; `None` for a
+            /// local dialect.
+            ///
+            /// # Errors
+            /// [`ConnectError::NotConfigured`], or a bad configured URL.
+            pub fn connect_spec(&self, kind: AgentKind, params: &CallParams) -> Result<Option<ConnectSpec>, ConnectError> {
+                match kind {
+                    $(AgentKind::$variant => {
+                        let s = self.$module.as_ref().ok_or(ConnectError::NotConfigured(kind.as_str()))?;
+                        <$module::Session as Dialect>::connect(s, params)
+                    }),+
+                }
+            }
+        }
+    };
 }
 
-impl AgentKind {
-    /// Every kind, in label order (metrics create one series per kind at start).
-    pub const ALL: [AgentKind; 4] = [
-        AgentKind::Elevenlabs,
-        AgentKind::Assemblyai,
-        AgentKind::Openai,
-        AgentKind::Echo,
-    ];
+dialects! {
+    /// ElevenLabs Conversational AI (Agents Platform) WebSocket.
+    Elevenlabs => elevenlabs,
+    /// AssemblyAI Voice Agent API.
+    Assemblyai => assemblyai,
+    /// OpenAI Realtime API (GA).
+    Openai => openai,
+    /// The built-in echo agent: plays the caller's audio back after a delay. No account needed.
+    Echo => echo,
+}
 
-    /// Name used in logs, the `agent` parameter and the `agent` metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentKind::Elevenlabs => "elevenlabs",
-            AgentKind::Assemblyai => "assemblyai",
-            AgentKind::Openai => "openai",
-            AgentKind::Echo => "echo",
+/// A dialect's row in the README's dialect table.
+#[derive(Debug, Clone, Copy)]
+pub struct DialectInfo {
+    /// Product name.
+    pub title: &'static str,
+    /// Where it runs: the vendor's API, or inside the relay.
+    pub connects_to: &'static str,
+    /// What makes the relay clear the caller's playback.
+    pub barge_in: &'static str,
+    /// How tool calls and results travel.
+    pub tools: &'static str,
+    /// How keypad digits reach it.
+    pub dtmf: &'static str,
+    /// What configures it (a configuration error names it when `--agent` picks the dialect
+    /// unconfigured).
+    pub setup: &'static str,
+}
+
+/// A translator of one agent API (or a local agent). Methods with defaults describe the
+/// common case; a dialect overrides what differs. Socket dialects implement the encoders and
+/// [`Dialect::decode`]; local dialects implement [`Dialect::on_caller_audio`],
+/// [`Dialect::next_due`] and [`Dialect::poll_local`].
+pub trait Dialect: Sized + std::fmt::Debug + Send {
+    /// Its flags (a clap `Args` group).
+    type Args: clap::Args + Clone + std::fmt::Debug + Default;
+    /// Its validated settings.
+    type Settings: Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// Its README row.
+    const INFO: DialectInfo;
+    /// True for a dialect that runs inside the relay (no socket).
+    const LOCAL: bool = false;
+
+    /// Validates the flags; `None` when the dialect is not configured.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the offending flag.
+    fn settings(args: &Self::Args) -> Result<Option<Self::Settings>, SettingsError>;
+
+    /// What a call with these parameters connects to (`None` for a local dialect).
+    ///
+    /// # Errors
+    /// [`ConnectError`] for a bad configured URL.
+    fn connect(
+        settings: &Self::Settings,
+        params: &CallParams,
+    ) -> Result<Option<ConnectSpec>, ConnectError>;
+
+    /// One call's session.
+    fn new(settings: &Self::Settings, shared: &SharedSettings, params: CallParams) -> Self;
+
+    /// Decodes one text frame in place (simd-json; `scratch` is reused parser state).
+    ///
+    /// # Errors
+    /// [`DecodeError`] for frames that are not the dialect's JSON; unknown types are
+    /// [`AgentEvent::Other`], not errors.
+    fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        let _ = (frame, scratch);
+        Err(DecodeError::MissingType)
+    }
+
+    /// Session-opening message number `index` (0, 1, …) into `out`; `false` when there are
+    /// no more.
+    fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        let _ = (index, out);
+        false
+    }
+
+    /// Caller audio (raw μ-law) as the dialect's input-audio message.
+    fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
+        let _ = (audio, out);
+    }
+
+    /// The answer to an application-level ping; `false` for dialects without pings.
+    fn encode_pong(&self, id: u64, out: &mut Vec<u8>) -> bool {
+        let _ = (id, out);
+        false
+    }
+
+    /// A tool result, part `part` (0, 1, …) of it; `false` when done.
+    fn encode_tool_result(
+        &self,
+        part: usize,
+        call_id: &str,
+        output: &ToolOutput,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let _ = (part, call_id, output, out);
+        false
+    }
+
+    /// Keypad digits the caller entered, part `part`; `false` when done.
+    fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+        let _ = (part, digits, out);
+        false
+    }
+
+    /// After a barge-in that cut reply `reply` when `played_ms` of it had played: the command
+    /// that tells the agent what the caller heard; `false` for dialects without one.
+    fn encode_barge_in(&self, reply: ReplyKey, played_ms: u64, out: &mut Vec<u8>) -> bool {
+        let _ = (reply, played_ms, out);
+        false
+    }
+
+    /// The reply audio is currently being attributed to.
+    fn current_reply(&self) -> ReplyKey {
+        ReplyKey(0)
+    }
+
+    /// Whether the agent's speech-start event cuts the current reply.
+    fn clears_on_speech_started(&self) -> bool {
+        false
+    }
+
+    /// Whether [`AgentEvent::Interrupted`] events count as the barge-in signal.
+    fn clears_on_interrupted(&self) -> bool {
+        true
+    }
+
+    /// Whether tool results wait until the latest reply is done.
+    fn holds_tool_results_until_reply_done(&self) -> bool {
+        false
+    }
+
+    /// Whether the dialect's audio arrives in small deltas worth coalescing to 20 ms.
+    fn coalesces_small_deltas(&self) -> bool {
+        true
+    }
+
+    /// Whether the caller's final transcript ends the caller's turn (for dialects with no
+    /// speech-stopped event).
+    fn transcript_ends_turn(&self) -> bool {
+        false
+    }
+
+    /// What the agent's close code means, for the log line.
+    fn close_code_meaning(&self, code: u16) -> &'static str {
+        match code {
+            1000 => "normal closure",
+            1001 => "going away",
+            1002 => "protocol error",
+            1008 => "policy violation",
+            1011 => "internal server error",
+            _ => "unlisted close code",
         }
     }
 
-    /// Parses a name as given in the `agent` parameter (exact, lower case).
-    pub fn from_name(name: &str) -> Option<AgentKind> {
-        AgentKind::ALL.into_iter().find(|k| k.as_str() == name)
+    /// Local dialects: one caller frame heard at `now`; returns frames dropped to make room.
+    fn on_caller_audio(&mut self, now: Instant, audio: &[u8]) -> u64 {
+        let _ = (now, audio);
+        0
     }
+
+    /// Local dialects: when [`Dialect::poll_local`] next has something.
+    fn next_due(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Local dialects: the next event due at `now` (audio goes to `audio`, replacing it).
+    fn poll_local(&mut self, now: Instant, audio: &mut Vec<u8>) -> Option<LocalEvent> {
+        let _ = (now, audio);
+        None
+    }
+
+    /// Local dialects: a tool result for one of their tool calls.
+    fn on_tool_result(&mut self, call_id: &str, output: &ToolOutput, now: Instant) {
+        let _ = (call_id, output, now);
+    }
+
+    /// Local dialects: keypad digits.
+    fn on_dtmf(&mut self, digits: &str, now: Instant) {
+        let _ = (digits, now);
+    }
+}
+
+impl Session {
+    /// Whether this session runs inside the relay (no socket).
+    #[inline]
+    pub fn is_local(&self) -> bool {
+        self.kind().is_local()
+    }
+
+    /// See [`Dialect::decode`].
+    ///
+    /// # Errors
+    /// [`DecodeError`].
+    #[inline]
+    pub fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        dispatch!(self, s => Dialect::decode(s, frame, scratch))
+    }
+
+    /// See [`Dialect::encode_session_init`].
+    pub fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        dispatch!(self, s => Dialect::encode_session_init(s, index, out))
+    }
+
+    /// See [`Dialect::encode_audio`].
+    #[inline]
+    pub fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
+        dispatch!(self, s => Dialect::encode_audio(s, audio, out))
+    }
+
+    /// See [`Dialect::encode_pong`].
+    pub fn encode_pong(&self, id: u64, out: &mut Vec<u8>) -> bool {
+        dispatch!(self, s => Dialect::encode_pong(s, id, out))
+    }
+
+    /// See [`Dialect::encode_tool_result`].
+    pub fn encode_tool_result(
+        &self,
+        part: usize,
+        call_id: &str,
+        output: &ToolOutput,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        dispatch!(self, s => Dialect::encode_tool_result(s, part, call_id, output, out))
+    }
+
+    /// See [`Dialect::encode_dtmf`].
+    pub fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+        dispatch!(self, s => Dialect::encode_dtmf(s, part, digits, out))
+    }
+
+    /// See [`Dialect::encode_barge_in`].
+    pub fn encode_barge_in(&self, reply: ReplyKey, played_ms: u64, out: &mut Vec<u8>) -> bool {
+        dispatch!(self, s => Dialect::encode_barge_in(s, reply, played_ms, out))
+    }
+
+    /// See [`Dialect::current_reply`].
+    #[inline]
+    pub fn current_reply(&self) -> ReplyKey {
+        dispatch!(self, s => Dialect::current_reply(s))
+    }
+
+    /// See [`Dialect::clears_on_speech_started`].
+    pub fn clears_on_speech_started(&self) -> bool {
+        dispatch!(self, s => Dialect::clears_on_speech_started(s))
+    }
+
+    /// See [`Dialect::clears_on_interrupted`].
+    pub fn clears_on_interrupted(&self) -> bool {
+        dispatch!(self, s => Dialect::clears_on_interrupted(s))
+    }
+
+    /// See [`Dialect::holds_tool_results_until_reply_done`].
+    pub fn holds_tool_results_until_reply_done(&self) -> bool {
+        dispatch!(self, s => Dialect::holds_tool_results_until_reply_done(s))
+    }
+
+    /// See [`Dialect::coalesces_small_deltas`].
+    pub fn coalesces_small_deltas(&self) -> bool {
+        dispatch!(self, s => Dialect::coalesces_small_deltas(s))
+    }
+
+    /// See [`Dialect::transcript_ends_turn`].
+    pub fn transcript_ends_turn(&self) -> bool {
+        dispatch!(self, s => Dialect::transcript_ends_turn(s))
+    }
+
+    /// See [`Dialect::close_code_meaning`].
+    pub fn close_code_meaning(&self, code: u16) -> &'static str {
+        dispatch!(self, s => Dialect::close_code_meaning(s, code))
+    }
+
+    /// See [`Dialect::on_caller_audio`].
+    #[inline]
+    pub fn on_caller_audio(&mut self, now: Instant, audio: &[u8]) -> u64 {
+        dispatch!(self, s => Dialect::on_caller_audio(s, now, audio))
+    }
+
+    /// See [`Dialect::next_due`].
+    pub fn next_due(&self) -> Option<Instant> {
+        dispatch!(self, s => Dialect::next_due(s))
+    }
+
+    /// See [`Dialect::poll_local`].
+    pub fn poll_local(&mut self, now: Instant, audio: &mut Vec<u8>) -> Option<LocalEvent> {
+        dispatch!(self, s => Dialect::poll_local(s, now, audio))
+    }
+
+    /// See [`Dialect::on_tool_result`].
+    pub fn on_tool_result(&mut self, call_id: &str, output: &ToolOutput, now: Instant) {
+        dispatch!(self, s => Dialect::on_tool_result(s, call_id, output, now))
+    }
+
+    /// See [`Dialect::on_dtmf`].
+    pub fn on_dtmf(&mut self, digits: &str, now: Instant) {
+        dispatch!(self, s => Dialect::on_dtmf(s, digits, now))
+    }
+}
+
+/// What a local dialect did, in neutral terms (its audio is in the buffer it was handed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalEvent {
+    /// Agent speech of reply `.0` (the raw μ-law is in the audio buffer).
+    Audio(ReplyKey),
+    /// A reply began.
+    ReplyStarted,
+    /// The current reply is done.
+    ReplyDone,
+    /// The agent asks the relay to run a tool.
+    ToolCall {
+        /// The call id, echoed with the result.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments (a JSON object).
+        arguments: serde_json::Value,
+    },
+    /// The agent ended the session.
+    Ended,
+}
+
+/// Flags shared by the dialects.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SharedArgs {
+    /// JSON file with the tool definitions offered to AssemblyAI and OpenAI agents: an array
+    /// of `{"name","description","parameters"}` (a call's `tools` parameter replaces them).
+    #[arg(long, env = "RELAY_AGENT_TOOLS_FILE")]
+    pub agent_tools_file: Option<std::path::PathBuf>,
+}
+
+/// Settings shared by the dialects.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// Tool definitions offered to AssemblyAI and OpenAI agents (a JSON array of
+    /// `{name, description, parameters}`); ElevenLabs client tools are defined on the agent.
+    pub tools: serde_json::Value,
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        SharedSettings {
+            tools: serde_json::Value::Array(Vec::new()),
+        }
+    }
+}
+
+impl SharedSettings {
+    /// Reads and checks the tools file.
+    ///
+    /// # Errors
+    /// [`SettingsError`] for an unreadable file or one that is not an array of named tools.
+    pub fn from_args(a: &SharedArgs) -> Result<SharedSettings, SettingsError> {
+        let tools = match &a.agent_tools_file {
+            None => serde_json::Value::Array(Vec::new()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SettingsError(format!(
+                        "cannot read --agent-tools-file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| SettingsError(format!("--agent-tools-file is not JSON: {e}")))?;
+                let ok = v.as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|t| t.get("name").is_some_and(serde_json::Value::is_string))
+                });
+                if !ok {
+                    return Err(SettingsError(
+                        "--agent-tools-file must hold a JSON array of objects with a \"name\""
+                            .into(),
+                    ));
+                }
+                v
+            }
+        };
+        Ok(SharedSettings { tools })
+    }
+}
+
+/// A configuration error in a dialect's flags.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+/// Checks that `url` is a `ws://` or `wss://` URL with a host; `var` names the setting.
+///
+/// # Errors
+/// [`SettingsError`].
+pub fn check_ws_url(url: &str, var: &str) -> Result<String, SettingsError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| SettingsError(format!("{var} is not a URL: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("ws") | Some("wss")) || uri.host().is_none() {
+        return Err(SettingsError(format!(
+            "{var} must be a ws:// or wss:// URL"
+        )));
+    }
+    Ok(url.to_owned())
+}
+
+/// An API key flag with blank values treated as absent.
+pub fn nonempty(s: &Option<Secret>) -> Option<Secret> {
+    s.clone().filter(|k| !k.expose().trim().is_empty())
 }
 
 /// An opaque, per-call, monotonically increasing identity of one agent reply (ElevenLabs'
@@ -161,12 +685,13 @@ pub enum AgentEvent<'a> {
     },
 }
 
-/// Why an agent frame could not be decoded; [`DecodeError::kind`] is the metric label.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why an agent frame could not be decoded; [`DecodeError::kind`] is the metric label. No
+/// variant allocates: the parser's error is kept as it is and only formatted when logged.
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
-    /// Not valid JSON; carries the parser's message.
+    /// Not valid JSON; carries the parser's error.
     #[error("malformed JSON: {0}")]
-    MalformedJson(String),
+    MalformedJson(simd_json::Error),
     /// The object has no `type` field (and is not a tolerated type-less shape).
     #[error("message has no \"type\" field")]
     MissingType,
@@ -176,18 +701,81 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Stable snake_case name for metric labels.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` label of `relay_errors_total{leg="agent"}`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            DecodeError::MalformedJson(_) => "malformed_json",
-            DecodeError::MissingType => "missing_type",
-            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::MalformedJson(_) => ErrorKind::MalformedJson,
+            DecodeError::MissingType => ErrorKind::MissingType,
+            DecodeError::MissingField(_) => ErrorKind::MissingField,
         }
     }
 }
 
-/// Per-call session parameters, from the stream's `customParameters` (set by `/twiml` from
-/// configuration, or by `/outbound-call`). Names starting with `relay_`, and `agent`, are
+/// Where and how one call's agent leg connects (pure: `call::connect` does the I/O).
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    /// The WebSocket URL (`ws://` or `wss://`), unless [`ConnectSpec::fetch_url`] gives it.
+    pub url: String,
+    /// Extra upgrade-request headers (e.g. `Authorization: Bearer …`).
+    pub headers: Vec<(&'static str, Secret)>,
+    /// A REST request whose answer names the WebSocket URL (ElevenLabs signed URLs).
+    pub fetch_url: Option<UrlFetch>,
+}
+
+/// A `GET` whose JSON answer holds the WebSocket URL.
+#[derive(Debug, Clone)]
+pub struct UrlFetch {
+    /// The request URL.
+    pub url: String,
+    /// Request headers (secrets).
+    pub headers: Vec<(&'static str, Secret)>,
+    /// Reads the WebSocket URL out of a 200 answer's body.
+    pub parse: fn(&[u8]) -> Option<String>,
+}
+
+/// Why the agent could not be connected; [`ConnectError::kind`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Network-level failure (URL, TCP, TLS, HTTP).
+    #[error(transparent)]
+    Net(#[from] crate::wire::net::NetError),
+    /// The URL request answered a non-200 status.
+    #[error("the signed-URL request answered HTTP {0}")]
+    UrlFetchStatus(u16),
+    /// The URL request's answer had no usable URL.
+    #[error("the signed-URL answer has no valid URL")]
+    UrlFetchBody,
+    /// The WebSocket handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] crate::wire::ws_client::HandshakeError),
+    /// Connecting took longer than the configured timeout.
+    #[error("agent connect timed out")]
+    Timeout,
+    /// The call asked for an agent the relay has no settings for.
+    #[error("{0} is not configured on this relay")]
+    NotConfigured(&'static str),
+}
+
+impl ConnectError {
+    /// The `kind` label of `relay_errors_total{leg="agent"}`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConnectError::Net(e) => e.kind(),
+            ConnectError::UrlFetchStatus(_) => ErrorKind::SignedUrlStatus,
+            ConnectError::UrlFetchBody => ErrorKind::SignedUrlBody,
+            ConnectError::Handshake(e) => e.kind(),
+            ConnectError::Timeout => ErrorKind::ConnectTimeout,
+            ConnectError::NotConfigured(_) => ErrorKind::AgentNotConfigured,
+        }
+    }
+}
+
+/// Largest agent message accepted, in bytes. ElevenLabs' Python SDK accepts 16 MiB because a
+/// first audio event can be large; OpenAI allows events of up to 15 MiB.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Per-call session parameters, from the stream's parameters (set by the inbound-call markup
+/// from configuration, or by `/outbound-call`). Names starting with `relay_`, and `agent`, are
 /// the relay's own and never reach an agent as variables.
 #[derive(Debug, Clone, Default)]
 pub struct CallParams {
@@ -208,9 +796,21 @@ pub struct CallParams {
     pub variables: Vec<(String, String)>,
 }
 
-/// Parameter names that carry agent settings rather than variables.
+/// Parameter names that carry agent settings rather than variables (the agent overrides the
+/// relay builds itself; a dynamic variable may not use these names, nor `agent`, nor any name
+/// starting with `relay_`).
 pub const SETTING_PARAMETERS: [&str; 5] =
     ["prompt", "first_message", "language", "voice_id", "tools"];
+
+/// Whether `name` may be used for a dynamic variable: not empty, no control characters, not
+/// reserved ([`SETTING_PARAMETERS`], `agent`, `relay_*`). The one home of that rule.
+pub fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with("relay_")
+        && name != "agent"
+        && !SETTING_PARAMETERS.contains(&name)
+        && !name.chars().any(char::is_control)
+}
 
 impl CallParams {
     /// Sorts a stream's custom parameters into settings and variables.
@@ -240,6 +840,7 @@ impl CallParams {
 }
 
 /// True for an ElevenLabs agent id the relay accepts in a parameter: `[A-Za-z0-9_-]{1,64}`.
+/// The one home of that rule.
 pub fn is_agent_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -248,250 +849,8 @@ pub fn is_agent_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Which caller-speech signal makes the AssemblyAI dialect clear Twilio's playback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BargeInTrigger {
-    /// `reply.done{status:"interrupted"}` or `transcript.agent{interrupted:true}`: the
-    /// agent's own verdict; back-channels ("uh-huh") do not cut the reply.
-    ReplyInterrupted,
-    /// `input.speech.started`: faster, but may cut the reply on a back-channel.
-    SpeechStarted,
-}
-
-/// AssemblyAI Voice Agent settings.
-#[derive(Debug, Clone)]
-pub struct AssemblyAiSettings {
-    /// `Authorization: Bearer` key.
-    pub api_key: Secret,
-    /// WebSocket URL, default `wss://agents.assemblyai.com/v1/ws`.
-    pub url: String,
-    /// Default voice (`output.voice`) when the call sets none; `None` = the service default.
-    pub voice: Option<String>,
-    /// Barge-in trigger.
-    pub barge_in: BargeInTrigger,
-}
-
-/// OpenAI Realtime settings.
-#[derive(Debug, Clone)]
-pub struct OpenAiSettings {
-    /// `Authorization: Bearer` key.
-    pub api_key: Secret,
-    /// WebSocket URL including `?model=`.
-    pub url: String,
-    /// Default voice when the call sets none.
-    pub voice: String,
-}
-
-/// Everything the dialects need from configuration.
-#[derive(Debug, Clone, Default)]
-pub struct AgentSettings {
-    /// ElevenLabs, when configured.
-    pub elevenlabs: Option<connect::ElevenLabsSettings>,
-    /// AssemblyAI, when configured.
-    pub assemblyai: Option<AssemblyAiSettings>,
-    /// OpenAI, when configured.
-    pub openai: Option<OpenAiSettings>,
-    /// Tool definitions offered to AssemblyAI and OpenAI agents (a JSON array of
-    /// `{name, description, parameters}`); ElevenLabs client tools are defined on the agent.
-    pub tools: serde_json::Value,
-}
-
-impl AgentSettings {
-    /// Whether calls can use `kind` (echo always can).
-    pub fn is_configured(&self, kind: AgentKind) -> bool {
-        match kind {
-            AgentKind::Elevenlabs => self.elevenlabs.is_some(),
-            AgentKind::Assemblyai => self.assemblyai.is_some(),
-            AgentKind::Openai => self.openai.is_some(),
-            AgentKind::Echo => true,
-        }
-    }
-}
-
-/// The translator of one call's agent session: static dispatch, no `dyn` on the frame path.
-/// Created when the call knows its agent and parameters; lives as long as the agent leg.
-#[derive(Debug)]
-pub enum Dialect {
-    /// ElevenLabs Conversational AI.
-    Elevenlabs(elevenlabs::Session),
-    /// AssemblyAI Voice Agent.
-    Assemblyai(assemblyai::Session),
-    /// OpenAI Realtime.
-    Openai(openai::Session),
-}
-
 /// A tool result for the agent: `Ok(result JSON)` or `Err(error message)`.
 pub type ToolOutput = Result<serde_json::Value, String>;
-
-impl Dialect {
-    /// The translator for `kind` (not `Echo`, which has none) with this call's parameters;
-    /// `None` when `kind` is echo or not configured.
-    pub fn new(kind: AgentKind, settings: &AgentSettings, params: CallParams) -> Option<Dialect> {
-        Some(match kind {
-            AgentKind::Elevenlabs => {
-                settings.elevenlabs.as_ref()?;
-                Dialect::Elevenlabs(elevenlabs::Session::new(params))
-            }
-            AgentKind::Assemblyai => Dialect::Assemblyai(assemblyai::Session::new(
-                settings.assemblyai.as_ref()?,
-                settings,
-                params,
-            )),
-            AgentKind::Openai => Dialect::Openai(openai::Session::new(
-                settings.openai.as_ref()?,
-                settings,
-                params,
-            )),
-            AgentKind::Echo => return None,
-        })
-    }
-
-    /// Which API this is.
-    pub fn kind(&self) -> AgentKind {
-        match self {
-            Dialect::Elevenlabs(_) => AgentKind::Elevenlabs,
-            Dialect::Assemblyai(_) => AgentKind::Assemblyai,
-            Dialect::Openai(_) => AgentKind::Openai,
-        }
-    }
-
-    /// Decodes one text frame in place (simd-json; `scratch` is reused parser state).
-    ///
-    /// # Errors
-    /// [`DecodeError`] for frames that are not the dialect's JSON; unknown types are
-    /// [`AgentEvent::Other`], not errors.
-    #[inline]
-    pub fn decode<'a>(
-        &mut self,
-        frame: &'a mut [u8],
-        scratch: &mut simd_json::Buffers,
-    ) -> Result<AgentEvent<'a>, DecodeError> {
-        match self {
-            Dialect::Elevenlabs(s) => s.decode(frame, scratch),
-            Dialect::Assemblyai(s) => s.decode(frame, scratch),
-            Dialect::Openai(s) => s.decode(frame, scratch),
-        }
-    }
-
-    /// The messages that open the session, in order (one per call of `index` = 0, 1, …;
-    /// `false` when there are no more): ElevenLabs `conversation_initiation_client_data`,
-    /// AssemblyAI `session.update` (μ-law both ways, locked fields in the first update),
-    /// OpenAI `session.update` (`audio/pcmu`) and, with a greeting, `response.create`.
-    pub fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
-        match self {
-            Dialect::Elevenlabs(s) => index == 0 && s.encode_session_init(out),
-            Dialect::Assemblyai(s) => index == 0 && s.encode_session_init(out),
-            Dialect::Openai(s) => s.encode_session_init(index, out),
-        }
-    }
-
-    /// Caller audio (raw μ-law) as the dialect's input-audio message.
-    #[inline]
-    pub fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
-        match self {
-            Dialect::Elevenlabs(_) => elevenlabs::encode_user_audio(audio, out),
-            Dialect::Assemblyai(_) => assemblyai::encode_input_audio(audio, out),
-            Dialect::Openai(_) => openai::encode_append(audio, out),
-        }
-    }
-
-    /// The answer to an application-level ping (ElevenLabs only has them).
-    pub fn encode_pong(&self, id: u64, out: &mut Vec<u8>) {
-        elevenlabs::encode_pong(id, out);
-    }
-
-    /// A tool result in the dialect's shape; `part` 0, 1, … for multi-message results
-    /// (OpenAI: the `function_call_output` item, then `response.create`). `false` when done.
-    pub fn encode_tool_result(
-        &self,
-        part: usize,
-        call_id: &str,
-        output: &ToolOutput,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        match self {
-            Dialect::Elevenlabs(_) => {
-                part == 0 && {
-                    elevenlabs::encode_tool_result(call_id, output, out);
-                    true
-                }
-            }
-            Dialect::Assemblyai(_) => {
-                part == 0 && {
-                    assemblyai::encode_tool_result(call_id, output, out);
-                    true
-                }
-            }
-            Dialect::Openai(_) => openai::encode_tool_result(part, call_id, output, out),
-        }
-    }
-
-    /// Keypad digits the caller entered, as the dialect's natural input (see the README's
-    /// DTMF table); `part` as in [`Dialect::encode_tool_result`].
-    pub fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
-        match self {
-            Dialect::Elevenlabs(_) => {
-                part == 0 && {
-                    elevenlabs::encode_dtmf(digits, out);
-                    true
-                }
-            }
-            Dialect::Assemblyai(_) => {
-                part == 0 && {
-                    assemblyai::encode_dtmf(digits, out);
-                    true
-                }
-            }
-            Dialect::Openai(_) => openai::encode_dtmf(part, digits, out),
-        }
-    }
-
-    /// Whether the agent's speech-start event cuts the current reply (clear Twilio, drop its
-    /// audio). ElevenLabs sends its own `interruption`; AssemblyAI per configuration; OpenAI
-    /// always (the server cancels the response on speech start, `interrupt_response`).
-    pub fn clears_on_speech_started(&self) -> bool {
-        match self {
-            Dialect::Elevenlabs(_) => false,
-            Dialect::Assemblyai(s) => s.barge_in() == BargeInTrigger::SpeechStarted,
-            Dialect::Openai(_) => true,
-        }
-    }
-
-    /// Whether [`AgentEvent::Interrupted`] events count as the barge-in signal (false for
-    /// AssemblyAI configured to clear on speech start: the later verdict is then only a
-    /// filter update).
-    pub fn clears_on_interrupted(&self) -> bool {
-        match self {
-            Dialect::Assemblyai(s) => s.barge_in() == BargeInTrigger::ReplyInterrupted,
-            _ => true,
-        }
-    }
-
-    /// The reply audio is currently being attributed to (for barge-in bookkeeping).
-    pub fn current_reply(&self) -> ReplyKey {
-        match self {
-            Dialect::Elevenlabs(s) => s.current_reply(),
-            Dialect::Assemblyai(s) => s.current_reply(),
-            Dialect::Openai(s) => s.current_reply(),
-        }
-    }
-
-    /// After a barge-in that cut reply `reply` when `played_ms` of it had played (never
-    /// more than was sent): the command that tells the agent what the caller heard (OpenAI
-    /// `conversation.item.truncate`), written to `out`; `false` for dialects without one.
-    pub fn encode_barge_in(&self, reply: ReplyKey, played_ms: u64, out: &mut Vec<u8>) -> bool {
-        match self {
-            Dialect::Openai(s) => s.encode_truncate(reply, played_ms, out),
-            _ => false,
-        }
-    }
-
-    /// AssemblyAI wants tool results only once `reply.done` is the latest event, and drops
-    /// them after an interrupted reply (its tool-calling guide); the others take them at once.
-    pub fn holds_tool_results_until_reply_done(&self) -> bool {
-        matches!(self, Dialect::Assemblyai(_))
-    }
-}
 
 /// Tool-call arguments as a JSON object: an object as is, a string holding a JSON object
 /// (OpenAI sends `arguments` as JSON text) parsed; anything else is refused with a reason.
@@ -528,25 +887,57 @@ pub(crate) fn result_text(v: &serde_json::Value) -> String {
     }
 }
 
+/// Tool definitions in the flat function shape `{type:"function", name, description,
+/// parameters}` that AssemblyAI and OpenAI both take (entries that are not objects with a name
+/// are skipped).
+pub(crate) fn function_tools(tools: &serde_json::Value) -> Vec<serde_json::Value> {
+    tools
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t.get("name").is_some_and(serde_json::Value::is_string))
+                .map(|t| {
+                    let mut t = t.clone();
+                    if let Some(o) = t.as_object_mut() {
+                        o.entry("type")
+                            .or_insert_with(|| serde_json::Value::String("function".into()));
+                    }
+                    t
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The sentence every dialect receives for keypad digits (see the README's DTMF table).
 pub fn dtmf_text(digits: &str) -> String {
     format!("The caller pressed {digits} on the phone keypad.")
 }
 
+/// The README's dialect table, generated from [`Dialect::INFO`] of every registered dialect
+/// (a test keeps the README in step: `the_readme_lists_every_dialect`).
+pub fn readme_table() -> String {
+    let mut s = String::from(
+        "| `agent` | dialect | connects to | barge-in | tools | DTMF |\n|---|---|---|---|---|---|\n",
+    );
+    for k in AgentKind::ALL {
+        let i = k.info();
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} |\n",
+            k.as_str(),
+            i.title,
+            i.connects_to,
+            i.barge_in,
+            i.tools,
+            i.dtmf
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_labels_follow_agent_kinds() {
-        for k in AgentKind::ALL {
-            assert_eq!(crate::obs::metrics::AGENT_LABELS[k as usize], k.as_str());
-        }
-        assert_eq!(
-            AgentKind::ALL.len(),
-            crate::obs::metrics::AGENT_LABELS.len()
-        );
-    }
 
     #[test]
     fn tool_arguments_must_be_objects() {
@@ -576,7 +967,8 @@ mod tests {
     #[test]
     fn kinds_round_trip_by_name() {
         for k in AgentKind::ALL {
-            assert_eq!(AgentKind::from_name(k.as_str()), Some(k));
+            assert_eq!(AgentKind::from_name(k.as_str()), Some(*k));
+            assert_eq!(AgentKind::NAMES[k.index()], k.as_str());
         }
         assert_eq!(AgentKind::from_name("ElevenLabs"), None);
         assert_eq!(AgentKind::from_name("gpt"), None);
@@ -613,5 +1005,33 @@ mod tests {
             ("relay_agent_id".into(), "bad id!".into()),
         ]);
         assert!(p.tools.is_none() && p.agent_id.is_none());
+    }
+
+    #[test]
+    fn variable_names_and_agent_ids() {
+        assert!(is_variable_name("customer_name"));
+        for bad in ["", "relay_x", "agent", "prompt", "tools", "a\nb"] {
+            assert!(!is_variable_name(bad), "{bad}");
+        }
+        assert!(is_agent_id("agent_1-A"));
+        assert!(is_agent_id(&"a".repeat(64)));
+        assert!(!is_agent_id(&"a".repeat(65)));
+        assert!(!is_agent_id(""));
+        assert!(!is_agent_id("a b"));
+        assert!(!is_agent_id("a/b"));
+        assert!(!is_agent_id("é"));
+    }
+
+    #[test]
+    fn function_tools_are_flat_and_typed() {
+        let t = function_tools(&serde_json::json!([
+            {"name": "a", "description": "d", "parameters": {}},
+            {"type": "function", "name": "b"},
+            {"description": "no name"},
+            7
+        ]));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["type"], "function");
+        assert_eq!(t[1]["name"], "b");
     }
 }

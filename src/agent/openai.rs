@@ -10,12 +10,151 @@
 //! too. Does not own when to send what (the call machine) or sockets.
 
 use super::{
-    AgentEvent, AgentSettings, CallParams, DecodeError, OpenAiSettings, ReplyKey, Speaker,
-    ToolOutput,
+    AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
+    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput,
 };
+use crate::auth::Secret;
 use crate::wire::json::{write_str, MaybeStr};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+
+/// OpenAI flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "openai_flags")]
+pub struct Args {
+    /// OpenAI API key (`Authorization: Bearer`).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+
+    /// OpenAI Realtime WebSocket URL (the model is its `model` query parameter).
+    #[arg(
+        long,
+        env = "OPENAI_REALTIME_URL",
+        default_value = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    )]
+    pub openai_realtime_url: String,
+
+    /// OpenAI Realtime model; replaces the URL's `model` parameter when set.
+    #[arg(long, env = "OPENAI_REALTIME_MODEL")]
+    pub openai_model: Option<String>,
+
+    /// OpenAI voice when the call's `voice_id` parameter sets none.
+    #[arg(long, env = "OPENAI_VOICE", default_value = "alloy")]
+    pub openai_voice: String,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
+}
+
+/// OpenAI Realtime settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `Authorization: Bearer` key.
+    pub api_key: Secret,
+    /// WebSocket URL including `?model=`.
+    pub url: String,
+    /// Default voice when the call sets none.
+    pub voice: String,
+}
+
+/// `url` with query parameter `name` set to `value` (replaced if present).
+pub fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != name)
+        .collect();
+    pairs.push((name.to_owned(), value.to_owned()));
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    format!("{base}?{q}")
+}
+
+impl Dialect for Session {
+    type Args = Args;
+    type Settings = Settings;
+    const INFO: DialectInfo = DialectInfo {
+        title: "OpenAI Realtime API (GA)",
+        connects_to: "`wss://api.openai.com/v1/realtime?model=…` (`Authorization: Bearer`)",
+        barge_in: "`input_audio_buffer.speech_started`, then `conversation.item.truncate` at the played position",
+        tools: "`response.function_call_arguments.done` → `function_call_output` item + `response.create`",
+        dtmf: "a user `input_text` item + `response.create`",
+        setup: "set OPENAI_API_KEY",
+    };
+
+    fn settings(a: &Args) -> Result<Option<Settings>, SettingsError> {
+        let Some(api_key) = super::nonempty(&a.openai_api_key) else {
+            return Ok(None);
+        };
+        let mut url = super::check_ws_url(&a.openai_realtime_url, "OPENAI_REALTIME_URL")?;
+        if let Some(model) = a.openai_model.as_deref().filter(|m| !m.is_empty()) {
+            url = with_query_param(&url, "model", model);
+        }
+        Ok(Some(Settings {
+            api_key,
+            url,
+            voice: a.openai_voice.clone(),
+        }))
+    }
+
+    fn connect(s: &Settings, _: &CallParams) -> Result<Option<ConnectSpec>, ConnectError> {
+        Ok(Some(ConnectSpec {
+            url: s.url.clone(),
+            headers: vec![(
+                "authorization",
+                Secret::new(format!("Bearer {}", s.api_key.expose())),
+            )],
+            fetch_url: None,
+        }))
+    }
+
+    fn new(s: &Settings, shared: &SharedSettings, p: CallParams) -> Session {
+        Session::new(s, shared, p)
+    }
+
+    #[inline]
+    fn decode<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        scratch: &mut simd_json::Buffers,
+    ) -> Result<AgentEvent<'a>, DecodeError> {
+        Session::decode(self, frame, scratch)
+    }
+
+    fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
+        Session::encode_session_init(self, index, out)
+    }
+
+    #[inline]
+    fn encode_audio(&self, audio: &[u8], out: &mut Vec<u8>) {
+        encode_append(audio, out)
+    }
+
+    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+        encode_tool_result(part, call_id, output, out)
+    }
+
+    fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
+        encode_dtmf(part, digits, out)
+    }
+
+    fn encode_barge_in(&self, reply: ReplyKey, played_ms: u64, out: &mut Vec<u8>) -> bool {
+        self.encode_truncate(reply, played_ms, out)
+    }
+
+    fn current_reply(&self) -> ReplyKey {
+        Session::current_reply(self)
+    }
+
+    /// The server cancels the response on speech start (`interrupt_response`).
+    fn clears_on_speech_started(&self) -> bool {
+        true
+    }
+}
 
 /// The GA format type of G.711 μ-law.
 pub const PCMU: &str = "audio/pcmu";
@@ -102,7 +241,7 @@ impl Session {
     /// A session for one call: `session.update` (`type: realtime`, audio output only,
     /// `audio/pcmu` in and out, server VAD, voice, instructions, tools) and, when the call
     /// has a greeting, `response.create` asking the model to say it.
-    pub fn new(s: &OpenAiSettings, agents: &AgentSettings, p: CallParams) -> Session {
+    pub fn new(s: &Settings, shared: &SharedSettings, p: CallParams) -> Session {
         let mut session = Map::new();
         session.insert("type".into(), json!("realtime"));
         session.insert("output_modalities".into(), json!(["audio"]));
@@ -117,7 +256,7 @@ impl Session {
         if let Some(v) = &p.prompt {
             session.insert("instructions".into(), Value::String(v.clone()));
         }
-        let tools = function_tools(p.tools.as_ref().unwrap_or(&agents.tools));
+        let tools = super::function_tools(p.tools.as_ref().unwrap_or(&shared.tools));
         if !tools.is_empty() {
             session.insert("tools".into(), Value::Array(tools));
             session.insert("tool_choice".into(), json!("auto"));
@@ -187,7 +326,7 @@ impl Session {
         scratch: &mut simd_json::Buffers,
     ) -> Result<AgentEvent<'a>, DecodeError> {
         let w: Wire<'a> = simd_json::serde::from_slice_with_buffers(frame, scratch)
-            .map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+            .map_err(DecodeError::MalformedJson)?;
         let kind = w.kind.ok_or(DecodeError::MissingType)?;
         Ok(match kind {
             "response.output_audio.delta" | "response.audio.delta" => {
@@ -260,33 +399,15 @@ impl Session {
     }
 }
 
-/// Tool definitions in the GA shape `{type:"function", name, description, parameters}`.
-fn function_tools(tools: &Value) -> Vec<Value> {
-    tools
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|t| t.get("name").is_some_and(Value::is_string))
-                .map(|t| {
-                    let mut t = t.clone();
-                    if let Some(o) = t.as_object_mut() {
-                        o.entry("type").or_insert_with(|| json!("function"));
-                    }
-                    t
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `{"type":"input_audio_buffer.append","audio":"<base64>"}` into `out` (cleared).
 #[inline]
 pub fn encode_append(audio: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.reserve(48 + base64_simd::STANDARD.encoded_length(audio.len()));
-    out.extend_from_slice(b"{\"type\":\"input_audio_buffer.append\",\"audio\":\"");
-    base64_simd::STANDARD.encode_append(audio, out);
-    out.extend_from_slice(b"\"}");
+    crate::wire::b64::message(
+        b"{\"type\":\"input_audio_buffer.append\",\"audio\":\"",
+        audio,
+        b"\"}",
+        out,
+    );
 }
 
 /// `{"type":"response.create"}`.
@@ -358,8 +479,8 @@ mod tests {
     use super::*;
     use crate::auth::Secret;
 
-    fn settings() -> OpenAiSettings {
-        OpenAiSettings {
+    fn settings() -> Settings {
+        Settings {
             api_key: Secret::new("k"),
             url: "wss://api.openai.com/v1/realtime?model=gpt-realtime".into(),
             voice: "alloy".into(),
@@ -375,16 +496,15 @@ mod tests {
     fn session() -> Session {
         Session::new(
             &settings(),
-            &AgentSettings::default(),
+            &SharedSettings::default(),
             CallParams::default(),
         )
     }
 
     #[test]
     fn session_update_asks_for_pcmu_both_ways_and_greets() {
-        let agents = AgentSettings {
+        let agents = SharedSettings {
             tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
-            ..AgentSettings::default()
         };
         let p = CallParams {
             prompt: Some("Be brief.".into()),

@@ -18,14 +18,78 @@
 //! for a call SID that already has a live one *on this instance* replaces it (the newest is
 //! kept, the older is closed). No I/O here.
 
-use crate::auth::signature::CallTokenKey;
+use crate::obs::labels::{ErrorKind, TokenResult};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 /// How long an outbound call's signed TwiML URL stays valid (ringing and answer time).
 pub const OUTBOUND_URL_TTL: Duration = Duration::from_secs(15 * 60);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of a base64url (no padding) HMAC-SHA256: 32 bytes → 43 characters.
+const CALL_TOKEN_LEN: usize = 43;
+/// Domain-separation prefix of [`CallTokenKey`] tokens.
+const CALL_TOKEN_PREFIX: &[u8] = b"relay-token:v1:";
+
+/// A per-call token binding a media stream to its call: put [`token`](Self::token) in a
+/// `<Parameter>` (or the stream URL) of the markup for a call and check it with
+/// [`verify`](Self::verify) against the start message's call id when it arrives.
+///
+/// Token = base64url-no-pad(HMAC-SHA256(secret, `"relay-token:v1:" + call_sid`)), 43 chars.
+/// The secret should be at least 32 random bytes and never leave the relay.
+#[derive(Clone)]
+pub struct CallTokenKey {
+    /// HMAC-SHA256 keyed with the secret; cloned per token.
+    mac: HmacSha256,
+}
+
+impl fmt::Debug for CallTokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallTokenKey")
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl CallTokenKey {
+    /// Creates a key from the relay's token secret. Any length is accepted.
+    #[must_use]
+    pub fn new(secret: &[u8]) -> Self {
+        let mac =
+            HmacSha256::new_from_slice(secret).expect("HMAC-SHA256 accepts keys of any length");
+        Self { mac }
+    }
+
+    /// The token for `call_sid`: deterministic, URL- and TwiML-safe (`A-Z a-z 0-9 - _`).
+    #[must_use]
+    pub fn token(&self, call_sid: &str) -> String {
+        base64_simd::URL_SAFE_NO_PAD.encode_to_string(self.raw(call_sid))
+    }
+
+    /// True iff `token` is exactly [`token`](Self::token)`(call_sid)`; compared in constant
+    /// time.
+    #[must_use]
+    pub fn verify(&self, call_sid: &str, token: &str) -> bool {
+        let mut buf = [0u8; CALL_TOKEN_LEN];
+        let expected = base64_simd::URL_SAFE_NO_PAD
+            .encode(&self.raw(call_sid), base64_simd::Out::from_slice(&mut buf));
+        expected.ct_eq(token.as_bytes()).into()
+    }
+
+    fn raw(&self, call_sid: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(CALL_TOKEN_PREFIX);
+        mac.update(call_sid.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
 
 /// Why a stream's token was refused; [`TokenError::kind`] is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,11 +103,19 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// Stable snake_case label.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` label of `relay_errors_total`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            TokenError::Missing => "token_missing",
-            TokenError::Invalid => "token_invalid",
+            TokenError::Missing => ErrorKind::TokenMissing,
+            TokenError::Invalid => ErrorKind::TokenInvalid,
+        }
+    }
+
+    /// The `result` label of `relay_stream_tokens_total`.
+    pub fn result(&self) -> TokenResult {
+        match self {
+            TokenError::Missing => TokenResult::TokenMissing,
+            TokenError::Invalid => TokenResult::TokenInvalid,
         }
     }
 }
@@ -60,11 +132,11 @@ pub enum UrlError {
 }
 
 impl UrlError {
-    /// Stable snake_case label (`relay_errors_total{leg="twilio",kind}`).
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` label of `relay_errors_total{leg=<carrier>}`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            UrlError::BadSignature => "outbound_url_signature",
-            UrlError::Expired => "outbound_url_expired",
+            UrlError::BadSignature => ErrorKind::OutboundUrlSignature,
+            UrlError::Expired => ErrorKind::OutboundUrlExpired,
         }
     }
 }
@@ -86,11 +158,17 @@ impl StreamTokens {
     /// Derives the token secret from the Twilio auth token (when no `RELAY_TOKEN_SECRET` is
     /// configured), domain-separated so the token never reveals the auth token's HMACs.
     pub fn from_auth_token(auth_token: &str) -> Self {
+        Self::new(&Self::derive_secret(auth_token))
+    }
+
+    /// A token secret derived from a carrier credential (the Twilio auth token, the Telnyx
+    /// API key), domain-separated so tokens never reveal the credential's HMACs.
+    pub fn derive_secret(credential: &str) -> Vec<u8> {
         use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(auth_token.as_bytes())
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(credential.as_bytes())
             .expect("HMAC-SHA256 accepts keys of any length");
         mac.update(b"media-relay stream token secret v1");
-        Self::new(&mac.finalize().into_bytes())
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// The `relay_token` for a call.
@@ -184,6 +262,54 @@ impl LiveStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_token_roundtrip() {
+        let key = CallTokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let t = key.token("CA1111");
+        assert_eq!(t.len(), CALL_TOKEN_LEN);
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(t, key.token("CA1111"), "deterministic");
+        assert!(key.verify("CA1111", &t));
+
+        // Other call's token.
+        let other_call = key.token("CA2222");
+        assert_ne!(t, other_call);
+        assert!(!key.verify("CA1111", &other_call));
+        assert!(!key.verify("CA2222", &t));
+        // Tampered, truncated, padded, empty.
+        let mut tampered = t.clone().into_bytes();
+        tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+        assert!(!key.verify("CA1111", &String::from_utf8(tampered).expect("ascii")));
+        assert!(!key.verify("CA1111", &t[..42]));
+        assert!(!key.verify("CA1111", &format!("{t}=")));
+        assert!(!key.verify("CA1111", ""));
+        // Another key.
+        let other_key = CallTokenKey::new(b"a different secret of enough len");
+        assert!(!other_key.verify("CA1111", &t));
+    }
+
+    #[test]
+    fn call_token_definition() {
+        // token = base64url-no-pad(HMAC-SHA256(secret, "relay-token:v1:" + call_sid)).
+        let secret = b"s3cret";
+        let mut mac = HmacSha256::new_from_slice(secret).expect("any key length");
+        mac.update(b"relay-token:v1:CA42");
+        let expected = base64_simd::URL_SAFE_NO_PAD.encode_to_string(mac.finalize().into_bytes());
+        assert_eq!(CallTokenKey::new(secret).token("CA42"), expected);
+    }
+
+    #[test]
+    fn debug_does_not_leak_the_token_secret() {
+        let secret = b"call-token-secret-bytes";
+        let key = CallTokenKey::new(secret);
+        let dbg = format!("{key:?} {key:#?}");
+        assert!(!dbg.contains("call-token-secret"), "{dbg}");
+        assert!(!dbg.contains(&format!("{:?}", &secret[..4])), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+    }
 
     #[test]
     fn tokens_bind_to_the_call() {

@@ -2,25 +2,26 @@
 //! cancel-safe `WsReader`s, write halves through cancel-safe `WsWriter`s), the agent connect
 //! future, the tool-webhook futures and one timer, and feeds a [`CallMachine`].
 //!
-//! Each loop turn: act on the machine's events; move what each leg owes from the machine into
-//! that leg's writer (bounded per turn) and try to write it once; arm the timer from
-//! [`CallMachine::poll_timeout`]; then wait in one `select!` on {Twilio message, agent
-//! message, Twilio writable, agent writable, agent connected, tool answer, timer, stop}.
-//! Each leg's writes are a branch of their own, so a stalled agent socket never stops Twilio
-//! reads or a `clear` to Twilio (and the other way round); the machine caps each outbox and
-//! ends a call whose leg stays stalled.
+//! Each loop turn: act on the machine's events ([`on_event`]); move what each leg owes from
+//! the machine into that leg's writer and try to write it once ([`Legs::flush`]); fold the
+//! call's metrics when due; arm the timer from [`CallMachine::poll_timeout`]; then wait in one
+//! `select!` on {caller message, agent message, caller writable, agent writable, agent
+//! connected, tool answer, timer, stop}. Each leg's writes are a branch of their own, so a
+//! stalled agent socket never stops caller reads or a `clear` to the carrier (and the other
+//! way round); the machine caps each outbox and ends a call whose leg stays stalled.
 //!
-//! Also owns what needs shared state at `start`: the stream-token check and the live-stream
-//! registry (duplicate policy), and the end of the call: best-effort flush, closing
-//! handshakes, metrics fold, summary line.
+//! Also owns what needs shared state: the stream-token check and the live-stream registry at
+//! admission (the machine decides what they mean), and the end of the call: best-effort
+//! flush, closing handshakes, metrics fold, summary line.
 
-use super::machine::{CallEvent, CallMachine, Side};
-use super::tools::{self, ToolRequest};
-use super::{CallContext, EndReason, CLOSE_TIMEOUT};
-use crate::agent::connect::{AgentRead, AgentWrite, ConnectFuture, ConnectSpec};
+use super::connect::{self as agent_connect, AgentRead, AgentWrite, ConnectFuture};
+use super::machine::{CallEvent, CallMachine};
+use super::settings::{CallContext, CLOSE_TIMEOUT};
+use super::tool_webhook::{self, ToolRequest};
+use super::EndReason;
 use crate::agent::{AgentKind, ToolOutput};
-use crate::obs::metrics::{Leg, ToolResult};
-use crate::twilio::codec::{self as tw, TwilioEvent};
+use crate::carrier::{CarrierKind, Decoded};
+use crate::obs::labels::{ErrorKind, Leg, ToolResult};
 use crate::wire::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
 use futures_util::FutureExt;
 use std::future::Future;
@@ -32,10 +33,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-/// Read half of the Twilio socket (hyper's leftover bytes chained in front).
-pub type TwilioRead = WsReader<Prefixed<OwnedReadHalf>>;
-/// Write half of the Twilio socket.
-pub type TwilioWrite = WsWriter<OwnedWriteHalf>;
+/// Read half of the carrier socket (hyper's leftover bytes chained in front).
+pub type CallerRead = WsReader<Prefixed<OwnedReadHalf>>;
+/// Write half of the carrier socket.
+pub type CallerWrite = WsWriter<OwnedWriteHalf>;
 
 /// Most messages taken from one socket per turn before writing (batching: one write per
 /// socket per burst).
@@ -49,29 +50,32 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// socket always readable would otherwise starve the branches the biased select polls last).
 const STARVATION_CHECK_TURNS: u32 = 8;
 
-/// How often a live call republishes its figures for `GET /calls`.
-pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Scratch buffers grown beyond this by a large message are released after the turn.
 const SCRATCH_KEEP_BYTES: usize = 4096;
 
 type ToolFuture = Pin<Box<dyn Future<Output = (ToolResult, ToolOutput)> + Send>>;
 
-/// Runs one call on an upgraded Twilio socket until it ends; never panics on input.
-/// `shutdown` is cancelled when the relay's drain deadline passes (close 1001).
+/// Runs one call on an upgraded carrier socket until it ends; never panics on input.
+/// `url_token` is a stream token the carrier carried in the upgrade URL. `shutdown` is
+/// cancelled when the relay's drain deadline passes (close 1001).
 pub async fn run(
-    t_read: TwilioRead,
-    t_write: TwilioWrite,
+    c_read: CallerRead,
+    c_write: CallerWrite,
+    carrier: CarrierKind,
+    url_token: Option<String>,
     ctx: Arc<CallContext>,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!(
         "call",
+        carrier = carrier.as_str(),
         call_sid = tracing::field::Empty,
         stream_sid = tracing::field::Empty,
         agent = tracing::field::Empty,
     );
-    drive(t_read, t_write, ctx, shutdown).instrument(span).await
+    drive(c_read, c_write, carrier, url_token, ctx, shutdown)
+        .instrument(span)
+        .await
 }
 
 thread_local! {
@@ -92,20 +96,25 @@ fn with_scratch<T>(f: impl FnOnce(&mut simd_json::Buffers) -> T) -> T {
 
 /// The driver's own per-call state besides the machine.
 struct Legs {
-    t_tx: TwilioWrite,
+    c_tx: CallerWrite,
     a_tx: Option<AgentWrite>,
     /// A close frame each peer sent, owed a close reply (RFC 6455 §5.5.1).
-    twilio_peer_close: Option<Option<u16>>,
+    caller_peer_close: Option<Option<u16>>,
     agent_peer_close: Option<Option<u16>>,
     scratch: Vec<u8>,
+    /// A frame the carrier's reordering window released.
+    released: Vec<u8>,
     live_id: Option<u64>,
     replaced: CancellationToken,
-    /// Each writer's `bytes_written` when last looked at (Twilio, agent).
+    /// Each writer's `bytes_written` when last looked at (caller, agent).
     seen_written: [u64; 2],
     /// For the end bookkeeping: the call's `/calls` entry and its live-stream call SID.
     ctx: Arc<CallContext>,
     registry_id: u64,
     live_sid: Option<String>,
+    started_unix_ms: u64,
+    connecting: Option<(ConnectFuture, Instant, AgentKind)>,
+    tool_calls: Vec<(String, ToolFuture)>,
     /// Set by [`finish`]; if the task ends without it (a panic), `Drop` still removes the
     /// call's registry entries so it does not stay "live" forever.
     finished: bool,
@@ -129,21 +138,37 @@ impl Legs {
     /// took any bytes is slow, not stalled (its stall clock starts again).
     fn note_progress(&mut self, m: &mut CallMachine, now: Instant) {
         let written = [
-            self.t_tx.bytes_written(),
+            self.c_tx.bytes_written(),
             self.a_tx.as_ref().map_or(0, |w| w.bytes_written()),
         ];
-        for (side, i) in [(Side::Twilio, 0), (Side::Agent, 1)] {
+        for (leg, i) in [(Leg::Caller, 0), (Leg::Agent, 1)] {
             if written[i] != self.seen_written[i] {
                 self.seen_written[i] = written[i];
-                m.handle_write_progress(side, now);
+                m.handle_write_progress(leg, now);
             }
+        }
+    }
+
+    /// Moves what each leg owes into its writer and tries to write it once.
+    async fn flush(&mut self, m: &mut CallMachine, now: Instant) {
+        fill(m, Leg::Caller, &mut self.c_tx, &mut self.scratch, now);
+        try_write(m, Leg::Caller, &mut self.c_tx, now).await;
+        if let Some(a_tx) = self.a_tx.as_mut() {
+            fill(m, Leg::Agent, a_tx, &mut self.scratch, now);
+            try_write(m, Leg::Agent, a_tx, now).await;
+        }
+        self.note_progress(m, now);
+        if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
+            self.scratch = Vec::with_capacity(512);
         }
     }
 }
 
 async fn drive(
-    mut t_rx: TwilioRead,
-    t_tx: TwilioWrite,
+    mut c_rx: CallerRead,
+    c_tx: CallerWrite,
+    carrier: CarrierKind,
+    url_token: Option<String>,
     ctx: Arc<CallContext>,
     shutdown: CancellationToken,
 ) {
@@ -151,25 +176,28 @@ async fn drive(
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut m = CallMachine::new(ctx.settings.clone(), started);
+    let mut m = CallMachine::new(ctx.settings.clone(), carrier, started);
+    m.set_url_token(url_token);
     let registry_id = ctx.calls.register(m.summary(started, started_unix_ms));
     let mut legs = Legs {
-        t_tx,
+        c_tx,
         a_tx: None,
-        twilio_peer_close: None,
+        caller_peer_close: None,
         agent_peer_close: None,
         scratch: Vec::with_capacity(512),
+        released: Vec::new(),
         live_id: None,
         replaced: shutdown.child_token(),
         seen_written: [0; 2],
         ctx: ctx.clone(),
         registry_id,
         live_sid: None,
+        started_unix_ms,
+        connecting: None,
+        tool_calls: Vec::new(),
         finished: false,
     };
     let mut a_rx: Option<AgentRead> = None;
-    let mut connecting: Option<(ConnectFuture, Instant, AgentKind)> = None;
-    let mut tool_calls: Vec<(String, ToolFuture)> = Vec::new();
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut timer = pin!(tokio::time::sleep_until(far));
     let mut timer_at: Option<Instant> = None;
@@ -188,79 +216,23 @@ async fn drive(
     // The stop future fires once; a drain notice may keep the call up for a few seconds more.
     let mut stop_seen = false;
     let (mut last_fold, mut last_summary) = (started, started);
+    let summary_interval = ctx.settings.summary_interval;
 
     loop {
         // 1. What the machine asked for.
-        while let Some(ev) = m.poll_event() {
-            match ev {
-                CallEvent::Started(kind) => {
-                    tracing::Span::current().record("agent", kind.as_str());
-                    ctx.metrics.call_started(kind as usize);
-                    // `GET /calls/{sid}` finds the call from its start on.
-                    ctx.calls
-                        .update(registry_id, m.summary(Instant::now(), started_unix_ms));
-                }
-                CallEvent::ConnectAgent(kind) => {
-                    match ConnectSpec::new(kind, &ctx.settings.agents, &m.params()) {
-                        Ok(spec) => {
-                            let (http, tls) = (ctx.http.clone(), ctx.tls.clone());
-                            let fut: ConnectFuture =
-                                Box::pin(async move { spec.connect(&http, &tls).await });
-                            connecting = Some((fut, Instant::now(), kind));
-                        }
-                        Err(e) => {
-                            ctx.metrics.agent_connect(kind as usize, 0.0, false);
-                            ctx.metrics.error(Leg::Agent, e.kind());
-                            warn!(error = %e, "agent connect failed");
-                            m.end(EndReason::AgentConnectFailed(e.kind()));
-                        }
-                    }
-                }
-                CallEvent::CallTool {
-                    id,
-                    name,
-                    arguments,
-                } => {
-                    let req = ToolRequest {
-                        call_sid: m.call_sid().to_owned(),
-                        stream_sid: m.stream_sid().to_owned(),
-                        agent: m.agent_kind().as_str(),
-                        tool_call_id: id.clone(),
-                        name,
-                        arguments,
-                    };
-                    let (http, c) = (ctx.http.clone(), ctx.clone());
-                    tool_calls.push((
-                        id,
-                        Box::pin(async move {
-                            tools::call_webhook(&http, &c.settings.tools, req).await
-                        }),
-                    ));
-                }
-                CallEvent::CancelTool(id) => tool_calls.retain(|(i, _)| *i != id),
-            }
-        }
+        on_events(&mut m, &mut legs);
         if m.end_reason().is_some() {
             break;
         }
         // 2. Move what each leg owes into its writer and try to write it once.
         let now = Instant::now();
-        fill(&mut m, Side::Twilio, &mut legs.t_tx, &mut legs.scratch, now);
-        try_write(&mut m, Side::Twilio, &mut legs.t_tx, now).await;
-        if let Some(a_tx) = legs.a_tx.as_mut() {
-            fill(&mut m, Side::Agent, a_tx, &mut legs.scratch, now);
-            try_write(&mut m, Side::Agent, a_tx, now).await;
-        }
-        legs.note_progress(&mut m, now);
-        if legs.scratch.capacity() > SCRATCH_KEEP_BYTES {
-            legs.scratch = Vec::with_capacity(512);
-        }
+        legs.flush(&mut m, now).await;
         if m.metrics()
             .fold_due(now.saturating_duration_since(last_fold))
         {
             m.metrics_mut().fold(&ctx.metrics);
             last_fold = now;
-            if now.saturating_duration_since(last_summary) >= SUMMARY_INTERVAL {
+            if now.saturating_duration_since(last_summary) >= summary_interval {
                 ctx.calls
                     .update(registry_id, m.summary(now, started_unix_ms));
                 last_summary = now;
@@ -289,18 +261,18 @@ async fn drive(
                 continue;
             }
         }
-        let t_pending = legs.t_tx.pending_bytes() > 0;
+        let c_pending = legs.c_tx.pending_bytes() > 0;
         let a_pending = legs.a_tx.as_ref().is_some_and(|w| w.pending_bytes() > 0);
         // 4. Wait for the next thing to happen.
         tokio::select! {
             // Sockets first: most wake-ups are a frame, and then nothing else is polled.
             biased;
-            msg = t_rx.next() => {
-                on_twilio(&mut m, &mut legs, &ctx, msg);
+            msg = c_rx.next() => {
+                on_caller(&mut m, &mut legs, &ctx, msg);
                 let mut n = 1;
                 while m.end_reason().is_none() && n < BATCH_MESSAGES {
-                    match t_rx.next().now_or_never() {
-                        Some(msg) => { on_twilio(&mut m, &mut legs, &ctx, msg); n += 1; }
+                    match c_rx.next().now_or_never() {
+                        Some(msg) => { on_caller(&mut m, &mut legs, &ctx, msg); n += 1; }
                         None => break,
                     }
                 }
@@ -316,33 +288,33 @@ async fn drive(
                     }
                 }
             }
-            r = std::future::poll_fn(|cx| legs.t_tx.poll_flush(cx)), if t_pending => {
-                written(&mut m, Side::Twilio, r, Instant::now());
+            r = std::future::poll_fn(|cx| legs.c_tx.poll_flush(cx)), if c_pending => {
+                written(&mut m, Leg::Caller, r, Instant::now());
             }
             r = std::future::poll_fn(|cx| legs.a_tx.as_mut().expect("guarded by the branch condition").poll_flush(cx)), if a_pending => {
-                written(&mut m, Side::Agent, r, Instant::now());
+                written(&mut m, Leg::Agent, r, Instant::now());
             }
-            res = async { (&mut connecting.as_mut().expect("guarded by the branch condition").0).await }, if connecting.is_some() => {
-                let (_, since, kind) = connecting.take().expect("guarded by the branch condition");
+            res = async { (&mut legs.connecting.as_mut().expect("guarded by the branch condition").0).await }, if legs.connecting.is_some() => {
+                let (_, since, kind) = legs.connecting.take().expect("guarded by the branch condition");
                 let secs = since.elapsed().as_secs_f64();
                 match res {
                     Ok((reader, writer)) => {
-                        ctx.metrics.agent_connect(kind as usize, secs, true);
+                        ctx.metrics.agent_connect(kind.index(), secs, true);
                         debug!(connect_ms = (secs * 1e3) as u64, "agent connected");
                         a_rx = Some(reader);
                         legs.a_tx = Some(writer);
                         m.handle_agent_connected();
                     }
                     Err(e) => {
-                        ctx.metrics.agent_connect(kind as usize, secs, false);
-                        ctx.metrics.error(Leg::Agent, e.kind());
-                        warn!(error = %e, kind = e.kind(), "agent connect failed");
+                        ctx.metrics.agent_connect(kind.index(), secs, false);
+                        ctx.metrics.agent_error(e.kind());
+                        warn!(error = %e, kind = %e.kind(), "agent connect failed");
                         m.end(EndReason::AgentConnectFailed(e.kind()));
                     }
                 }
             }
-            (id, result, output) = poll_tools(&mut tool_calls), if !tool_calls.is_empty() => {
-                m.handle_tool_result(&id, result, output);
+            (id, result, output) = poll_tools(&mut legs.tool_calls), if !legs.tool_calls.is_empty() => {
+                m.handle_tool_result(&id, result, output, Instant::now());
             }
             _ = &mut timer, if timer_at.is_some() => {
                 legs.note_progress(&mut m, Instant::now());
@@ -355,20 +327,113 @@ async fn drive(
         }
     }
 
-    let end = m.end_reason().cloned().unwrap_or(EndReason::TwilioClosed);
+    let end = m.end_reason().cloned().unwrap_or(EndReason::CallerClosed);
     tracing::Span::current().record("agent", m.agent_kind().as_str());
-    close_legs(&mut m, &mut legs, &mut t_rx, a_rx.as_mut(), &end).await;
-    drop(t_rx);
+    close_legs(&mut m, &mut legs, &mut c_rx, a_rx.as_mut(), &end).await;
+    drop(c_rx);
     drop(a_rx);
-    finish(
-        m,
-        &mut legs,
-        &ctx,
-        &end,
-        started,
-        started_unix_ms,
-        registry_id,
-    );
+    finish(m, &mut legs, &ctx, &end, started);
+}
+
+/// Acts on every event the machine has for the driver.
+fn on_events(m: &mut CallMachine, legs: &mut Legs) {
+    while let Some(ev) = m.poll_event() {
+        on_event(m, legs, ev);
+    }
+}
+
+/// Acts on one machine event.
+fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
+    let ctx = legs.ctx.clone();
+    match ev {
+        CallEvent::Admit { call_sid, token } => {
+            let check = admission_check(&ctx, m.carrier_kind(), &call_sid, token.as_deref());
+            let mut replaced_older = false;
+            if !matches!(check, Some(Err(_))) && legs.live_id.is_none() && !call_sid.is_empty() {
+                let (id, replaced) = ctx.live.register(&call_sid, legs.replaced.clone());
+                legs.live_id = Some(id);
+                legs.live_sid = Some(call_sid.clone());
+                if replaced {
+                    ctx.metrics.duplicate_streams.increment(1);
+                }
+                replaced_older = replaced;
+            }
+            m.handle_admission(check, replaced_older, Instant::now());
+        }
+        CallEvent::Started(kind) => {
+            tracing::Span::current().record("agent", kind.as_str());
+            ctx.metrics
+                .call_started(kind.index(), m.carrier_kind().index());
+            // `GET /calls/{sid}` finds the call from its start on.
+            ctx.calls.update(
+                legs.registry_id,
+                m.summary(Instant::now(), legs.started_unix_ms),
+            );
+        }
+        CallEvent::ConnectAgent(kind) => {
+            match ctx.settings.agents.connect_spec(kind, &m.params()) {
+                Ok(Some(spec)) => {
+                    let (http, tls) = (ctx.http.clone(), ctx.tls.clone());
+                    let fut: ConnectFuture =
+                        Box::pin(async move { agent_connect::connect(spec, &http, &tls).await });
+                    legs.connecting = Some((fut, Instant::now(), kind));
+                }
+                Ok(None) => {
+                    // A local dialect needs no socket; the machine never asks for one.
+                    debug!(agent = kind.as_str(), "local agent: nothing to connect");
+                }
+                Err(e) => {
+                    ctx.metrics.agent_connect(kind.index(), 0.0, false);
+                    ctx.metrics.agent_error(e.kind());
+                    warn!(error = %e, "agent connect failed");
+                    m.end(EndReason::AgentConnectFailed(e.kind()));
+                }
+            }
+        }
+        CallEvent::CallTool {
+            id,
+            name,
+            arguments,
+        } => {
+            let req = ToolRequest {
+                call_sid: m.call_sid().to_owned(),
+                stream_sid: m.stream_sid().to_owned(),
+                agent: m.agent_kind().as_str(),
+                tool_call_id: id.clone(),
+                name,
+                arguments,
+            };
+            let (http, c) = (ctx.http.clone(), ctx.clone());
+            legs.tool_calls.push((
+                id,
+                Box::pin(
+                    async move { tool_webhook::call_webhook(&http, &c.settings.tools, req).await },
+                ),
+            ));
+        }
+        CallEvent::CancelTool(id) => legs.tool_calls.retain(|(i, _)| *i != id),
+    }
+}
+
+/// The stream-token check for a carrier that requires tokens (an authenticated carrier,
+/// with the relay's token secret): `None` when no check applies. Counted in
+/// `relay_stream_tokens_total{result}`.
+fn admission_check(
+    ctx: &CallContext,
+    carrier: CarrierKind,
+    call_sid: &str,
+    token: Option<&str>,
+) -> Option<Result<(), crate::auth::tokens::TokenError>> {
+    let tokens = ctx.tokens.as_ref()?;
+    if !ctx.carriers.status(carrier).authenticated {
+        return None;
+    }
+    let r = tokens.check(call_sid, token);
+    ctx.metrics.stream_token(match &r {
+        Ok(()) => crate::obs::labels::TokenResult::Valid,
+        Err(e) => e.result(),
+    });
+    Some(r)
 }
 
 /// The call is stopped from outside: a newer stream replaced it (ends now), or the drain
@@ -376,25 +441,25 @@ async fn drive(
 fn on_stop(m: &mut CallMachine, ctx: &CallContext, reason: EndReason) {
     if reason == EndReason::Shutdown {
         if m.handle_drain_deadline(Instant::now()) {
-            ctx.metrics.count("relay_drain_notices_total", &[], 1);
+            ctx.metrics.drain_notices.increment(1);
         }
     } else {
         m.end(reason);
     }
 }
 
-/// Moves what `side` owes into its writer, up to [`WRITE_BATCH_BYTES`] unwritten.
+/// Moves what `leg` owes into its writer, up to [`WRITE_BATCH_BYTES`] unwritten.
 fn fill<W: tokio::io::AsyncWrite + Unpin>(
     m: &mut CallMachine,
-    side: Side,
+    leg: Leg,
     w: &mut WsWriter<W>,
     scratch: &mut Vec<u8>,
     now: Instant,
 ) {
-    if !m.wants_transmit(side) {
+    if !m.wants_transmit(leg) {
         return;
     }
-    while w.pending_bytes() < WRITE_BATCH_BYTES && m.poll_transmit(side, scratch, now) {
+    while w.pending_bytes() < WRITE_BATCH_BYTES && m.poll_transmit(leg, scratch, now) {
         if w.send_text(scratch).is_err() {
             return; // a close was sent: the call is ending
         }
@@ -405,7 +470,7 @@ fn fill<W: tokio::io::AsyncWrite + Unpin>(
 /// finishing starts its stall clock (the select branch keeps writing).
 async fn try_write<W: tokio::io::AsyncWrite + Unpin>(
     m: &mut CallMachine,
-    side: Side,
+    leg: Leg,
     w: &mut WsWriter<W>,
     now: Instant,
 ) {
@@ -414,20 +479,20 @@ async fn try_write<W: tokio::io::AsyncWrite + Unpin>(
     }
     let r = std::future::poll_fn(|cx| Poll::Ready(w.poll_flush(cx))).await;
     match r {
-        Poll::Ready(r) => written(m, side, r, now),
-        Poll::Pending => m.handle_write_blocked(side, now),
+        Poll::Ready(r) => written(m, leg, r, now),
+        Poll::Pending => m.handle_write_blocked(leg, now),
     }
 }
 
-/// A write on `side` finished (`Ok`) or failed.
-fn written(m: &mut CallMachine, side: Side, r: std::io::Result<()>, now: Instant) {
+/// A write on `leg` finished (`Ok`) or failed.
+fn written(m: &mut CallMachine, leg: Leg, r: std::io::Result<()>, now: Instant) {
     match r {
-        Ok(()) => m.handle_write_done(side, now),
+        Ok(()) => m.handle_write_done(leg, now),
         Err(e) => {
-            debug!(error = %e, leg = ?side, "write failed");
-            m.end(match side {
-                Side::Twilio => EndReason::TwilioClosed,
-                Side::Agent => EndReason::AgentError("write_failed"),
+            debug!(error = %e, leg = leg.as_str(), "write failed");
+            m.end(match leg {
+                Leg::Agent => EndReason::AgentError(ErrorKind::WriteFailed),
+                _ => EndReason::CallerClosed,
             });
         }
     }
@@ -447,8 +512,9 @@ async fn poll_tools(calls: &mut Vec<(String, ToolFuture)>) -> (String, ToolResul
     .await
 }
 
-/// Handles one Twilio read: transport events here, messages in the machine.
-fn on_twilio(
+/// Handles one caller read: transport events here, messages in the machine (in the order
+/// the carrier's codec settles, with the machine's events acted on after each).
+fn on_caller(
     m: &mut CallMachine,
     legs: &mut Legs,
     ctx: &CallContext,
@@ -458,89 +524,86 @@ fn on_twilio(
     let text = match msg {
         Ok(Message::Text(t)) => t,
         Ok(Message::Close { code, reason }) => {
-            debug!(?code, %reason, "Twilio closed the stream");
-            legs.twilio_peer_close = Some(code);
-            m.end(EndReason::TwilioClosed);
+            debug!(?code, %reason, "the carrier closed the stream");
+            release_held(m, legs, now);
+            legs.caller_peer_close = Some(code);
+            m.end(EndReason::CallerClosed);
             return;
         }
         Ok(Message::Ping(p)) => {
-            let _ = legs.t_tx.send_pong(p);
+            let _ = legs.c_tx.send_pong(p);
             return;
         }
         Ok(Message::Binary(b)) => {
             m.handle_bad_input(
-                Leg::Twilio,
-                "binary_frame",
-                &format_args!("binary frame of {} bytes; Twilio sends text", b.len()),
+                Leg::Caller,
+                ErrorKind::BinaryFrame,
+                &format_args!("binary frame of {} bytes; carriers send text", b.len()),
             );
             return;
         }
         Err(ReadError::Eof) => {
-            debug!("Twilio connection closed without a close frame");
-            m.end(EndReason::TwilioClosed);
+            debug!("the carrier's connection closed without a close frame");
+            release_held(m, legs, now);
+            m.end(EndReason::CallerClosed);
             return;
         }
         Err(e) => {
-            ctx.metrics.error(Leg::Twilio, e.kind());
-            warn!(error = %e, kind = e.kind(), "Twilio socket error; ending the call");
+            ctx.metrics.caller_error(m.carrier_kind().index(), e.kind());
+            warn!(error = %e, kind = %e.kind(), "caller socket error; ending the call");
             m.end(match e.close_code() {
-                Some(close_code) => EndReason::TwilioError {
+                Some(close_code) => EndReason::CallerError {
                     kind: e.kind(),
                     close_code,
                 },
-                None => EndReason::TwilioClosed,
+                None => EndReason::CallerClosed,
             });
             return;
         }
     };
-    with_scratch(|sc| match tw::decode(text, sc) {
-        Ok(TwilioEvent::Start(st)) => {
-            let span = tracing::Span::current();
-            span.record("call_sid", st.call_sid);
-            span.record("stream_sid", st.stream_sid);
-            if let Some(reason) = admit(ctx, legs, &st) {
-                m.end(reason);
-                return;
-            }
-            m.handle_twilio(TwilioEvent::Start(st), now);
+    with_scratch(|sc| {
+        match m.carrier_mut().decode(text, sc) {
+            Ok(Decoded::Event(ev)) => caller_event(m, ev, now),
+            Ok(Decoded::Held | Decoded::Late) => m.note_reordering(),
+            Err(e) => m.handle_bad_input(Leg::Caller, e.kind(), &e),
         }
-        Ok(ev) => m.handle_twilio(ev, now),
-        Err(e) => m.handle_bad_input(Leg::Twilio, e.kind(), &e),
+        while m.end_reason().is_none() && m.carrier_mut().take_released(&mut legs.released) {
+            match m.carrier_mut().decode_released(&mut legs.released, sc) {
+                Ok(ev) => caller_event(m, ev, now),
+                Err(e) => m.handle_bad_input(Leg::Caller, e.kind(), &e),
+            }
+            if m.has_events() {
+                on_events(m, legs);
+            }
+        }
     });
+    if m.has_events() {
+        on_events(m, legs);
+    }
 }
 
-/// Authenticated mode: the stream's `relay_token` must match its call SID before any audio
-/// reaches an agent. Then the live-stream registry applies
-/// the duplicate policy (the newest stream for a call SID replaces the older).
-fn admit(ctx: &CallContext, legs: &mut Legs, st: &tw::Start<'_>) -> Option<EndReason> {
-    let param = |name: &str| {
-        st.custom_parameters
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
-    };
-    if let Some(tokens) = ctx.tokens.as_ref() {
-        let m = &ctx.metrics;
-        match tokens.check(st.call_sid, param("relay_token")) {
-            Ok(()) => m.count("relay_stream_tokens_total", &[("result", "valid")], 1),
-            Err(e) => {
-                m.count("relay_stream_tokens_total", &[("result", e.kind())], 1);
-                m.error(Leg::Twilio, e.kind());
-                warn!(reason = %e, "refused stream: bad relay_token");
-                return Some(EndReason::TokenRejected(e.kind()));
+/// One caller event into the machine; a `start` names the call's span first.
+fn caller_event(m: &mut CallMachine, ev: crate::carrier::CallerEvent<'_>, now: Instant) {
+    if let crate::carrier::CallerEvent::Start(st) = &ev {
+        let span = tracing::Span::current();
+        span.record("call_sid", st.call_sid);
+        span.record("stream_sid", st.stream_sid);
+    }
+    m.handle_caller(ev, now);
+}
+
+/// The carrier's stream ends: frames its reordering window still holds go in, gaps skipped.
+fn release_held(m: &mut CallMachine, legs: &mut Legs, now: Instant) {
+    m.carrier_mut().release_all();
+    with_scratch(|sc| {
+        while m.end_reason().is_none() && m.carrier_mut().take_released(&mut legs.released) {
+            match m.carrier_mut().decode_released(&mut legs.released, sc) {
+                Ok(ev) => caller_event(m, ev, now),
+                Err(e) => m.handle_bad_input(Leg::Caller, e.kind(), &e),
             }
         }
-    }
-    if legs.live_id.is_none() && !st.call_sid.is_empty() {
-        let (id, replaced_older) = ctx.live.register(st.call_sid, legs.replaced.clone());
-        legs.live_id = Some(id);
-        legs.live_sid = Some(st.call_sid.to_owned());
-        if replaced_older {
-            ctx.metrics.count("relay_duplicate_streams_total", &[], 1);
-            warn!("a second stream for this call arrived: it replaces the older one (policy: keep the newest)");
-        }
-    }
-    None
+    });
+    m.note_reordering();
 }
 
 /// Handles one agent read: transport events here, messages in the machine.
@@ -549,7 +612,10 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
     let text = match msg {
         Ok(Message::Text(t)) => t,
         Ok(Message::Close { code, reason }) => {
-            let meaning = code.map_or("no code", crate::agent::elevenlabs::close_code_meaning);
+            let meaning = match (code, m.dialect()) {
+                (Some(c), Some(d)) => d.close_code_meaning(c),
+                _ => "no code",
+            };
             info!(?code, %reason, meaning, "agent closed the session");
             legs.agent_peer_close = Some(code);
             m.end(EndReason::AgentClosed(code));
@@ -564,7 +630,7 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
         Ok(Message::Binary(b)) => {
             m.handle_bad_input(
                 Leg::Agent,
-                "binary_frame",
+                ErrorKind::BinaryFrame,
                 &format_args!(
                     "binary frame of {} bytes; agent dialects are JSON text",
                     b.len()
@@ -580,27 +646,29 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
         Err(ReadError::TooLarge { limit }) => {
             m.handle_bad_input(
                 Leg::Agent,
-                "message_too_large",
+                ErrorKind::MessageTooLarge,
                 &format_args!("agent message over {limit} bytes"),
             );
             return;
         }
         Err(e) => {
             m.metrics_mut().error(Leg::Agent, e.kind());
-            warn!(error = %e, kind = e.kind(), "agent socket error; ending the call");
+            warn!(error = %e, kind = %e.kind(), "agent socket error; ending the call");
             m.end(EndReason::AgentError(e.kind()));
             return;
         }
     };
-    let decoded = with_scratch(|sc| {
-        m.dialect_mut()
-            .map(|d| d.decode(text, sc).map_err(|e| (e.kind(), e.to_string())))
+    with_scratch(|sc| {
+        let decoded = m.dialect_mut().map(|d| d.decode(text, sc));
+        // The event borrows `text`, not the machine, so it can be handed in now.
+        match decoded {
+            Some(Ok(ev)) => m.handle_agent(ev, now),
+            Some(Err(e)) => m.handle_bad_input(Leg::Agent, e.kind(), &e),
+            None => {}
+        }
     });
-    // The event borrows `text`, not the machine, so it can be handed in now.
-    match decoded {
-        Some(Ok(ev)) => m.handle_agent(ev, now),
-        Some(Err((kind, reason))) => m.handle_bad_input(Leg::Agent, kind, &reason),
-        None => {}
+    if m.has_events() {
+        on_events(m, legs);
     }
 }
 
@@ -610,34 +678,32 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
 async fn close_legs(
     m: &mut CallMachine,
     legs: &mut Legs,
-    t_rx: &mut TwilioRead,
+    c_rx: &mut CallerRead,
     a_rx: Option<&mut AgentRead>,
     end: &EndReason,
 ) {
     let now = Instant::now();
-    let (code, reason) = end.twilio_close();
+    let (code, reason) = end.caller_close();
     let (a_code, a_reason) = end.agent_close();
-    let twilio_open = !matches!(end, EndReason::TwilioClosed) || legs.twilio_peer_close.is_some();
-    let agent_open = !matches!(end, EndReason::AgentClosed(_)) || legs.agent_peer_close.is_some();
-    let twilio_stalled = matches!(end, EndReason::TwilioStalled);
-    let agent_stalled = matches!(end, EndReason::AgentStalled);
-    if !twilio_stalled {
-        fill(m, Side::Twilio, &mut legs.t_tx, &mut legs.scratch, now);
+    let caller_open = !end.caller_gone() || legs.caller_peer_close.is_some();
+    let agent_open = !end.agent_gone() || legs.agent_peer_close.is_some();
+    if !matches!(end, EndReason::CallerStalled) {
+        fill(m, Leg::Caller, &mut legs.c_tx, &mut legs.scratch, now);
     }
-    if let (Some(a_tx), false) = (legs.a_tx.as_mut(), agent_stalled) {
-        fill(m, Side::Agent, a_tx, &mut legs.scratch, now);
+    if let (Some(a_tx), false) = (legs.a_tx.as_mut(), matches!(end, EndReason::AgentStalled)) {
+        fill(m, Leg::Agent, a_tx, &mut legs.scratch, now);
     }
-    let (t_peer, a_peer) = (legs.twilio_peer_close, legs.agent_peer_close);
-    let t_tx = &mut legs.t_tx;
-    let close_twilio = async {
-        if !twilio_open {
+    let (c_peer, a_peer) = (legs.caller_peer_close, legs.agent_peer_close);
+    let c_tx = &mut legs.c_tx;
+    let close_caller = async {
+        if !caller_open {
             return;
         }
-        if let Some(received) = t_peer {
+        if let Some(received) = c_peer {
             // Answer the caller's close; as the server we then drop TCP (RFC 6455 §7.1.1).
-            let _ = t_tx.close_reply(received).await;
-        } else if t_tx.close(code, reason).await.is_ok() {
-            linger(t_rx).await;
+            let _ = c_tx.close_reply(received).await;
+        } else if c_tx.close(code, reason).await.is_ok() {
+            linger(c_rx).await;
         }
     };
     let close_agent = async {
@@ -658,7 +724,7 @@ async fn close_legs(
     };
     let _ = tokio::time::timeout(
         CLOSE_TIMEOUT,
-        futures_util::future::join(close_twilio, close_agent),
+        futures_util::future::join(close_caller, close_agent),
     )
     .await;
 }
@@ -681,8 +747,6 @@ fn finish(
     ctx: &CallContext,
     end: &EndReason,
     started: Instant,
-    started_unix_ms: u64,
-    registry_id: u64,
 ) {
     legs.finished = true;
     if let Some(id) = legs.live_id {
@@ -692,25 +756,18 @@ fn finish(
     m.metrics_mut().fold(metrics);
     let duration = started.elapsed();
     metrics.call_duration.record(duration.as_secs_f64());
-    let summary = m.summary(Instant::now(), started_unix_ms);
+    let summary = m.summary(Instant::now(), legs.started_unix_ms);
     let f = m.figures();
+    let l = &summary.latency;
     metrics.call_quality(
-        m.agent_kind() as usize,
+        m.agent_kind().index(),
+        m.carrier_kind().index(),
         f.turn.quantile(0.95),
         [
-            summary
-                .latency
-                .forward_twilio_to_agent
-                .p99_ms
-                .map(|v| v / 1e3),
-            summary
-                .latency
-                .forward_agent_to_twilio
-                .p99_ms
-                .map(|v| v / 1e3),
+            l.forward_caller_to_agent.p99_ms.map(|v| v / 1e3),
+            l.forward_agent_to_caller.p99_ms.map(|v| v / 1e3),
         ],
     );
-    let l = &summary.latency;
     let q = |q: &crate::obs::calls::Quantiles| {
         format!(
             "n={} p50={} p95={} p99={} max={}",
@@ -724,13 +781,13 @@ fn finish(
     macro_rules! line {
         ($lvl:ident) => {
             tracing::$lvl!(
-                end_reason = end.outcome(),
+                end_reason = %end.outcome(),
                 detail = ?end,
                 duration_ms = duration.as_millis() as u64,
-                frames_twilio_to_agent = summary.frames_twilio_to_agent,
-                frames_agent_to_twilio = summary.frames_agent_to_twilio,
-                dropped_twilio_to_agent = summary.dropped_twilio_to_agent,
-                dropped_agent_to_twilio = summary.dropped_agent_to_twilio,
+                frames_caller_to_agent = summary.frames_caller_to_agent,
+                frames_agent_to_caller = summary.frames_agent_to_caller,
+                dropped_caller_to_agent = summary.dropped_caller_to_agent,
+                dropped_agent_to_caller = summary.dropped_agent_to_caller,
                 inbound_frames_missing = summary.inbound_frames_missing,
                 played_ms = summary.played_ms,
                 flushed_ms = summary.flushed_ms,
@@ -738,8 +795,8 @@ fn finish(
                 dtmf_digits = summary.dtmf_digits,
                 tool_calls = summary.tool_calls,
                 bad_inputs = summary.bad_inputs,
-                forward_twilio_to_agent_ms = %q(&l.forward_twilio_to_agent),
-                forward_agent_to_twilio_ms = %q(&l.forward_agent_to_twilio),
+                forward_caller_to_agent_ms = %q(&l.forward_caller_to_agent),
+                forward_agent_to_caller_ms = %q(&l.forward_agent_to_caller),
                 turn_ms = %q(&l.turn),
                 agent_turn_ms = %q(&l.agent_turn),
                 barge_in_ms = %q(&l.barge_in),
@@ -755,7 +812,7 @@ fn finish(
     } else {
         line!(info);
     }
-    ctx.calls.finish(registry_id, summary);
+    ctx.calls.finish(legs.registry_id, summary);
     // Last, so that whoever sees this call in `relay_calls_total` also finds its other
     // counters folded and its summary at `/calls/{sid}`.
     metrics.call_ended(end.outcome());
@@ -768,6 +825,7 @@ fn fmt_ms(v: Option<f64>) -> String {
 #[cfg(test)]
 mod size_tests {
     use super::*;
+    use crate::call::settings::CallSettings;
 
     /// The call task's future and the machine are part of every call's memory (budget: 24 KiB
     /// per call at the margin, sockets included); print them so a change shows.
@@ -784,25 +842,36 @@ mod size_tests {
             1024,
         );
         let writer = WsWriter::new(w, crate::wire::ws::Role::Server);
-        let settings = crate::config::ServeArgs::defaults()
-            .call_settings()
-            .unwrap();
         let tls = crate::wire::net::tls_client_config().unwrap();
+        let carriers =
+            crate::carrier::CarrierSettings::from_args(&Default::default(), &Default::default())
+                .unwrap();
         let ctx = Arc::new(CallContext {
-            settings: Arc::new(settings),
-            metrics: crate::obs::metrics::Metrics::new(),
+            settings: Arc::new(CallSettings::defaults()),
+            carriers: Arc::new(carriers),
+            metrics: crate::obs::metrics::Metrics::new(crate::obs::metrics::MetricLabels {
+                agents: AgentKind::NAMES.to_vec(),
+                carriers: CarrierKind::NAMES.to_vec(),
+            }),
             http: crate::wire::http_client::HttpClient::new(&tls),
             tls,
             tokens: None,
             live: Arc::new(crate::auth::tokens::LiveStreams::default()),
             calls: Arc::new(crate::obs::calls::CallRegistry::default()),
         });
-        let fut = run(reader, writer, ctx.clone(), CancellationToken::new());
+        let fut = run(
+            reader,
+            writer,
+            CarrierKind::Twilio,
+            None,
+            ctx.clone(),
+            CancellationToken::new(),
+        );
         eprintln!(
             "call future: {} bytes; CallMachine: {} bytes; CallMetrics: {} bytes; summary: {} bytes",
             std::mem::size_of_val(&fut),
             std::mem::size_of::<CallMachine>(),
-            std::mem::size_of::<crate::obs::metrics::CallMetrics>(),
+            std::mem::size_of::<crate::obs::call_metrics::CallMetrics>(),
             std::mem::size_of::<crate::obs::calls::CallSummary>(),
         );
         assert!(std::mem::size_of_val(&fut) < 16 * 1024);

@@ -1,12 +1,20 @@
 //! The control plane: everything before and around the WebSocket upgrade. The accept loop,
-//! limits, routing, admission and drain ([`server`]), TwiML ([`twiml`]), outbound calls and
-//! Twilio status callbacks ([`control`]), and the admin routes `GET /calls` ([`admin`]).
-//! Calls themselves live in `call`.
+//! limits, routing, admission and drain ([`server`]), the media upgrade per carrier
+//! ([`media`]), the one signed-webhook reader ([`signed_form`]), the incoming-call webhook
+//! ([`inbound`]), outbound calls ([`outbound`]), carrier status callbacks ([`callbacks`]), and
+//! the admin routes `GET /calls` ([`admin`]). Its settings are plain structs ([`settings`]).
+//! Calls themselves live in `call`; each carrier's markup, signatures and REST in `carrier`.
 
 pub mod admin;
-pub mod control;
+pub mod callbacks;
+pub mod inbound;
+pub mod media;
+pub mod outbound;
 pub mod server;
-pub mod twiml;
+pub mod settings;
+pub mod signed_form;
+
+pub use crate::auth::BearerToken;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -94,42 +102,25 @@ pub fn body_error(e: BodyError) -> Resp {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// A bearer token compared in constant time through its SHA-256 (neither the value nor its
-/// length leaks through timing).
-#[derive(Clone)]
-pub struct BearerToken([u8; 32]);
-
-impl std::fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BearerToken([redacted])")
-    }
+/// An XML (TwiML/TeXML) response.
+pub fn xml_response(xml: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(xml)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    r
 }
 
-impl BearerToken {
-    /// The expected token.
-    pub fn new(token: &str) -> BearerToken {
-        use sha2::Digest;
-        BearerToken(sha2::Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// True when the request's `Authorization` header carries this token.
-    pub fn matches<B>(&self, req: &hyper::Request<B>) -> bool {
-        use sha2::Digest;
-        use subtle::ConstantTimeEq;
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .is_some_and(|t| {
-                let hash: [u8; 32] = sha2::Sha256::digest(t.as_bytes()).into();
-                bool::from(hash.ct_eq(&self.0))
-            })
-    }
+/// The value of header `name` as text (`""` when absent or not text).
+pub fn header_str<'a, B>(req: &'a hyper::Request<B>, name: &str) -> &'a str {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }

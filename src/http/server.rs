@@ -1,23 +1,25 @@
 //! The HTTP server: accept loop, hyper http1 connections with upgrades, limits before the
 //! upgrade, routing, call admission, and drain on shutdown.
 //!
-//! Routes: `GET /media` (Twilio Media Streams WebSocket, upgraded by hand with
-//! fastwebsockets), `POST /twiml` (incoming-call webhook → TwiML), `POST /outbound-call`,
-//! `POST /call-status`, `POST /stream-status` (see `control`), `GET /calls[/{call_sid}]`
-//! (see `admin`), `GET /metrics`, `GET /healthz`, `GET /readyz`. Calls are tracked by a
-//! `TaskTracker` of our own because upgraded sockets leave hyper's view. Owns admission
-//! (`--max-calls`, 503) and the pre-upgrade limits ([`HttpLimits`]), not call behaviour
-//! (see `call`).
+//! Routes: every carrier's routes (`carrier::Routes`: its media WebSocket, upgraded by hand
+//! with fastwebsockets; its incoming-call webhook; its outbound markup fetch; its status
+//! callbacks), `POST /outbound-call`, `GET /calls[/{call_sid}]` (see `admin`),
+//! `GET /metrics`, `GET /healthz`, `GET /readyz`. A carrier that is not served answers 404 on
+//! its routes. Calls are tracked by a `TaskTracker` of our own because upgraded sockets leave
+//! hyper's view. Owns admission (`--max-calls`, 503) and the pre-upgrade limits, not call
+//! behaviour (see `call`).
 
-use super::{text, BearerToken, Resp};
+use super::callbacks::{self, CallbackKind, CallbackMetrics};
+use super::outbound::Outbound;
+use super::settings::{ControlSettings, HttpSettings, RelaySettings};
+use super::{text, Resp};
 use crate::agent::AgentKind;
-use crate::auth::signature::SignatureValidator;
 use crate::auth::tokens::{LiveStreams, StreamTokens};
-use crate::call::{self, CallContext};
-use crate::config::{ConfigError, ServeArgs};
-use crate::http::control::Control;
-use crate::obs::metrics::{Metrics, UpgradeResult};
-use crate::wire::ws::{Prefixed, Role, WsReader, WsWriter};
+
+use crate::call::{CallContext, DRAIN_NOTICE_GRACE};
+use crate::carrier::CarrierKind;
+use crate::obs::labels::HttpRejectReason;
+use crate::obs::metrics::{MetricLabels, Metrics};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -30,50 +32,38 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-
-/// Largest webhook body accepted, in bytes.
-pub const MAX_WEBHOOK_BODY_BYTES: usize = 64 * 1024;
-
-/// Limits that protect the server before a connection upgrades (or while it serves plain
-/// HTTP). Defaults are far above anything a Twilio webhook needs.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Time allowed for a request's head (hyper's header read timeout). Default 10 s.
-    pub header_read_timeout: Duration,
-    /// Time allowed to read a webhook body. Default 10 s.
-    pub body_read_timeout: Duration,
-    /// Most concurrent connections that have not upgraded; more are closed at once. Default
-    /// 1024.
-    pub max_pending_connections: usize,
-    /// Largest request head in bytes (hyper's read buffer limit, at least 8 KiB). Default
-    /// 16 KiB.
-    pub max_header_bytes: usize,
-}
 
 /// How long closing calls may take after the drain timeout cancelled them.
 pub const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Shared server state.
-struct State {
-    ctx: Arc<CallContext>,
-    args: ServeArgs,
-    active: AtomicUsize,
-    draining: AtomicBool,
-    tracker: TaskTracker,
+pub struct State {
+    /// What every call shares.
+    pub ctx: Arc<CallContext>,
+    /// The server's settings.
+    pub http: HttpSettings,
+    /// The call-control routes' settings.
+    pub control: ControlSettings,
+    /// Calls in progress.
+    pub active: AtomicUsize,
+    /// Set once shutdown was asked for.
+    pub draining: AtomicBool,
+    /// Every call task.
+    pub tracker: TaskTracker,
     /// Cancelled when the drain timeout passes: calls close with 1001.
-    calls_cancel: CancellationToken,
-    /// Twilio signature validation, when `TWILIO_AUTH_TOKEN` is configured.
-    signatures: Option<SignatureValidator>,
-    /// Outbound calls and status callbacks.
-    control: Control,
-    limits: HttpLimits,
+    pub calls_cancel: CancellationToken,
+    /// Stream tokens and relay-signed URLs (when a carrier is authenticated).
+    pub tokens: Option<Arc<StreamTokens>>,
+    /// The outbound-call API.
+    pub outbound: Outbound,
+    /// The status callbacks' counters.
+    pub callback_metrics: CallbackMetrics,
     /// HTTP connections accepted and not yet upgraded or closed.
     pending: AtomicUsize,
-    admin_token: Option<BearerToken>,
 }
 
 /// A bound relay, ready to [`Relay::run`].
@@ -83,67 +73,66 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Validates `args`, builds metrics and TLS, and binds the listener.
+    /// Builds metrics and TLS from `settings` and binds the listener.
     ///
     /// # Errors
-    /// [`ConfigError`] for bad configuration (before binding), or the bind error.
-    pub async fn bind(args: ServeArgs) -> anyhow::Result<Relay> {
-        let settings = args.call_settings()?;
+    /// The TLS setup or bind error.
+    pub async fn bind(settings: RelaySettings) -> anyhow::Result<Relay> {
+        let RelaySettings {
+            http: http_settings,
+            control,
+            call,
+            carriers,
+        } = settings;
         let tls = crate::wire::net::tls_client_config()
-            .map_err(|e| ConfigError(format!("TLS setup failed: {e}")))?;
+            .map_err(|e| anyhow::anyhow!("TLS setup failed: {e}"))?;
         let http = crate::wire::http_client::HttpClient::new(&tls);
-        let metrics = Metrics::new();
-        metrics.calls_max.set(args.max_calls as f64);
-        // Authenticated mode: signatures checked, streams bound to calls by relay_token.
-        let (signatures, tokens) = match (&args.twilio_auth_token, &args.public_host) {
-            (Some(token), Some(host)) if !token.expose().is_empty() => {
-                let tokens = match &args.relay_token_secret {
-                    Some(secret) => StreamTokens::new(secret.expose().as_bytes()),
-                    None => StreamTokens::from_auth_token(token.expose()),
-                };
-                (
-                    Some(SignatureValidator::new(token.expose(), host)),
-                    Some(Arc::new(tokens)),
-                )
+        let metrics = Metrics::new(MetricLabels {
+            agents: AgentKind::NAMES.to_vec(),
+            carriers: CarrierKind::NAMES.to_vec(),
+        });
+        metrics.calls_max.set(http_settings.max_calls as f64);
+        let tokens = control.tokens.clone();
+        for c in CarrierKind::ALL {
+            let s = carriers.status(*c);
+            if s.served && !s.authenticated {
+                warn!(
+                    carrier = c.as_str(),
+                    "carrier signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total"
+                );
             }
-            _ => (None, None),
-        };
-        if signatures.is_none() {
-            warn!("TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; every stream admitted is counted in relay_streams_unauthenticated_total");
         }
-        Control::register_metrics(&metrics);
-        let control = Control::new(
-            &args,
-            http.clone(),
-            metrics.clone(),
-            signatures.clone(),
+        let outbound = Outbound::new(
+            control.api_token.clone(),
+            control.public_host.clone(),
             tokens.clone(),
+            control.outbound_calls_per_minute,
+            control.default_carrier,
+            &metrics,
         );
-        let listener = listen(args.listen, args.listen_backlog)?;
+        let callback_metrics = CallbackMetrics::new(&metrics);
+        let listener = listen(http_settings.listen, http_settings.listen_backlog)?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
-                settings: Arc::new(settings),
+                settings: Arc::new(call),
+                carriers: Arc::new(carriers),
                 metrics,
                 tls,
                 http,
-                tokens,
+                tokens: tokens.clone(),
                 live: Arc::new(LiveStreams::default()),
                 calls: Arc::new(crate::obs::calls::CallRegistry::default()),
             }),
-            limits: args.http_limits(),
-            pending: AtomicUsize::new(0),
-            admin_token: args
-                .admin_token
-                .as_ref()
-                .filter(|t| !t.expose().is_empty())
-                .map(|t| BearerToken::new(t.expose())),
-            args,
+            http: http_settings,
+            control,
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             calls_cancel: CancellationToken::new(),
-            signatures,
-            control,
+            tokens,
+            outbound,
+            callback_metrics,
+            pending: AtomicUsize::new(0),
         });
         Ok(Relay { listener, state })
     }
@@ -174,7 +163,7 @@ impl Relay {
                         .metrics()
                         .num_alive_tasks() as f64,
                 );
-                upkeep_state.control.upkeep();
+                upkeep_state.outbound.upkeep();
             }
         });
         info!(
@@ -188,7 +177,7 @@ impl Relay {
 
         state.draining.store(true, Ordering::SeqCst);
         state.ctx.metrics.draining.set(1.0);
-        let drain = Duration::from_secs(state.args.drain_timeout_secs);
+        let drain = state.http.drain_timeout;
         info!(
             active_calls = state.active.load(Ordering::SeqCst),
             drain_timeout_secs = drain.as_secs(),
@@ -204,7 +193,8 @@ impl Relay {
                 "drain timeout passed: closing remaining calls with 1001"
             );
             state.calls_cancel.cancel();
-            // Calls that play the drain notice need its length (plus Twilio's confirmation).
+            // Calls that play the drain notice need its length (plus the carrier's
+            // confirmation).
             let notice = state
                 .ctx
                 .settings
@@ -212,7 +202,7 @@ impl Relay {
                 .as_ref()
                 .map_or(Duration::ZERO, |n| {
                     Duration::from_millis(crate::audio::bytes_to_ms(n.len() as u64))
-                        + crate::call::DRAIN_NOTICE_GRACE
+                        + DRAIN_NOTICE_GRACE
                 });
             if tokio::time::timeout(HARD_STOP_TIMEOUT + notice, state.tracker.wait())
                 .await
@@ -263,13 +253,10 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
         };
         // Cap connections that have not upgraded: a flood of idle or slow clients cannot
         // exhaust descriptors or memory, and calls in progress are not counted.
-        if state.pending.fetch_add(1, Ordering::SeqCst) >= state.limits.max_pending_connections {
+        let limits = &state.http.limits;
+        if state.pending.fetch_add(1, Ordering::SeqCst) >= limits.max_pending_connections {
             state.pending.fetch_sub(1, Ordering::SeqCst);
-            m.count(
-                "relay_http_connections_rejected_total",
-                &[("reason", "limit")],
-                1,
-            );
+            m.http_rejected(HttpRejectReason::Limit);
             debug!(%peer, "refused a connection: too many pending HTTP connections");
             drop(stream);
             continue;
@@ -285,19 +272,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: Cancellatio
             let mut builder = http1::Builder::new();
             builder
                 .timer(timer)
-                .header_read_timeout(state.limits.header_read_timeout)
-                .max_buf_size(state.limits.max_header_bytes.max(8192));
+                .header_read_timeout(state.http.limits.header_read_timeout)
+                .max_buf_size(state.http.limits.max_header_bytes.max(8192));
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await
             {
                 if e.is_timeout() {
-                    state.ctx.metrics.count(
-                        "relay_http_connections_rejected_total",
-                        &[("reason", "header_timeout")],
-                        1,
-                    );
+                    state
+                        .ctx
+                        .metrics
+                        .http_rejected(HttpRejectReason::HeaderTimeout);
                 }
                 debug!(error = %e, %peer, "HTTP connection ended with an error");
             }
@@ -316,18 +302,64 @@ impl Drop for Pending {
     }
 }
 
+/// Which carrier route a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CarrierRoute {
+    Media,
+    Inbound,
+    OutboundMarkup,
+    CallStatus,
+    StreamStatus,
+}
+
+fn carrier_route(path: &str) -> Option<(CarrierKind, CarrierRoute)> {
+    CarrierKind::ALL.iter().find_map(|&c| {
+        let r = c.routes();
+        let route = [
+            (r.media, CarrierRoute::Media),
+            (r.inbound, CarrierRoute::Inbound),
+            (r.outbound_markup, CarrierRoute::OutboundMarkup),
+            (r.call_status, CarrierRoute::CallStatus),
+            (r.stream_status, CarrierRoute::StreamStatus),
+        ]
+        .into_iter()
+        .find(|(p, _)| *p == path)?
+        .1;
+        Some((c, route))
+    })
+}
+
 async fn route(
     req: Request<Incoming>,
     state: Arc<State>,
     peer: SocketAddr,
 ) -> Result<Resp, std::convert::Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/media") => media(req, &state, peer),
-        (&Method::POST, "/twiml") => twiml(req, &state).await,
-        (&Method::POST, "/outbound-call") => state.control.outbound_call(req, peer).await,
-        (&Method::POST, "/twiml/outbound") => state.control.outbound_twiml(req).await,
-        (&Method::POST, "/call-status") => state.control.call_status(req).await,
-        (&Method::POST, "/stream-status") => state.control.stream_status(req).await,
+    let path = req.uri().path().to_owned();
+    if let Some((carrier, r)) = carrier_route(&path) {
+        if !state.ctx.carriers.status(carrier).served {
+            return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+        }
+        let method_ok = match r {
+            CarrierRoute::Media => req.method() == Method::GET,
+            _ => req.method() == Method::POST,
+        };
+        if !method_ok {
+            return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+        }
+        return Ok(match r {
+            CarrierRoute::Media => super::media::upgrade(req, carrier, &state, peer),
+            CarrierRoute::Inbound => super::inbound::answer(req, carrier, &state).await,
+            CarrierRoute::OutboundMarkup => state.outbound.markup(req, carrier, &state).await,
+            CarrierRoute::CallStatus => {
+                callbacks::status(req, carrier, CallbackKind::Call, &state).await
+            }
+            CarrierRoute::StreamStatus => {
+                callbacks::status(req, carrier, CallbackKind::Stream, &state).await
+            }
+        });
+    }
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::POST, "/outbound-call") => state.outbound.outbound_call(req, peer, &state).await,
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
             r.headers_mut().insert(
@@ -336,11 +368,8 @@ async fn route(
             );
             r
         }
-        (&Method::GET, "/calls") => {
-            super::admin::calls(&req, state.admin_token.as_ref(), &state.ctx.calls)
-        }
-        (&Method::GET, p) if p.starts_with("/calls/") => {
-            super::admin::calls(&req, state.admin_token.as_ref(), &state.ctx.calls)
+        (&Method::GET, p) if p == "/calls" || p.starts_with("/calls/") => {
+            super::admin::calls(&req, state.http.admin_token.as_ref(), &state.ctx.calls)
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -362,220 +391,11 @@ async fn route(
 }
 
 /// Decrements the active-call count and gauge when a call task ends.
-struct Admission(Arc<State>);
+pub struct Admission(pub Arc<State>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::SeqCst);
         self.0.ctx.metrics.calls_active.decrement(1.0);
     }
-}
-
-fn media(mut req: Request<Incoming>, state: &Arc<State>, peer: SocketAddr) -> Resp {
-    let m = &state.ctx.metrics;
-    if state.draining.load(Ordering::SeqCst) {
-        m.upgrade(UpgradeResult::RejectedDraining);
-        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
-    }
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        m.upgrade(UpgradeResult::BadRequest);
-        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
-    }
-    if let Some(v) = &state.signatures {
-        let sig = header_str(&req, "x-twilio-signature");
-        if let Err(e) = v.validate_upgrade(req.uri().path(), sig) {
-            m.upgrade(UpgradeResult::RejectedSignature);
-            m.error(crate::obs::metrics::Leg::Twilio, e.kind());
-            warn!(%peer, kind = e.kind(), "refused a media stream: bad Twilio signature");
-            return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
-        }
-    }
-    let max = state.args.max_calls;
-    if state
-        .active
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_err()
-    {
-        m.upgrade(UpgradeResult::RejectedCapacity);
-        warn!(max_calls = max, "refused a call: at capacity");
-        return text(StatusCode::SERVICE_UNAVAILABLE, "at capacity\n");
-    }
-    m.calls_active.increment(1.0);
-    let admission = Admission(state.clone());
-    let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(x) => x,
-        Err(e) => {
-            m.upgrade(UpgradeResult::BadRequest);
-            debug!(error = %e, "bad upgrade request");
-            return text(StatusCode::BAD_REQUEST, "bad WebSocket upgrade\n");
-        }
-    };
-    m.upgrade(UpgradeResult::Accepted);
-    if state.signatures.is_none() {
-        m.streams_unauthenticated.increment(1);
-    }
-    let ctx = state.ctx.clone();
-    let cancel = state.calls_cancel.child_token();
-    state.tracker.spawn(async move {
-        let _admission = admission;
-        let ws = match upgrade.await {
-            Ok(ws) => ws,
-            Err(e) => {
-                debug!(error = %e, %peer, "upgrade did not complete");
-                return;
-            }
-        };
-        let Ok(parts) = ws
-            .into_inner()
-            .into_inner()
-            .downcast::<TokioIo<TcpStream>>()
-        else {
-            ctx.metrics
-                .error(crate::obs::metrics::Leg::Internal, "upgrade_downcast");
-            warn!("upgraded connection is not a TCP stream");
-            return;
-        };
-        let (r, w) = parts.io.into_inner().into_split();
-        let reader = WsReader::new(
-            Prefixed::new(parts.read_buf, r),
-            Role::Server,
-            call::MAX_TWILIO_MESSAGE_BYTES,
-        );
-        call::run(reader, WsWriter::new(w, Role::Server), ctx, cancel).await;
-    });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Full::new(Bytes::new()))
-}
-
-fn header_str<'a, B>(req: &'a Request<B>, name: &str) -> &'a str {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-async fn twiml(req: Request<Incoming>, state: &Arc<State>) -> Resp {
-    let signature = header_str(&req, "x-twilio-signature").to_owned();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/twiml".into());
-    let host = state.args.public_host.clone().or_else(|| {
-        req.headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    });
-    let agent = match agent_from_query(req.uri().query(), &state.ctx.settings) {
-        Ok(a) => a,
-        Err(msg) => return super::error_json(StatusCode::BAD_REQUEST, "invalid_agent", &msg),
-    };
-    let body = match super::read_body(
-        req.into_body(),
-        MAX_WEBHOOK_BODY_BYTES,
-        state.limits.body_read_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => {
-            if e == super::BodyError::Timeout {
-                state.ctx.metrics.count(
-                    "relay_http_connections_rejected_total",
-                    &[("reason", "body_timeout")],
-                    1,
-                );
-            }
-            return super::body_error(e);
-        }
-    };
-    if let Some(v) = &state.signatures {
-        if let Err(e) = v.validate_form(&path_and_query, &body, &signature) {
-            state
-                .ctx
-                .metrics
-                .error(crate::obs::metrics::Leg::Twilio, e.kind());
-            warn!(kind = e.kind(), "refused /twiml: bad Twilio signature");
-            return text(StatusCode::FORBIDDEN, "invalid Twilio signature\n");
-        }
-    }
-    let Some(host) = host else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "no public host configured and no Host header\n",
-        );
-    };
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let mut params: Vec<(&str, &str)> = Vec::new();
-    for k in ["From", "To", "CallSid"] {
-        if let Some(v) = get(k) {
-            params.push((k, v));
-        }
-    }
-    let agent_params = state.args.agent_parameters();
-    for (k, v) in &agent_params {
-        params.push((k, v.as_str()));
-    }
-    if let Some(a) = agent {
-        params.push(("agent", a.as_str()));
-    }
-    let token;
-    if let Some(tokens) = &state.ctx.tokens {
-        let Some(call_sid) = get("CallSid").filter(|s| !s.is_empty()) else {
-            return text(StatusCode::BAD_REQUEST, "CallSid is required\n");
-        };
-        token = tokens.token_for_call(call_sid);
-        params.push(("relay_token", token.as_str()));
-    }
-    match crate::http::twiml::connect_stream(&host, &params) {
-        Ok(xml) => {
-            info!(
-                call_sid = get("CallSid").unwrap_or(""),
-                "answered incoming call with TwiML"
-            );
-            let mut r = Response::new(Full::new(Bytes::from(xml)));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/xml"),
-            );
-            r
-        }
-        Err(e) => {
-            warn!(error = %e, "refused to emit TwiML");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "a stream parameter is too long\n",
-            )
-        }
-    }
-}
-
-/// The `agent` query parameter of `/twiml` (an operator points each Twilio number's webhook
-/// at `/twiml?agent=NAME`; Twilio's signature covers the query). `None` without one.
-///
-/// # Errors
-/// A message for an unknown or unconfigured agent (answered 400 at TwiML time, so the call
-/// never reaches a stream).
-fn agent_from_query(
-    query: Option<&str>,
-    settings: &crate::call::CallSettings,
-) -> Result<Option<AgentKind>, String> {
-    let Some(name) = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "agent")
-            .map(|(_, v)| v.into_owned())
-    }) else {
-        return Ok(None);
-    };
-    let kind = AgentKind::from_name(&name).ok_or_else(|| {
-        format!("unknown agent {name:?}: use elevenlabs, assemblyai, openai or echo")
-    })?;
-    if !settings.agents.is_configured(kind) {
-        return Err(format!("agent {name} is not configured on this relay"));
-    }
-    Ok(Some(kind))
 }

@@ -30,10 +30,10 @@ pub struct Quantiles {
 /// A call's latencies (see the README's metric table for what each one measures).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Latencies {
-    /// Relay-added latency, caller audio (Twilio → agent).
-    pub forward_twilio_to_agent: Quantiles,
-    /// Relay-added latency, agent audio (agent → Twilio).
-    pub forward_agent_to_twilio: Quantiles,
+    /// Relay-added latency, caller audio (carrier → agent).
+    pub forward_caller_to_agent: Quantiles,
+    /// Relay-added latency, agent audio (agent → carrier).
+    pub forward_agent_to_caller: Quantiles,
     /// Turn latency measured by the relay (caller speech end → first reply audio written).
     pub turn: Quantiles,
     /// Turn latency from the agent's own end-of-speech signal.
@@ -51,10 +51,12 @@ pub struct Latencies {
 /// One call's figures, as `GET /calls` shows them.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct CallSummary {
-    /// Twilio call SID.
+    /// The carrier's call id (Twilio call SID, Telnyx call control id).
     pub call_sid: String,
-    /// Twilio stream SID.
+    /// The carrier's stream id.
     pub stream_sid: String,
+    /// The carrier (`twilio`, `telnyx`).
+    pub carrier: &'static str,
     /// The agent dialect.
     pub agent: &'static str,
     /// `live` or `ended`.
@@ -66,14 +68,14 @@ pub struct CallSummary {
     /// Duration so far, ms.
     pub duration_ms: u64,
     /// Caller frames relayed.
-    pub frames_twilio_to_agent: u64,
-    /// Agent frames relayed (Twilio media messages).
-    pub frames_agent_to_twilio: u64,
+    pub frames_caller_to_agent: u64,
+    /// Agent frames relayed (carrier media messages).
+    pub frames_agent_to_caller: u64,
     /// Caller frames dropped.
-    pub dropped_twilio_to_agent: u64,
+    pub dropped_caller_to_agent: u64,
     /// Agent frames dropped.
-    pub dropped_agent_to_twilio: u64,
-    /// Twilio media frames missing (gaps in `media.chunk`).
+    pub dropped_agent_to_caller: u64,
+    /// Carrier media frames missing (gaps in `media.chunk`).
     pub inbound_frames_missing: u64,
     /// Agent audio confirmed played, ms.
     pub played_ms: u64,
@@ -204,7 +206,7 @@ mod tests {
         assert_eq!(r.live().len(), 1);
         assert_eq!(r.get("CA1"), Some(done));
         let mut upd = call("CA2", 2);
-        upd.frames_twilio_to_agent = 7;
+        upd.frames_caller_to_agent = 7;
         r.update(b, upd.clone());
         assert_eq!(r.get("CA2"), Some(upd));
         assert_eq!(r.get("CA3"), None);

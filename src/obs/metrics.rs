@@ -1,18 +1,25 @@
-//! Prometheus metrics: every family the relay exports, registered once per server against
-//! its own recorder (no global recorder, so several relays can live in one test process).
+//! The relay's metrics registry: every family of [`super::families`] registered once per
+//! server against its own recorder (no global recorder, so several relays can live in one
+//! test process), with typed handles for every series, and rendering for `GET /metrics`.
 //!
-//! Owns the names, HELP texts, units, the label sets (closed enums and constant lists), the
-//! histogram buckets, and rendering for `GET /metrics`. Every series a closed label set
-//! allows is created at 0 when the relay starts, so the first event of every kind is seen by
-//! `rate()` and `increase()` (a series that appears with its first increment hides that
-//! increment from Prometheus).
+//! Every series a closed label set allows is created at 0 when the relay starts, so the first
+//! event of every kind is seen by `rate()` and `increase()` (a series that appears with its
+//! first increment hides that increment from Prometheus). The agent and carrier label sets
+//! are passed in ([`MetricLabels`]): they come from the registries in `agent` and `carrier`,
+//! which sit above this module. Nobody looks a series up by name at run time: call sites
+//! hold handles ([`Metrics`] fields and methods, [`LabeledCounters`]).
 //!
-//! Per-frame counting does not happen here: calls accumulate in [`CallMetrics`] and fold
-//! batches in ([`CallMetrics::fold`]); a contended histogram observation costs hundreds of
-//! nanoseconds, a local increment a few.
+//! Per-frame counting does not happen here: calls accumulate in
+//! [`super::call_metrics::CallMetrics`] and fold batches in; a contended histogram
+//! observation costs hundreds of nanoseconds, a local increment a few.
 
-use crate::obs::latency::{FrameHistogram, LatencyHistogram};
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use super::families::{self as fam, Family, FamilyKind};
+use super::labels::{
+    CallEventKind, Direction, DropReason, ErrorKind, HttpRejectReason, Leg, Outcome, TokenResult,
+    ToolResult, UpgradeResult,
+};
+use super::latency::FrameHistogram;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -20,306 +27,17 @@ use std::sync::Arc;
 
 static META: Metadata<'static> = Metadata::new("media_relay", Level::INFO, Some("media_relay"));
 
-/// Direction of a frame through the relay; the `direction` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Caller audio: Twilio → agent.
-    TwilioToAgent = 0,
-    /// Agent audio: agent → Twilio.
-    AgentToTwilio = 1,
-}
-
-impl Direction {
-    /// Both directions.
-    pub const ALL: [Direction; 2] = [Direction::TwilioToAgent, Direction::AgentToTwilio];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::TwilioToAgent => "twilio_to_agent",
-            Direction::AgentToTwilio => "agent_to_twilio",
-        }
-    }
-}
-
-/// Which side an error came from; the `leg` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    /// The Twilio WebSocket (or a Twilio webhook).
-    Twilio = 0,
-    /// The agent WebSocket (or its HTTP setup).
-    Agent = 1,
-    /// The relay itself.
-    Internal = 2,
-}
-
-impl Leg {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Leg::Twilio => "twilio",
-            Leg::Agent => "agent",
-            Leg::Internal => "internal",
-        }
-    }
-}
-
-/// Every `kind` of `relay_errors_total`, per leg: the closed label set (each comes from an
-/// error enum's `kind()` or a fixed string in the call machine). Both error counters
-/// debug-assert membership, so a test that reaches a new kind fails until it is listed here.
-pub const ERROR_KINDS: [(Leg, &[&str]); 3] = [
-    (
-        Leg::Twilio,
-        &[
-            // framing (wire::ws::ReadError)
-            "message_too_large",
-            "websocket_protocol",
-            "invalid_utf8",
-            "io",
-            // messages (twilio::codec::DecodeError and the machine)
-            "malformed_json",
-            "missing_event",
-            "missing_field",
-            "invalid_stream_sid",
-            "invalid_call_sid",
-            "invalid_base64",
-            "empty_payload",
-            "invalid_dtmf",
-            "binary_frame",
-            "media_before_start",
-            "duplicate_start",
-            "media_format_unsupported",
-            // signatures and stream tokens (auth)
-            "signature_missing",
-            "signature_mismatch",
-            "signature_malformed",
-            "body_hash_missing",
-            "body_hash_mismatch",
-            "token_missing",
-            "token_invalid",
-            "outbound_url_signature",
-            "outbound_url_expired",
-        ],
-    ),
-    (
-        Leg::Agent,
-        &[
-            "message_too_large",
-            "websocket_protocol",
-            "invalid_utf8",
-            "io",
-            "malformed_json",
-            "missing_type",
-            "missing_field",
-            "invalid_base64",
-            "binary_frame",
-            "audio_format_mismatch",
-            "agent_error_event",
-            // connecting (agent::connect::ConnectError, wire::net::NetError)
-            "invalid_url",
-            "connect",
-            "tls",
-            "http",
-            "body_too_large",
-            "timeout",
-            "signed_url_status",
-            "signed_url_body",
-            "handshake",
-            "bad_accept",
-            "connect_timeout",
-            "agent_not_configured",
-            "ready_timeout",
-        ],
-    ),
-    (Leg::Internal, &["upgrade_downcast"]),
-];
-
-/// The `agent` label values, indexed by `AgentKind as usize` (a test in `agent` keeps them
-/// in step with `AgentKind::ALL`: `agent_labels_follow_agent_kinds`).
-pub const AGENT_LABELS: [&str; 4] = ["elevenlabs", "assemblyai", "openai", "echo"];
-
-/// The `outcome` label values of `relay_calls_total` (a test in `call` checks that every
-/// `EndReason` maps into this list).
-pub const CALL_OUTCOMES: [&str; 17] = [
-    "twilio_stop",
-    "twilio_closed",
-    "twilio_error",
-    "twilio_idle",
-    "twilio_stalled",
-    "media_format_unsupported",
-    "agent_closed",
-    "agent_ended",
-    "agent_error",
-    "agent_connect_failed",
-    "agent_stalled",
-    "audio_format_mismatch",
-    "start_timeout",
-    "shutdown",
-    "max_duration",
-    "token_rejected",
-    "replaced",
-];
-
-/// Reasons a frame is dropped; the `reason` label of `relay_frames_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Caller audio buffered while the agent connected overflowed; oldest dropped.
-    EarlyBufferFull = 0,
-    /// A leg's outbox reached its byte cap (its socket is not keeping up); oldest dropped.
-    OutboxFull = 1,
-    /// Agent audio of a reply the caller interrupted.
-    Interrupted = 2,
-    /// The echo agent's delay queue overflowed; oldest dropped.
-    EchoQueueFull = 3,
-    /// Agent audio dropped while a closing call plays the drain notice (the notice replaces
-    /// the agent's voice; caller audio still reaches the agent).
-    Draining = 4,
-}
-
-impl DropReason {
-    /// Every reason.
-    pub const ALL: [DropReason; 5] = [
-        DropReason::EarlyBufferFull,
-        DropReason::OutboxFull,
-        DropReason::Interrupted,
-        DropReason::EchoQueueFull,
-        DropReason::Draining,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::EarlyBufferFull => "early_buffer_full",
-            DropReason::OutboxFull => "outbox_full",
-            DropReason::Interrupted => "interrupted",
-            DropReason::EchoQueueFull => "echo_queue_full",
-            DropReason::Draining => "draining",
-        }
-    }
-}
-
-/// Result label of `relay_upgrades_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpgradeResult {
-    /// Upgraded; a call started.
-    Accepted,
-    /// Refused with 503: `--max-calls` reached.
-    RejectedCapacity,
-    /// Refused with 503: the relay is draining.
-    RejectedDraining,
-    /// Refused with 403: bad or missing Twilio signature.
-    RejectedSignature,
-    /// Refused with 400: not a valid WebSocket upgrade.
-    BadRequest,
-}
-
-impl UpgradeResult {
-    /// Every result.
-    pub const ALL: [UpgradeResult; 5] = [
-        UpgradeResult::Accepted,
-        UpgradeResult::RejectedCapacity,
-        UpgradeResult::RejectedDraining,
-        UpgradeResult::RejectedSignature,
-        UpgradeResult::BadRequest,
-    ];
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpgradeResult::Accepted => "accepted",
-            UpgradeResult::RejectedCapacity => "rejected_capacity",
-            UpgradeResult::RejectedDraining => "rejected_draining",
-            UpgradeResult::RejectedSignature => "rejected_signature",
-            UpgradeResult::BadRequest => "bad_request",
-        }
-    }
-}
-
-/// How a tool call ended; the `result` label of `relay_tool_calls_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolResult {
-    /// The webhook answered 2xx with `{"result": …}`.
-    Ok = 0,
-    /// The webhook answered a non-2xx status.
-    ErrorStatus = 1,
-    /// The webhook's 2xx answer was not `{"result": …}` JSON.
-    BadResponse = 2,
-    /// The webhook could not be reached (connect, TLS, HTTP failure).
-    Unreachable = 3,
-    /// No answer within `--tool-timeout-ms`.
-    Timeout = 4,
-    /// No `RELAY_TOOL_WEBHOOK_URL` is configured.
-    NotConfigured = 5,
-    /// The call used up its tool calls (`--max-tool-calls-per-call`).
-    LimitReached = 6,
-    /// The agent's arguments were not a JSON object.
-    InvalidArguments = 7,
-    /// A result not delivered: the agent no longer wanted it (AssemblyAI: its reply was
-    /// interrupted), or too many results already waited for an agent not reading its socket
-    /// (`MAX_TOOL_RESULTS_WAITING`; such a result may also have been counted once as
-    /// refused, e.g. `limit_reached`).
-    Discarded = 8,
-}
-
-impl ToolResult {
-    /// Every result.
-    pub const ALL: [ToolResult; 9] = [
-        ToolResult::Ok,
-        ToolResult::ErrorStatus,
-        ToolResult::BadResponse,
-        ToolResult::Unreachable,
-        ToolResult::Timeout,
-        ToolResult::NotConfigured,
-        ToolResult::LimitReached,
-        ToolResult::InvalidArguments,
-        ToolResult::Discarded,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolResult::Ok => "ok",
-            ToolResult::ErrorStatus => "error_status",
-            ToolResult::BadResponse => "bad_response",
-            ToolResult::Unreachable => "unreachable",
-            ToolResult::Timeout => "timeout",
-            ToolResult::NotConfigured => "not_configured",
-            ToolResult::LimitReached => "limit_reached",
-            ToolResult::InvalidArguments => "invalid_arguments",
-            ToolResult::Discarded => "discarded",
-        }
-    }
-}
-
-/// Per-call event counters (the `agent`-labelled families a call folds in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallEventKind {
-    /// `relay_barge_ins_total`: interruptions that sent Twilio a `clear`.
-    BargeIn = 0,
-    /// `relay_dtmf_total`: keypad digits received from Twilio.
-    DtmfDigit = 1,
-    /// `relay_marks_total{result="played"}`.
-    MarkPlayed = 2,
-    /// `relay_marks_total{result="flushed"}`.
-    MarkFlushed = 3,
-    /// `relay_unknown_events_total{leg="twilio"}`.
-    UnknownTwilioEvent = 4,
-    /// `relay_unknown_events_total{leg="agent"}`.
-    UnknownAgentEvent = 5,
-}
-
-const CALL_EVENT_KINDS: usize = 6;
-
 /// Buckets (seconds) of `relay_forward_latency_seconds` and
 /// `relay_call_forward_latency_p99_seconds`: powers of two of microseconds (and 1.5×) from
-/// 32 µs to 131 ms, on [`LatencyHistogram`] bucket edges so batched folding keeps bucket
-/// counts exact.
+/// 32 µs to 131 ms, on [`super::latency::LatencyHistogram`] bucket edges so batched folding
+/// keeps bucket counts exact.
 pub const FORWARD_LATENCY_BUCKETS: [f64; 15] = [
     0.000_032, 0.000_064, 0.000_128, 0.000_256, 0.000_512, 0.000_768, 0.001_024, 0.001_536,
     0.002_048, 0.004_096, 0.008_192, 0.016_384, 0.032_768, 0.065_536, 0.131_072,
 ];
 
-/// Buckets (seconds) of `relay_inbound_jitter_seconds`: deviation of Twilio's media
-/// inter-arrival from 20 ms, 0.5 ms to 0.5 s, on [`LatencyHistogram`] edges.
+/// Buckets (seconds) of `relay_inbound_jitter_seconds`: deviation of the carrier's media
+/// inter-arrival from 20 ms, 0.5 ms to 0.5 s, on latency-histogram edges.
 pub const JITTER_BUCKETS: [f64; 11] = [
     0.000_512, 0.001_024, 0.002_048, 0.004_096, 0.008_192, 0.016_384, 0.032_768, 0.065_536,
     0.131_072, 0.262_144, 0.524_288,
@@ -330,28 +48,25 @@ pub const CONNECT_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Buckets (seconds) of `relay_call_duration_seconds`: 1 s to 2 h in steps a person reads
-/// (15 s, 30 s, 1, 2, 3, 5, 10, 15, 20, 30, 45 min, 1, 1.5, 2 h).
+/// Buckets (seconds) of `relay_call_duration_seconds`: 1 s to 2 h in steps a person reads.
 pub const CALL_DURATION_BUCKETS: [f64; 20] = [
     1.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0,
     1800.0, 2700.0, 3600.0, 5400.0, 7200.0,
 ];
 
-/// Buckets (seconds) of the turn latencies (caller stops speaking → first agent audio to
-/// Twilio) and of `relay_call_turn_latency_p95_seconds`; 1.5 s is an edge, so the share of
-/// calls over it is exact.
+/// Buckets (seconds) of the turn latencies and of `relay_call_turn_latency_p95_seconds`;
+/// 1.5 s is an edge, so the share of calls over it is exact.
 pub const TURN_BUCKETS: [f64; 17] = [
     0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
 ];
 
 /// Buckets (seconds) of `relay_barge_in_latency_seconds` (interruption signal → `clear`
-/// written to Twilio).
+/// written to the carrier).
 pub const BARGE_IN_BUCKETS: [f64; 13] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// Buckets (seconds) of `relay_playout_lag_seconds` (mark sent → echoed as played: the
-/// audio queued at Twilio ahead of the mark, plus the network).
+/// Buckets (seconds) of `relay_playout_lag_seconds` (mark sent → echoed as played).
 pub const PLAYOUT_LAG_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
 ];
@@ -359,26 +74,52 @@ pub const PLAYOUT_LAG_BUCKETS: [f64; 14] = [
 /// Buckets (seconds) of `relay_agent_ping_rtt_seconds`.
 pub const PING_RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 
-/// Histogram families kept by the exporter, and their buckets (the per-frame families
-/// `relay_forward_latency_seconds` and `relay_inbound_jitter_seconds` are [`FrameHistogram`]s
-/// of our own, see `obs::latency`).
-const HISTOGRAMS: [(&str, &[f64]); 9] = [
-    (
-        "relay_call_forward_latency_p99_seconds",
-        &FORWARD_LATENCY_BUCKETS,
-    ),
-    ("relay_agent_connect_duration_seconds", &CONNECT_BUCKETS),
-    ("relay_call_duration_seconds", &CALL_DURATION_BUCKETS),
-    ("relay_turn_latency_seconds", &TURN_BUCKETS),
-    ("relay_agent_turn_latency_seconds", &TURN_BUCKETS),
-    ("relay_call_turn_latency_p95_seconds", &TURN_BUCKETS),
-    ("relay_barge_in_latency_seconds", &BARGE_IN_BUCKETS),
-    ("relay_playout_lag_seconds", &PLAYOUT_LAG_BUCKETS),
-    ("relay_agent_ping_rtt_seconds", &PING_RTT_BUCKETS),
+/// Histogram families kept by the exporter, and their buckets (the per-frame families are
+/// [`FrameHistogram`]s of our own, see `obs::latency`).
+const HISTOGRAMS: [(Family, &[f64]); 9] = [
+    (fam::CALL_FORWARD_LATENCY_P99, &FORWARD_LATENCY_BUCKETS),
+    (fam::AGENT_CONNECT_DURATION, &CONNECT_BUCKETS),
+    (fam::CALL_DURATION, &CALL_DURATION_BUCKETS),
+    (fam::TURN_LATENCY, &TURN_BUCKETS),
+    (fam::AGENT_TURN_LATENCY, &TURN_BUCKETS),
+    (fam::CALL_TURN_LATENCY_P95, &TURN_BUCKETS),
+    (fam::BARGE_IN_LATENCY, &BARGE_IN_BUCKETS),
+    (fam::PLAYOUT_LAG, &PLAYOUT_LAG_BUCKETS),
+    (fam::AGENT_PING_RTT, &PING_RTT_BUCKETS),
 ];
 
-/// Label values of `relay_stream_tokens_total{result}`.
-pub const STREAM_TOKEN_RESULTS: [&str; 3] = ["valid", "token_missing", "token_invalid"];
+/// The open label sets the registry is built for: agent dialect names (`agent` label, in
+/// `AgentKind` order) and carrier names (caller `leg` label and `direction` prefix, in
+/// `CarrierKind` order).
+#[derive(Debug, Clone)]
+pub struct MetricLabels {
+    /// Agent names, indexed by `AgentKind as usize`.
+    pub agents: Vec<&'static str>,
+    /// Carrier names, indexed by `CarrierKind as usize`.
+    pub carriers: Vec<&'static str>,
+}
+
+/// The `direction` label of `d` on carrier `carrier`: `twilio_to_agent`, `agent_to_telnyx`.
+pub fn direction_label(carrier: &str, d: Direction) -> String {
+    match d {
+        Direction::ToAgent => format!("{carrier}_to_agent"),
+        Direction::ToCaller => format!("agent_to_{carrier}"),
+    }
+}
+
+/// Counters of one family, one per value of a closed label set, indexed like the set.
+#[derive(Debug, Clone)]
+pub struct LabeledCounters(Vec<Counter>);
+
+impl LabeledCounters {
+    /// Adds `n` to the series of value number `index` (out-of-range indexes are ignored).
+    #[inline]
+    pub fn add(&self, index: usize, n: u64) {
+        if let Some(c) = self.0.get(index) {
+            c.increment(n);
+        }
+    }
+}
 
 /// Per-agent histogram handles.
 struct AgentHistograms {
@@ -391,11 +132,34 @@ struct AgentHistograms {
     ping_rtt: Histogram,
 }
 
+/// Series of one agent.
+struct AgentSeries {
+    hist: AgentHistograms,
+    /// `CallEventKind` order; `UnknownCallerEvent` is per carrier, in `unknown_caller`.
+    events: Vec<Counter>,
+    unknown_caller: Vec<Counter>,
+    tools: Vec<Counter>,
+    started: Counter,
+    connects: [Counter; 2],
+}
+
+/// Series of one carrier.
+struct CarrierSeries {
+    frames: [Counter; 2],
+    audio_bytes: [Counter; 2],
+    latency: [FrameHistogram; 2],
+    latency_labels: [String; 2],
+    call_latency_p99: [Histogram; 2],
+    drops: [Vec<Counter>; 2],
+    started: Counter,
+}
+
 /// All metric handles of one relay instance. Cheap to share (`Arc`).
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     process: metrics_process::Collector,
+    labels: MetricLabels,
     /// `relay_calls_active`: calls in progress.
     pub calls_active: Gauge,
     /// `relay_calls_max`: the admission limit (`--max-calls`).
@@ -406,27 +170,29 @@ pub struct Metrics {
     pub tasks_alive: Gauge,
     /// `relay_call_duration_seconds`.
     pub call_duration: Histogram,
-    frames: [Counter; 2],
-    audio_bytes: [Counter; 2],
-    latency: [FrameHistogram; 2],
-    call_latency_p99: [Histogram; 2],
-    drops: [[Counter; 5]; 2],
     /// `relay_inbound_jitter_seconds`.
     pub jitter: FrameHistogram,
     /// `relay_inbound_frames_missing_total`.
     pub frames_missing: Counter,
-    agents: [AgentHistograms; 4],
-    events: [[Counter; CALL_EVENT_KINDS]; 4],
-    tool_calls: [[Counter; 9]; 4],
-    calls_started: [Counter; 4],
-    agent_connects: [[Counter; 2]; 4],
-    upgrades: [Counter; 5],
     /// `relay_playout_audio_bytes_total{result="played"}` (8000 bytes = 1 s).
     pub playout_played_bytes: Counter,
     /// `relay_playout_audio_bytes_total{result="flushed"}`.
     pub playout_flushed_bytes: Counter,
     /// `relay_streams_unauthenticated_total`: streams admitted without signature checks.
     pub streams_unauthenticated: Counter,
+    /// `relay_duplicate_streams_total`.
+    pub duplicate_streams: Counter,
+    /// `relay_drain_notices_total`.
+    pub drain_notices: Counter,
+    carriers: Vec<CarrierSeries>,
+    agents: Vec<AgentSeries>,
+    /// `relay_errors_total{leg,kind}`: per leg (carriers, then agent, then internal), per
+    /// `ErrorKind` index; `None` where the kind cannot happen on that leg.
+    errors: Vec<Vec<Option<Counter>>>,
+    outcomes: Vec<Counter>,
+    upgrades: Vec<Counter>,
+    stream_tokens: Vec<Counter>,
+    http_rejected: Vec<Counter>,
     http_pending: Gauge,
 }
 
@@ -437,160 +203,201 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Builds a recorder with real Prometheus histograms, registers every family, and
+    /// Builds a recorder with real Prometheus histograms, describes every family, and
     /// creates every series of every closed label set at 0.
-    pub fn new() -> Arc<Self> {
+    pub fn new(labels: MetricLabels) -> Arc<Self> {
         let mut b = PrometheusBuilder::new();
-        for (name, buckets) in HISTOGRAMS {
+        for (f, buckets) in HISTOGRAMS {
             // Only fails on an empty bucket list; ours are constants.
             b = b
-                .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                .set_buckets_for_metric(Matcher::Full(f.name.into()), buckets)
                 .expect("static bucket lists are non-empty");
         }
         let recorder = b.build_recorder();
         let handle = recorder.handle();
         let r = &recorder;
-        describe(r);
-        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
-            let c = r.register_counter(&key(name, labels), &META);
+        for f in fam::ALL {
+            match f.kind {
+                FamilyKind::Counter => r.describe_counter(f.name.into(), f.unit, f.help.into()),
+                FamilyKind::Gauge => r.describe_gauge(f.name.into(), f.unit, f.help.into()),
+                FamilyKind::Histogram => r.describe_histogram(f.name.into(), f.unit, f.help.into()),
+            }
+        }
+        let counter = |f: Family, l: &[(&'static str, String)]| {
+            debug_assert_eq!(f.kind, FamilyKind::Counter, "{}", f.name);
+            let c = r.register_counter(&key(f.name, l), &META);
             c.increment(0);
             c
         };
-        let hist = |name: &'static str, labels: &[(&'static str, &'static str)]| {
-            r.register_histogram(&key(name, labels), &META)
+        let hist = |f: Family, l: &[(&'static str, String)]| {
+            debug_assert_eq!(f.kind, FamilyKind::Histogram, "{}", f.name);
+            r.register_histogram(&key(f.name, l), &META)
         };
-        let dirs = Direction::ALL;
-        let per_agent = |name: &'static str| AGENT_LABELS.map(|a| hist(name, &[("agent", a)]));
-        let [c0, c1, c2, c3] = per_agent("relay_agent_connect_duration_seconds");
-        let [t0, t1, t2, t3] = per_agent("relay_turn_latency_seconds");
-        let [at0, at1, at2, at3] = per_agent("relay_agent_turn_latency_seconds");
-        let [p0, p1, p2, p3] = per_agent("relay_call_turn_latency_p95_seconds");
-        let [b0, b1, b2, b3] = per_agent("relay_barge_in_latency_seconds");
-        let [l0, l1, l2, l3] = per_agent("relay_playout_lag_seconds");
-        let [r0, r1, r2, r3] = per_agent("relay_agent_ping_rtt_seconds");
-        let agents = [
-            (c0, t0, at0, p0, b0, l0, r0),
-            (c1, t1, at1, p1, b1, l1, r1),
-            (c2, t2, at2, p2, b2, l2, r2),
-            (c3, t3, at3, p3, b3, l3, r3),
-        ]
-        .map(
-            |(connect, turn, agent_turn, call_turn_p95, barge_in, playout_lag, ping_rtt)| {
-                AgentHistograms {
-                    connect,
-                    turn,
-                    agent_turn,
-                    call_turn_p95,
-                    barge_in,
-                    playout_lag,
-                    ping_rtt,
+        let gauge = |f: Family, l: &[(&'static str, String)]| {
+            debug_assert_eq!(f.kind, FamilyKind::Gauge, "{}", f.name);
+            r.register_gauge(&key(f.name, l), &META)
+        };
+        let s = |v: &str| v.to_owned();
+        let carriers = labels
+            .carriers
+            .iter()
+            .map(|&c| {
+                let dirs = [Direction::ToAgent, Direction::ToCaller].map(|d| direction_label(c, d));
+                CarrierSeries {
+                    frames: dirs
+                        .clone()
+                        .map(|d| counter(fam::FRAMES, &[("direction", d)])),
+                    audio_bytes: dirs
+                        .clone()
+                        .map(|d| counter(fam::AUDIO_BYTES, &[("direction", d)])),
+                    latency: [(); 2].map(|_| FrameHistogram::new(&FORWARD_LATENCY_BUCKETS)),
+                    latency_labels: dirs.clone().map(|d| format!("direction=\"{d}\"")),
+                    call_latency_p99: dirs
+                        .clone()
+                        .map(|d| hist(fam::CALL_FORWARD_LATENCY_P99, &[("direction", d)])),
+                    drops: dirs.clone().map(|d| {
+                        DropReason::ALL
+                            .iter()
+                            .map(|r| {
+                                counter(
+                                    fam::FRAMES_DROPPED,
+                                    &[("direction", d.clone()), ("reason", s(r.as_str()))],
+                                )
+                            })
+                            .collect()
+                    }),
+                    started: counter(fam::CARRIER_CALLS_STARTED, &[("carrier", s(c))]),
                 }
-            },
-        );
-        let events = AGENT_LABELS.map(|a| {
-            [
-                counter("relay_barge_ins_total", &[("agent", a)]),
-                counter("relay_dtmf_total", &[("agent", a)]),
-                counter("relay_marks_total", &[("agent", a), ("result", "played")]),
-                counter("relay_marks_total", &[("agent", a), ("result", "flushed")]),
-                counter(
-                    "relay_unknown_events_total",
-                    &[("agent", a), ("leg", "twilio")],
-                ),
-                counter(
-                    "relay_unknown_events_total",
-                    &[("agent", a), ("leg", "agent")],
-                ),
-            ]
-        });
-        for outcome in CALL_OUTCOMES {
-            let _ = counter("relay_calls_total", &[("outcome", outcome)]);
-        }
-        for (leg, kinds) in ERROR_KINDS {
-            for kind in kinds {
-                let _ = counter(
-                    "relay_errors_total",
-                    &[("leg", leg.as_str()), ("kind", kind)],
-                );
-            }
-        }
-        for result in STREAM_TOKEN_RESULTS {
-            let _ = counter("relay_stream_tokens_total", &[("result", result)]);
-        }
-        let _ = counter("relay_duplicate_streams_total", &[]);
-        for reason in ["limit", "header_timeout", "body_timeout"] {
-            let _ = counter(
-                "relay_http_connections_rejected_total",
-                &[("reason", reason)],
-            );
-        }
-        let _ = counter("relay_drain_notices_total", &[]);
-        let build = r.register_gauge(
-            &key(
-                "relay_build_info",
-                &[("version", env!("CARGO_PKG_VERSION"))],
-            ),
-            &META,
+            })
+            .collect();
+        let agents = labels
+            .agents
+            .iter()
+            .map(|&a| {
+                let h = |f| hist(f, &[("agent", s(a))]);
+                let ev = |f: Family, extra: Option<(&'static str, &str)>| {
+                    let mut l = vec![("agent", s(a))];
+                    if let Some((k, v)) = extra {
+                        l.push((k, s(v)));
+                    }
+                    counter(f, &l)
+                };
+                AgentSeries {
+                    hist: AgentHistograms {
+                        connect: h(fam::AGENT_CONNECT_DURATION),
+                        turn: h(fam::TURN_LATENCY),
+                        agent_turn: h(fam::AGENT_TURN_LATENCY),
+                        call_turn_p95: h(fam::CALL_TURN_LATENCY_P95),
+                        barge_in: h(fam::BARGE_IN_LATENCY),
+                        playout_lag: h(fam::PLAYOUT_LAG),
+                        ping_rtt: h(fam::AGENT_PING_RTT),
+                    },
+                    events: CallEventKind::ALL
+                        .iter()
+                        .map(|k| match k {
+                            CallEventKind::BargeIn => ev(fam::BARGE_INS, None),
+                            CallEventKind::DtmfDigit => ev(fam::DTMF, None),
+                            CallEventKind::MarkPlayed => ev(fam::MARKS, Some(("result", "played"))),
+                            CallEventKind::MarkFlushed => {
+                                ev(fam::MARKS, Some(("result", "flushed")))
+                            }
+                            // Per carrier (below); this slot stays unused.
+                            CallEventKind::UnknownCallerEvent => Counter::noop(),
+                            CallEventKind::UnknownAgentEvent => {
+                                ev(fam::UNKNOWN_EVENTS, Some(("leg", "agent")))
+                            }
+                        })
+                        .collect(),
+                    unknown_caller: labels
+                        .carriers
+                        .iter()
+                        .map(|&c| ev(fam::UNKNOWN_EVENTS, Some(("leg", c))))
+                        .collect(),
+                    tools: ToolResult::ALL
+                        .iter()
+                        .map(|t| ev(fam::TOOL_CALLS, Some(("result", t.as_str()))))
+                        .collect(),
+                    started: ev(fam::CALLS_STARTED, None),
+                    connects: ["ok", "failed"]
+                        .map(|res| ev(fam::AGENT_CONNECTS, Some(("result", res)))),
+                }
+            })
+            .collect();
+        // Legs: carriers, then the agent, then the relay itself.
+        let leg_rows: Vec<(Leg, &'static str)> = labels
+            .carriers
+            .iter()
+            .map(|&c| (Leg::Caller, c))
+            .chain([(Leg::Agent, "agent"), (Leg::Internal, "internal")])
+            .collect();
+        let errors = leg_rows
+            .iter()
+            .map(|&(kind, label)| {
+                ErrorKind::ALL
+                    .iter()
+                    .map(|k| {
+                        k.legs().contains(&kind).then(|| {
+                            counter(fam::ERRORS, &[("leg", s(label)), ("kind", s(k.as_str()))])
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let build = gauge(
+            fam::BUILD_INFO,
+            &[("version", s(env!("CARGO_PKG_VERSION")))],
         );
         build.set(1.0);
+        let labelled = |f: Family, name: &'static str, values: &[&'static str]| -> Vec<Counter> {
+            values.iter().map(|v| counter(f, &[(name, s(v))])).collect()
+        };
         let m = Metrics {
-            calls_active: r.register_gauge(&key("relay_calls_active", &[]), &META),
-            calls_max: r.register_gauge(&key("relay_calls_max", &[]), &META),
-            draining: r.register_gauge(&key("relay_draining", &[]), &META),
-            tasks_alive: r.register_gauge(&key("relay_runtime_tasks_alive", &[]), &META),
-            call_duration: hist("relay_call_duration_seconds", &[]),
-            frames: dirs.map(|d| counter("relay_frames_total", &[("direction", d.as_str())])),
-            audio_bytes: dirs
-                .map(|d| counter("relay_audio_bytes_total", &[("direction", d.as_str())])),
-            latency: dirs.map(|_| FrameHistogram::new(&FORWARD_LATENCY_BUCKETS)),
-            call_latency_p99: dirs.map(|d| {
-                hist(
-                    "relay_call_forward_latency_p99_seconds",
-                    &[("direction", d.as_str())],
-                )
-            }),
-            drops: dirs.map(|d| {
-                DropReason::ALL.map(|reason| {
-                    counter(
-                        "relay_frames_dropped_total",
-                        &[("direction", d.as_str()), ("reason", reason.as_str())],
-                    )
-                })
-            }),
+            calls_active: gauge(fam::CALLS_ACTIVE, &[]),
+            calls_max: gauge(fam::CALLS_MAX, &[]),
+            draining: gauge(fam::DRAINING, &[]),
+            tasks_alive: gauge(fam::TASKS_ALIVE, &[]),
+            call_duration: hist(fam::CALL_DURATION, &[]),
             jitter: FrameHistogram::new(&JITTER_BUCKETS),
-            frames_missing: counter("relay_inbound_frames_missing_total", &[]),
+            frames_missing: counter(fam::FRAMES_MISSING, &[]),
+            playout_played_bytes: counter(fam::PLAYOUT_AUDIO_BYTES, &[("result", s("played"))]),
+            playout_flushed_bytes: counter(fam::PLAYOUT_AUDIO_BYTES, &[("result", s("flushed"))]),
+            streams_unauthenticated: counter(fam::STREAMS_UNAUTHENTICATED, &[]),
+            duplicate_streams: counter(fam::DUPLICATE_STREAMS, &[]),
+            drain_notices: counter(fam::DRAIN_NOTICES, &[]),
+            carriers,
             agents,
-            events,
-            tool_calls: AGENT_LABELS.map(|a| {
-                ToolResult::ALL.map(|t| {
-                    counter(
-                        "relay_tool_calls_total",
-                        &[("agent", a), ("result", t.as_str())],
-                    )
-                })
-            }),
-            calls_started: AGENT_LABELS
-                .map(|a| counter("relay_calls_started_total", &[("agent", a)])),
-            agent_connects: AGENT_LABELS.map(|a| {
-                ["ok", "failed"].map(|res| {
-                    counter(
-                        "relay_agent_connects_total",
-                        &[("agent", a), ("result", res)],
-                    )
-                })
-            }),
-            upgrades: UpgradeResult::ALL
-                .map(|u| counter("relay_upgrades_total", &[("result", u.as_str())])),
-            playout_played_bytes: counter(
-                "relay_playout_audio_bytes_total",
-                &[("result", "played")],
+            errors,
+            outcomes: labelled(
+                fam::CALLS_TOTAL,
+                "outcome",
+                &Outcome::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
             ),
-            playout_flushed_bytes: counter(
-                "relay_playout_audio_bytes_total",
-                &[("result", "flushed")],
+            upgrades: labelled(
+                fam::UPGRADES,
+                "result",
+                &UpgradeResult::ALL
+                    .iter()
+                    .map(|u| u.as_str())
+                    .collect::<Vec<_>>(),
             ),
-            streams_unauthenticated: counter("relay_streams_unauthenticated_total", &[]),
-            http_pending: r.register_gauge(&key("relay_http_connections_pending", &[]), &META),
+            stream_tokens: labelled(
+                fam::STREAM_TOKENS,
+                "result",
+                &TokenResult::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            http_rejected: labelled(
+                fam::HTTP_CONNECTIONS_REJECTED,
+                "reason",
+                &HttpRejectReason::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            http_pending: gauge(fam::HTTP_CONNECTIONS_PENDING, &[]),
+            labels,
             process: metrics_process::Collector::default(),
             recorder,
             handle,
@@ -599,54 +406,103 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// `relay_frames_total{direction}` handle.
-    pub fn frames(&self, d: Direction) -> &Counter {
-        &self.frames[d as usize]
+    /// The label sets this registry was built for.
+    pub fn labels(&self) -> &MetricLabels {
+        &self.labels
     }
 
-    /// `relay_audio_bytes_total{direction}` handle.
-    pub fn audio_bytes(&self, d: Direction) -> &Counter {
-        &self.audio_bytes[d as usize]
+    /// Counters of `family` labelled `name` = each of `values` (created at 0), for a layer's
+    /// own closed label set (outbound results, callback statuses). Call once per process and
+    /// keep the handles.
+    pub fn counters(
+        &self,
+        family: Family,
+        name: &'static str,
+        values: impl IntoIterator<Item = &'static str>,
+    ) -> LabeledCounters {
+        debug_assert!(fam::ALL.iter().any(|f| f.name == family.name));
+        LabeledCounters(
+            values
+                .into_iter()
+                .map(|v| {
+                    let c = self
+                        .recorder
+                        .register_counter(&key(family.name, &[(name, v.to_owned())]), &META);
+                    c.increment(0);
+                    c
+                })
+                .collect(),
+        )
     }
 
-    /// `relay_forward_latency_seconds{direction}`.
-    pub fn latency(&self, d: Direction) -> &FrameHistogram {
-        &self.latency[d as usize]
-    }
-
-    /// `relay_agent_connect_duration_seconds{agent}` (agent index as in [`AGENT_LABELS`]).
+    /// `relay_agent_connect_duration_seconds{agent}` and `relay_agent_connects_total`.
     pub fn agent_connect(&self, agent: usize, seconds: f64, ok: bool) {
-        if ok {
-            self.agents[agent].connect.record(seconds);
+        if let Some(a) = self.agents.get(agent) {
+            if ok {
+                a.hist.connect.record(seconds);
+            }
+            a.connects[usize::from(!ok)].increment(1);
         }
-        self.agent_connects[agent][usize::from(!ok)].increment(1);
     }
 
-    /// Counts a call that started with `agent`: `relay_calls_started_total{agent}`.
-    pub fn call_started(&self, agent: usize) {
-        self.calls_started[agent].increment(1);
+    /// Counts a call that started with `agent` through `carrier`:
+    /// `relay_calls_started_total{agent}` and `relay_carrier_calls_started_total{carrier}`.
+    pub fn call_started(&self, agent: usize, carrier: usize) {
+        if let Some(a) = self.agents.get(agent) {
+            a.started.increment(1);
+        }
+        if let Some(c) = self.carriers.get(carrier) {
+            c.started.increment(1);
+        }
     }
 
     /// Counts one upgrade attempt by result.
     pub fn upgrade(&self, r: UpgradeResult) {
-        self.upgrades[r as usize].increment(1);
+        self.upgrades[r.index()].increment(1);
     }
 
-    /// Counts an error: `relay_errors_total{leg,kind}`. `kind` comes from [`ERROR_KINDS`]
-    /// (registry lookup: errors are off the per-frame path).
-    pub fn error(&self, leg: Leg, kind: &'static str) {
-        debug_assert!(
-            ERROR_KINDS
-                .iter()
-                .any(|(l, kinds)| *l == leg && kinds.contains(&kind)),
-            "error kind {kind} of leg {} is not in ERROR_KINDS",
-            leg.as_str()
-        );
-        self.count(
-            "relay_errors_total",
-            &[("leg", leg.as_str()), ("kind", kind)],
-            1,
-        );
+    /// Counts one stream-token check by result.
+    pub fn stream_token(&self, r: TokenResult) {
+        self.stream_tokens[r.index()].increment(1);
+    }
+
+    /// Counts a connection closed before its request completed.
+    pub fn http_rejected(&self, r: HttpRejectReason) {
+        self.http_rejected[r.index()].increment(1);
+    }
+
+    /// The `relay_errors_total{leg,kind}` series of `leg` (through carrier `carrier` for the
+    /// caller leg) and `kind`, if that kind can happen on that leg.
+    pub fn error_counter(&self, leg: Leg, carrier: usize, kind: ErrorKind) -> Option<&Counter> {
+        let row = match leg {
+            Leg::Caller => carrier,
+            Leg::Agent => self.labels.carriers.len(),
+            Leg::Internal => self.labels.carriers.len() + 1,
+        };
+        self.errors.get(row)?.get(kind.index())?.as_ref()
+    }
+
+    /// Counts `n` errors: `relay_errors_total{leg,kind}`.
+    pub fn errors(&self, leg: Leg, carrier: usize, kind: ErrorKind, n: u64) {
+        match self.error_counter(leg, carrier, kind) {
+            Some(c) => c.increment(n),
+            None => debug_assert!(false, "error kind {kind} cannot happen on leg {leg}"),
+        }
+    }
+
+    /// Counts one error of carrier `carrier`'s caller leg.
+    pub fn caller_error(&self, carrier: usize, kind: ErrorKind) {
+        self.errors(Leg::Caller, carrier, kind, 1);
+    }
+
+    /// Counts one error of the agent leg.
+    pub fn agent_error(&self, kind: ErrorKind) {
+        self.errors(Leg::Agent, 0, kind, 1);
+    }
+
+    /// Counts one error of the relay itself.
+    pub fn internal_error(&self, kind: ErrorKind) {
+        self.errors(Leg::Internal, 0, kind, 1);
     }
 
     /// Sets `relay_http_connections_pending`.
@@ -654,29 +510,28 @@ impl Metrics {
         self.http_pending.set(n as f64);
     }
 
-    /// Counts a finished call: `relay_calls_total{outcome}` (`outcome` from [`CALL_OUTCOMES`]).
-    pub fn call_ended(&self, outcome: &'static str) {
-        debug_assert!(CALL_OUTCOMES.contains(&outcome), "{outcome}");
-        self.count("relay_calls_total", &[("outcome", outcome)], 1);
-    }
-
-    /// Adds `n` to the counter `name{labels}` (registry lookup: for events, not frames).
-    /// Label values must come from closed sets.
-    pub fn count(&self, name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
-        self.recorder
-            .register_counter(&key(name, labels), &META)
-            .increment(n);
+    /// Counts a finished call: `relay_calls_total{outcome}`.
+    pub fn call_ended(&self, outcome: Outcome) {
+        self.outcomes[outcome.index()].increment(1);
     }
 
     /// Records a finished call's quality figures: its p95 turn latency (if it had turns)
     /// and its p99 relay-added latency per direction (if it relayed frames).
-    pub fn call_quality(&self, agent: usize, turn_p95: Option<f64>, forward_p99: [Option<f64>; 2]) {
-        if let Some(v) = turn_p95 {
-            self.agents[agent].call_turn_p95.record(v);
+    pub fn call_quality(
+        &self,
+        agent: usize,
+        carrier: usize,
+        turn_p95: Option<f64>,
+        forward_p99: [Option<f64>; 2],
+    ) {
+        if let (Some(v), Some(a)) = (turn_p95, self.agents.get(agent)) {
+            a.hist.call_turn_p95.record(v);
         }
-        for (h, v) in self.call_latency_p99.iter().zip(forward_p99) {
-            if let Some(v) = v {
-                h.record(v);
+        if let Some(c) = self.carriers.get(carrier) {
+            for (h, v) in c.call_latency_p99.iter().zip(forward_p99) {
+                if let Some(v) = v {
+                    h.record(v);
+                }
             }
         }
     }
@@ -686,17 +541,21 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.run_upkeep();
         let mut out = self.handle.render();
-        out.push_str("# HELP relay_forward_latency_seconds Relay-added latency per frame: fully read to written to the other leg's socket.\n# TYPE relay_forward_latency_seconds histogram\n");
-        for d in Direction::ALL {
-            self.latency[d as usize].render(
-                "relay_forward_latency_seconds",
-                &format!("direction=\"{}\"", d.as_str()),
-                &mut out,
-            );
+        for (f, per_carrier) in [(fam::FORWARD_LATENCY, true), (fam::INBOUND_JITTER, false)] {
+            out.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} histogram\n",
+                f.name, f.help, f.name
+            ));
+            if per_carrier {
+                for c in &self.carriers {
+                    for (h, l) in c.latency.iter().zip(&c.latency_labels) {
+                        h.render(f.name, l, &mut out);
+                    }
+                }
+            } else {
+                self.jitter.render(f.name, "", &mut out);
+            }
         }
-        out.push_str("# HELP relay_inbound_jitter_seconds How far the inter-arrival time of Twilio media messages deviates from 20 ms.\n# TYPE relay_inbound_jitter_seconds histogram\n");
-        self.jitter
-            .render("relay_inbound_jitter_seconds", "", &mut out);
         out
     }
 
@@ -704,393 +563,77 @@ impl Metrics {
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
+
+    // === for the per-call fold (obs::call_metrics) ===
+
+    pub(crate) fn fold_frames(&self, carrier: usize, d: Direction, frames: u64, bytes: u64) {
+        if let Some(c) = self.carriers.get(carrier) {
+            c.frames[d.index()].increment(frames);
+            c.audio_bytes[d.index()].increment(bytes);
+        }
+    }
+
+    pub(crate) fn latency(&self, carrier: usize, d: Direction) -> Option<&FrameHistogram> {
+        self.carriers.get(carrier).map(|c| &c.latency[d.index()])
+    }
+
+    pub(crate) fn fold_drops(&self, carrier: usize, d: Direction, r: DropReason, n: u64) {
+        if let Some(c) = self.carriers.get(carrier) {
+            c.drops[d.index()][r.index()].increment(n);
+        }
+    }
+
+    pub(crate) fn fold_event(&self, agent: usize, carrier: usize, e: CallEventKind, n: u64) {
+        let Some(a) = self.agents.get(agent) else {
+            return;
+        };
+        match e {
+            CallEventKind::UnknownCallerEvent => {
+                if let Some(c) = a.unknown_caller.get(carrier) {
+                    c.increment(n);
+                }
+            }
+            _ => a.events[e.index()].increment(n),
+        }
+    }
+
+    pub(crate) fn fold_tool(&self, agent: usize, r: ToolResult, n: u64) {
+        if let Some(a) = self.agents.get(agent) {
+            a.tools[r.index()].increment(n);
+        }
+    }
+
+    pub(crate) fn fold_sample(&self, agent: usize, which: super::labels::Sample, v: f64) {
+        use super::labels::Sample;
+        let Some(a) = self.agents.get(agent) else {
+            return;
+        };
+        let h = &a.hist;
+        match which {
+            Sample::Turn => h.turn.record(v),
+            Sample::AgentTurn => h.agent_turn.record(v),
+            Sample::BargeIn => h.barge_in.record(v),
+            Sample::PlayoutLag => h.playout_lag.record(v),
+            Sample::PingRtt => h.ping_rtt.record(v),
+        }
+    }
 }
 
-fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
     Key::from_parts(
         name,
         labels
             .iter()
-            .map(|&(k, v)| Label::new(k, v))
+            .map(|(k, v)| Label::new(*k, v.clone()))
             .collect::<Vec<_>>(),
     )
 }
 
-fn describe(r: &PrometheusRecorder) {
-    let c = |n: &'static str, u: Option<Unit>, d: &'static str| {
-        r.describe_counter(n.into(), u, d.into())
-    };
-    let g = |n: &'static str, d: &'static str| r.describe_gauge(n.into(), None, d.into());
-    let h = |n: &'static str, d: &'static str| {
-        r.describe_histogram(n.into(), Some(Unit::Seconds), d.into())
-    };
-    g("relay_calls_active", "Calls in progress.");
-    g(
-        "relay_calls_max",
-        "The admission limit (--max-calls): upgrades beyond it get 503.",
-    );
-    g(
-        "relay_draining",
-        "1 while the relay drains after SIGTERM, else 0.",
-    );
-    g(
-        "relay_runtime_tasks_alive",
-        "Tokio tasks alive: one per call and per HTTP connection, plus a few of the relay's own.",
-    );
-    g(
-        "relay_build_info",
-        "Always 1; the version label gives the relay's version.",
-    );
-    c("relay_calls_total", None, "Calls ended, by outcome.");
-    c(
-        "relay_calls_started_total",
-        None,
-        "Calls that sent start, by agent.",
-    );
-    h(
-        "relay_call_duration_seconds",
-        "Call duration from upgrade to end.",
-    );
-    c(
-        "relay_frames_total",
-        None,
-        "Audio frames relayed, by direction.",
-    );
-    c(
-        "relay_audio_bytes_total",
-        Some(Unit::Bytes),
-        "μ-law audio bytes relayed (8000 = 1 s).",
-    );
-    c(
-        "relay_frames_dropped_total",
-        None,
-        "Frames dropped, by direction and reason.",
-    );
-    c("relay_errors_total", None, "Errors, by leg and kind.");
-    c(
-        "relay_unknown_events_total",
-        None,
-        "Messages of unknown type, tolerated and skipped, by agent and leg.",
-    );
-    h(
-        "relay_call_forward_latency_p99_seconds",
-        "Each ended call's p99 relay-added latency, by direction (one observation per call).",
-    );
-    c(
-        "relay_inbound_frames_missing_total",
-        None,
-        "Twilio media frames missing according to gaps in media.chunk.",
-    );
-    h(
-        "relay_agent_connect_duration_seconds",
-        "Agent connect time (signed URL, TCP, TLS, WebSocket upgrade), by agent.",
-    );
-    c(
-        "relay_agent_connects_total",
-        None,
-        "Agent connection attempts, by agent and result (ok, failed).",
-    );
-    h(
-        "relay_turn_latency_seconds",
-        "Turn latency as the relay measures it: the caller stops speaking (μ-law energy) to the first agent audio of the reply written to Twilio, by agent.",
-    );
-    h(
-        "relay_agent_turn_latency_seconds",
-        "Turn latency from the agent's own end-of-speech event to the first agent audio of the reply written to Twilio, by agent.",
-    );
-    h(
-        "relay_call_turn_latency_p95_seconds",
-        "Each ended call's p95 turn latency (relay-measured), by agent (one observation per call with turns).",
-    );
-    h(
-        "relay_barge_in_latency_seconds",
-        "The agent's interruption signal read to the clear written to Twilio, by agent.",
-    );
-    h(
-        "relay_playout_lag_seconds",
-        "Mark sent to Twilio to mark echoed as played, by agent.",
-    );
-    h(
-        "relay_agent_ping_rtt_seconds",
-        "Round-trip time the agent reports for its keepalive pings, by agent.",
-    );
-    c(
-        "relay_upgrades_total",
-        None,
-        "Media WebSocket upgrade attempts, by result.",
-    );
-    c(
-        "relay_marks_total",
-        None,
-        "Twilio mark echoes, by agent and result (played, flushed).",
-    );
-    c(
-        "relay_playout_audio_bytes_total",
-        Some(Unit::Bytes),
-        "Agent audio confirmed played or flushed.",
-    );
-    c(
-        "relay_barge_ins_total",
-        None,
-        "Interruptions that sent Twilio a clear, by agent.",
-    );
-    c("relay_dtmf_total", None, "DTMF digits received, by agent.");
-    c(
-        "relay_tool_calls_total",
-        None,
-        "Tool calls agents asked the relay to run, by agent and result.",
-    );
-    c(
-        "relay_streams_unauthenticated_total",
-        None,
-        "Streams admitted without signature validation.",
-    );
-    c(
-        "relay_duplicate_streams_total",
-        None,
-        "Streams that replaced a live stream of the same call.",
-    );
-    c(
-        "relay_stream_tokens_total",
-        None,
-        "Stream token checks at start, by result.",
-    );
-    c(
-        "relay_outbound_calls_total",
-        None,
-        "POST /outbound-call requests, by result.",
-    );
-    c(
-        "relay_call_status_callbacks_total",
-        None,
-        "Twilio call status callbacks, by CallStatus.",
-    );
-    c(
-        "relay_stream_status_callbacks_total",
-        None,
-        "Twilio stream status callbacks, by StreamEvent.",
-    );
-    c(
-        "relay_http_connections_rejected_total",
-        None,
-        "HTTP connections closed before a request completed, by reason (limit, header_timeout, body_timeout).",
-    );
-    g(
-        "relay_http_connections_pending",
-        "HTTP connections accepted that have not been upgraded or closed.",
-    );
-    c(
-        "relay_drain_notices_total",
-        None,
-        "Calls that heard the drain notice before the drain deadline closed them.",
-    );
-}
-
-/// Per-call accumulators, folded into [`Metrics`] every [`CallMetrics::FOLD_EVERY_FRAMES`]
-/// frames, when an event was counted, and at call end. Lives inside the call: no atomics on
-/// the per-frame path.
-#[derive(Default)]
-pub struct CallMetrics {
-    /// The call's agent (index into [`AGENT_LABELS`]).
-    pub agent: usize,
-    frames: [u64; 2],
-    bytes: [u64; 2],
-    folded_frames: [u64; 2],
-    folded_bytes: [u64; 2],
-    /// Relay-added latency per direction.
-    pub latency: [LatencyHistogram; 2],
-    /// Inbound jitter.
-    pub jitter: LatencyHistogram,
-    /// Dropped frames by direction and reason, not yet folded.
-    drops: [[u64; 5]; 2],
-    /// Totals of dropped frames per direction (for the summary).
-    pub dropped_total: [u64; 2],
-    events: [u64; CALL_EVENT_KINDS],
-    /// Event totals (for the summary).
-    pub events_total: [u64; CALL_EVENT_KINDS],
-    tools: [u64; 9],
-    errors: Vec<(Leg, &'static str, u64)>,
-    missing_frames: u64,
-    missing_total: u64,
-    /// Samples for shared histograms that are rare enough to record one by one (turns,
-    /// barge-ins, pings, mark lags): (which, seconds).
-    samples: Vec<(Sample, f64)>,
-    playout_bytes: [u64; 2],
-    events_dirty: bool,
-}
-
-/// A per-agent histogram a call records into directly (rare events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sample {
-    /// `relay_turn_latency_seconds`.
-    Turn,
-    /// `relay_agent_turn_latency_seconds`.
-    AgentTurn,
-    /// `relay_barge_in_latency_seconds`.
-    BargeIn,
-    /// `relay_playout_lag_seconds`.
-    PlayoutLag,
-    /// `relay_agent_ping_rtt_seconds`.
-    PingRtt,
-}
-
-impl CallMetrics {
-    /// Fold roughly every 5 s of audio per direction (250 frames of 20 ms).
-    pub const FOLD_EVERY_FRAMES: u32 = 250;
-
-    /// Records one relayed frame of `audio_bytes` μ-law bytes.
-    #[inline]
-    pub fn frame(&mut self, d: Direction, audio_bytes: usize) {
-        self.frames[d as usize] += 1;
-        self.bytes[d as usize] += audio_bytes as u64;
-    }
-
-    /// Records `n` dropped frames.
-    #[inline]
-    pub fn drop_frames(&mut self, d: Direction, reason: DropReason, n: u64) {
-        if n == 0 {
-            return;
-        }
-        self.dropped_total[d as usize] += n;
-        self.drops[d as usize][reason as usize] += n;
-        self.events_dirty = true;
-    }
-
-    /// Counts one event.
-    #[inline]
-    pub fn event(&mut self, e: CallEventKind) {
-        self.events[e as usize] += 1;
-        self.events_total[e as usize] += 1;
-        self.events_dirty = true;
-    }
-
-    /// Counts a tool call's result.
-    pub fn tool(&mut self, r: ToolResult) {
-        self.tools[r as usize] += 1;
-        self.events_dirty = true;
-    }
-
-    /// Counts an error (`kind` from [`ERROR_KINDS`]).
-    pub fn error(&mut self, leg: Leg, kind: &'static str) {
-        debug_assert!(
-            ERROR_KINDS
-                .iter()
-                .any(|(l, kinds)| *l == leg && kinds.contains(&kind)),
-            "error kind {kind} of leg {} is not in ERROR_KINDS",
-            leg.as_str()
-        );
-        match self
-            .errors
-            .iter_mut()
-            .find(|(l, k, _)| *l == leg && *k == kind)
-        {
-            Some((_, _, n)) => *n += 1,
-            None => self.errors.push((leg, kind, 1)),
-        }
-        self.events_dirty = true;
-    }
-
-    /// Counts frames missing from Twilio's media sequence.
-    pub fn missing_frames(&mut self, n: u64) {
-        self.missing_frames = self.missing_frames.saturating_add(n);
-        self.missing_total = self.missing_total.saturating_add(n);
-        self.events_dirty = true;
-    }
-
-    /// Frames missing from Twilio's media sequence so far.
-    pub fn missing_total(&self) -> u64 {
-        self.missing_total
-    }
-
-    /// Records one rare-event latency (seconds).
-    pub fn sample(&mut self, which: Sample, seconds: f64) {
-        self.samples.push((which, seconds));
-        self.events_dirty = true;
-    }
-
-    /// Agent audio confirmed played (`played`) or flushed, in bytes.
-    pub fn playout(&mut self, played: bool, bytes: u64) {
-        self.playout_bytes[usize::from(!played)] += bytes;
-        self.events_dirty = true;
-    }
-
-    /// Frames relayed so far in direction `d`.
-    pub fn frames_total(&self, d: Direction) -> u64 {
-        self.frames[d as usize]
-    }
-
-    /// Events are folded at most this often (a call with marks flowing has an event every
-    /// 100 ms; Prometheus scrapes every few seconds).
-    pub const EVENT_FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-    /// True when a fold is due: enough frames accumulated, or an event has waited since the
-    /// last fold, `since_fold` ago, for at least [`CallMetrics::EVENT_FOLD_INTERVAL`].
-    #[inline]
-    pub fn fold_due(&self, since_fold: std::time::Duration) -> bool {
-        self.latency[0].unfolded() >= Self::FOLD_EVERY_FRAMES
-            || self.latency[1].unfolded() >= Self::FOLD_EVERY_FRAMES
-            || (self.events_dirty && since_fold >= Self::EVENT_FOLD_INTERVAL)
-    }
-
-    /// Adds everything accumulated since the last fold to the shared metrics.
-    pub fn fold(&mut self, m: &Metrics) {
-        for d in Direction::ALL {
-            let i = d as usize;
-            m.frames(d)
-                .increment(self.frames[i] - self.folded_frames[i]);
-            m.audio_bytes(d)
-                .increment(self.bytes[i] - self.folded_bytes[i]);
-            self.folded_frames[i] = self.frames[i];
-            self.folded_bytes[i] = self.bytes[i];
-            self.latency[i].fold_into(m.latency(d));
-        }
-        self.jitter.fold_into(&m.jitter);
-        if !self.events_dirty {
-            return;
-        }
-        self.events_dirty = false;
-        for (d, row) in self.drops.iter_mut().enumerate() {
-            for (r, n) in row.iter_mut().enumerate() {
-                if *n > 0 {
-                    m.drops[d][r].increment(std::mem::take(n));
-                }
-            }
-        }
-        let a = self.agent.min(AGENT_LABELS.len() - 1);
-        for (i, n) in self.events.iter_mut().enumerate() {
-            if *n > 0 {
-                m.events[a][i].increment(std::mem::take(n));
-            }
-        }
-        for (i, n) in self.tools.iter_mut().enumerate() {
-            if *n > 0 {
-                m.tool_calls[a][i].increment(std::mem::take(n));
-            }
-        }
-        for (leg, kind, n) in self.errors.drain(..) {
-            m.count(
-                "relay_errors_total",
-                &[("leg", leg.as_str()), ("kind", kind)],
-                n,
-            );
-        }
-        if self.missing_frames > 0 {
-            m.frames_missing
-                .increment(std::mem::take(&mut self.missing_frames));
-        }
-        let [played, flushed] = std::mem::take(&mut self.playout_bytes);
-        m.playout_played_bytes.increment(played);
-        m.playout_flushed_bytes.increment(flushed);
-        let h = &m.agents[a];
-        for (which, v) in self.samples.drain(..) {
-            match which {
-                Sample::Turn => h.turn.record(v),
-                Sample::AgentTurn => h.agent_turn.record(v),
-                Sample::BargeIn => h.barge_in.record(v),
-                Sample::PlayoutLag => h.playout_lag.record(v),
-                Sample::PingRtt => h.ping_rtt.record(v),
-            }
-        }
+#[cfg(test)]
+pub(crate) fn test_labels() -> MetricLabels {
+    MetricLabels {
+        agents: vec!["elevenlabs", "assemblyai", "openai", "echo"],
+        carriers: vec!["twilio", "telnyx"],
     }
 }
 
@@ -1102,43 +645,52 @@ mod tests {
     /// happened, and every family has HELP text.
     #[test]
     fn every_series_exists_at_start_with_help() {
-        let m = Metrics::new();
+        let labels = test_labels();
+        let m = Metrics::new(labels.clone());
         let text = m.render();
-        for outcome in CALL_OUTCOMES {
+        for outcome in Outcome::ALL {
             assert!(
                 text.contains(&format!("relay_calls_total{{outcome=\"{outcome}\"}} 0")),
                 "{outcome}"
             );
         }
-        for (leg, kinds) in ERROR_KINDS {
-            for kind in kinds {
-                let s = format!(
-                    "relay_errors_total{{leg=\"{}\",kind=\"{kind}\"}} 0",
-                    leg.as_str()
-                );
-                assert!(text.contains(&s), "{s}");
+        for kind in ErrorKind::ALL {
+            for leg in kind.legs() {
+                let names: Vec<&str> = match leg {
+                    Leg::Caller => labels.carriers.clone(),
+                    Leg::Agent => vec!["agent"],
+                    Leg::Internal => vec!["internal"],
+                };
+                for n in names {
+                    let s = format!("relay_errors_total{{leg=\"{n}\",kind=\"{kind}\"}} 0");
+                    assert!(text.contains(&s), "{s}");
+                }
             }
         }
-        for d in Direction::ALL {
-            for r in DropReason::ALL {
-                let s = format!(
-                    "relay_frames_dropped_total{{direction=\"{}\",reason=\"{}\"}} 0",
-                    d.as_str(),
-                    r.as_str()
-                );
-                assert!(text.contains(&s), "{s}");
+        for c in &labels.carriers {
+            for d in [Direction::ToAgent, Direction::ToCaller] {
+                for r in DropReason::ALL {
+                    let s = format!(
+                        "relay_frames_dropped_total{{direction=\"{}\",reason=\"{r}\"}} 0",
+                        direction_label(c, d)
+                    );
+                    assert!(text.contains(&s), "{s}");
+                }
             }
         }
-        for a in AGENT_LABELS {
+        assert!(text.contains("relay_frames_total{direction=\"twilio_to_agent\"} 0"));
+        assert!(text.contains("relay_frames_total{direction=\"agent_to_twilio\"} 0"));
+        for a in &labels.agents {
             for t in ToolResult::ALL {
-                let s = format!(
-                    "relay_tool_calls_total{{agent=\"{a}\",result=\"{}\"}} 0",
-                    t.as_str()
-                );
+                let s = format!("relay_tool_calls_total{{agent=\"{a}\",result=\"{t}\"}} 0");
                 assert!(text.contains(&s), "{s}");
             }
             assert!(text.contains(&format!("relay_calls_started_total{{agent=\"{a}\"}} 0")));
             assert!(text.contains(&format!("relay_barge_ins_total{{agent=\"{a}\"}} 0")));
+            for c in &labels.carriers {
+                let s = format!("relay_unknown_events_total{{agent=\"{a}\",leg=\"{c}\"}} 0");
+                assert!(text.contains(&s), "{s}");
+            }
         }
         // Every family that has samples has HELP and TYPE lines.
         let mut families = std::collections::BTreeSet::new();
@@ -1154,13 +706,27 @@ mod tests {
             families.insert(family.to_owned());
         }
         for f in &families {
-            let base = f.as_str();
-            assert!(
-                text.contains(&format!("# HELP {base} ")),
-                "no HELP for {base}"
-            );
+            assert!(text.contains(&format!("# HELP {f} ")), "no HELP for {f}");
         }
         assert!(text.contains("relay_build_info{"));
         assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn errors_count_only_on_their_legs() {
+        let m = Metrics::new(test_labels());
+        assert!(m
+            .error_counter(Leg::Caller, 1, ErrorKind::MalformedJson)
+            .is_some());
+        assert!(m
+            .error_counter(Leg::Agent, 0, ErrorKind::MissingEvent)
+            .is_none());
+        assert!(m
+            .error_counter(Leg::Internal, 0, ErrorKind::UpgradeDowncast)
+            .is_some());
+        m.caller_error(1, ErrorKind::InvalidBase64);
+        assert!(m
+            .render()
+            .contains("relay_errors_total{leg=\"telnyx\",kind=\"invalid_base64\"} 1"));
     }
 }

@@ -167,11 +167,11 @@ mod tests {
             .request(get(), 100, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(e.kind(), "body_too_large");
+        assert_eq!(e.kind().as_str(), "body_too_large");
         let e = c
             .request(get(), 100, Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert_eq!(e.kind(), "timeout");
+        assert_eq!(e.kind().as_str(), "timeout");
     }
 }

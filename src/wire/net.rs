@@ -5,6 +5,7 @@
 //! session resumption works across calls, TLS session resumption), body size limits. Does not own
 //! WebSocket framing (see `ws`) or any protocol.
 
+use crate::obs::labels::ErrorKind;
 use hyper::Uri;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,15 +42,15 @@ pub enum NetError {
 }
 
 impl NetError {
-    /// Stable snake_case name for metric labels.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` label of `relay_errors_total`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            NetError::InvalidUrl(_) => "invalid_url",
-            NetError::Connect(_) => "connect",
-            NetError::Tls(_) => "tls",
-            NetError::Http(_) => "http",
-            NetError::BodyTooLarge(_) => "body_too_large",
-            NetError::Timeout => "timeout",
+            NetError::InvalidUrl(_) => ErrorKind::InvalidUrl,
+            NetError::Connect(_) => ErrorKind::Connect,
+            NetError::Tls(_) => ErrorKind::Tls,
+            NetError::Http(_) => ErrorKind::Http,
+            NetError::BodyTooLarge(_) => ErrorKind::BodyTooLarge,
+            NetError::Timeout => ErrorKind::Timeout,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! (RFC 6455 §7.4) and UTF-8 reason (RFC 6455 §5.5.1). Memory per reader is bounded by its
 //! message limit.
 
+use crate::obs::labels::ErrorKind;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -90,14 +91,14 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// Stable snake_case name for metric labels.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` label of `relay_errors_total` (an end of stream counts as `io`; the call
+    /// logs it as a close, not an error).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ReadError::TooLarge { .. } => "message_too_large",
-            ReadError::Eof => "eof",
-            ReadError::Protocol(_) => "websocket_protocol",
-            ReadError::InvalidUtf8 => "invalid_utf8",
-            ReadError::Io(_) => "io",
+            ReadError::TooLarge { .. } => ErrorKind::MessageTooLarge,
+            ReadError::Eof | ReadError::Io(_) => ErrorKind::Io,
+            ReadError::Protocol(_) => ErrorKind::WebsocketProtocol,
+            ReadError::InvalidUtf8 => ErrorKind::InvalidUtf8,
         }
     }
 
@@ -763,6 +764,7 @@ mod tests {
             let item = match r.next().await {
                 Ok(Message::Text(t)) => format!("text:{}", String::from_utf8_lossy(t)),
                 Ok(m) => format!("{m:?}"),
+                Err(ReadError::Eof) => "err:eof".to_owned(),
                 Err(e) => format!("err:{}", e.kind()),
             };
             let end = item.starts_with("Close")

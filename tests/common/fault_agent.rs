@@ -149,7 +149,7 @@ async fn serve(mut s: TcpStream, fault: Fault) {
                 .then(|| v.trim().to_owned())
         })
         .unwrap_or_default();
-    let accept = media_relay::agent::connect::expected_accept(&key);
+    let accept = media_relay::wire::ws_client::expected_accept(&key);
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );

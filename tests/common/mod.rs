@@ -38,24 +38,25 @@ impl TestRelay {
 /// Default args with the listener on an ephemeral loopback port.
 pub fn args() -> ServeArgs {
     let mut a = ServeArgs::defaults();
-    a.listen = "127.0.0.1:0".parse().unwrap();
+    a.http.listen = "127.0.0.1:0".parse().unwrap();
     a
 }
 
 /// Args pointing the relay at a mock ElevenLabs server.
 pub fn elevenlabs_args(api_base: &str, agent_id: &str, api_key: Option<&str>) -> ServeArgs {
     let mut a = args();
-    a.agent = Some(media_relay::agent::AgentKind::Elevenlabs);
-    a.elevenlabs_agent_id = Some(agent_id.into());
-    a.elevenlabs_api_base = api_base.into();
-    a.elevenlabs_api_key = api_key.map(media_relay::auth::Secret::new);
+    a.call.agent = Some(media_relay::agent::AgentKind::Elevenlabs);
+    a.agents.elevenlabs.elevenlabs_agent_id = Some(agent_id.into());
+    a.agents.elevenlabs.elevenlabs_api_base = api_base.into();
+    a.agents.elevenlabs.elevenlabs_api_key = api_key.map(media_relay::auth::Secret::new);
     // These tests are about the media path; signatures have their own tests.
-    a.insecure_skip_twilio_signature = true;
+    a.carriers.twilio.insecure_skip_twilio_signature = true;
     a
 }
 
 pub async fn start_relay(args: ServeArgs) -> TestRelay {
-    let relay = Relay::bind(args).await.expect("relay binds");
+    let settings = args.settings().expect("valid test configuration");
+    let relay = Relay::bind(settings).await.expect("relay binds");
     let addr = relay.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(relay.run(async move {

@@ -15,7 +15,7 @@
 
 use crate::agent::ToolOutput;
 use crate::auth::Secret;
-use crate::obs::metrics::ToolResult;
+use crate::obs::labels::ToolResult;
 use crate::wire::http_client::HttpClient;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};

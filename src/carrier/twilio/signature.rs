@@ -1,10 +1,10 @@
 //! Twilio request authentication: `X-Twilio-Signature` validation for webhooks (form- and
-//! JSON-bodied) and for the Media Streams WebSocket upgrade, plus a per-call token that binds
-//! a stream to the call it belongs to (Twilio webhook security, <https://www.twilio.com/docs/usage/security>).
+//! JSON-bodied) and for the Media Streams WebSocket upgrade (Twilio webhook security,
+//! <https://www.twilio.com/docs/usage/security>).
 //!
 //! Owns: the HMAC-SHA1 signature algorithm, the list of candidate URLs Twilio may have signed
-//! (port and trailing-slash variants), the `bodySHA256` check, constant-time comparison, and
-//! the relay's own per-call token ([`CallTokenKey`]). Does not own: reading headers or bodies,
+//! (port and trailing-slash variants), the `bodySHA256` check and constant-time comparison.
+//! The per-call stream token is `auth::tokens`. Does not own: reading headers or bodies,
 //! choosing HTTP status codes or WebSocket close codes, loading the auth token from config,
 //! or counting failures (callers label metrics with [`SignatureError::kind`]). Sans-IO: no
 //! tokio, no hyper types; everything here takes `&str` / `&[u8]`.
@@ -12,6 +12,7 @@
 //! The public origin is always the configured one ([`SignatureValidator::new`]), never the
 //! `Host` or `X-Forwarded-*` headers seen behind a proxy.
 
+use crate::auth::SignatureError;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -20,58 +21,15 @@ use std::fmt;
 use subtle::{Choice, ConstantTimeEq};
 
 type HmacSha1 = Hmac<Sha1>;
-type HmacSha256 = Hmac<Sha256>;
 
 /// Length of a base64 (padded) HMAC-SHA1: 20 bytes → 28 characters.
 const SIG_B64_LEN: usize = 28;
 /// Length of a raw HMAC-SHA1.
 const SIG_RAW_LEN: usize = 20;
-/// Length of a base64url (no padding) HMAC-SHA256: 32 bytes → 43 characters.
-const CALL_TOKEN_LEN: usize = 43;
-/// Domain-separation prefix of [`CallTokenKey`] tokens.
-const CALL_TOKEN_PREFIX: &[u8] = b"relay-token:v1:";
 /// Standard port inserted into the "with port" candidate (scheme is always https/wss here).
 const STANDARD_PORT: &str = ":443";
 /// Query parameter carrying the body hash of JSON webhooks.
 const BODY_SHA256_PARAM: &str = "bodySHA256";
-
-/// Why a request failed Twilio signature validation (Twilio webhook security, <https://www.twilio.com/docs/usage/security>). Each variant has a
-/// stable [`SignatureError::kind`] for the `kind` label of error metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    /// No `X-Twilio-Signature` value (absent, empty or only whitespace). Callers pass `""`
-    /// when the header is absent.
-    #[error("X-Twilio-Signature header is missing")]
-    Missing,
-    /// The header is well-formed but matches none of the candidate URLs: wrong auth token, wrong public host, altered URL/params, or a forgery.
-    #[error("X-Twilio-Signature does not match")]
-    Mismatch,
-    /// JSON webhook whose URL carries no `bodySHA256` query parameter.
-    #[error("bodySHA256 query parameter is missing")]
-    BodyHashMissing,
-    /// JSON webhook whose `bodySHA256` is not the lowercase hex SHA-256 of the raw body: the
-    /// body was altered after signing.
-    #[error("bodySHA256 does not match the request body")]
-    BodyHashMismatch,
-    /// The header cannot be a base64 HMAC-SHA1 (not 28 characters of padded base64 decoding
-    /// to 20 bytes).
-    #[error("X-Twilio-Signature is not a base64-encoded HMAC-SHA1")]
-    Malformed,
-}
-
-impl SignatureError {
-    /// Stable `snake_case` name for metric labels (never changes across releases).
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SignatureError::Missing => "signature_missing",
-            SignatureError::Mismatch => "signature_mismatch",
-            SignatureError::BodyHashMissing => "body_hash_missing",
-            SignatureError::BodyHashMismatch => "body_hash_mismatch",
-            SignatureError::Malformed => "signature_malformed",
-        }
-    }
-}
 
 /// Computes Twilio's `X-Twilio-Signature` for `url` and `params` (Twilio webhook security, <https://www.twilio.com/docs/usage/security>):
 /// `data = url`, then for each name in byte-wise sorted order and each of its values in
@@ -276,59 +234,6 @@ impl SignatureValidator {
             ok |= expected.ct_eq(header);
         }
         ok.into()
-    }
-}
-
-/// A per-call token binding a Media Stream to its call (Twilio webhook security, <https://www.twilio.com/docs/usage/security>):
-/// put [`token`](Self::token) in a `<Parameter>` (or path segment) of the TwiML for a call and
-/// check it with [`verify`](Self::verify) against `start.callSid` when `start` arrives.
-///
-/// Token = base64url-no-pad(HMAC-SHA256(secret, `"relay-token:v1:" + call_sid`)), 43 chars.
-/// The secret should be at least 32 random bytes and never leave the relay.
-#[derive(Clone)]
-pub struct CallTokenKey {
-    /// HMAC-SHA256 keyed with the secret; cloned per token.
-    mac: HmacSha256,
-}
-
-impl fmt::Debug for CallTokenKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallTokenKey")
-            .field("secret", &"[redacted]")
-            .finish()
-    }
-}
-
-impl CallTokenKey {
-    /// Creates a key from the relay's token secret. Any length is accepted.
-    #[must_use]
-    pub fn new(secret: &[u8]) -> Self {
-        let mac =
-            HmacSha256::new_from_slice(secret).expect("HMAC-SHA256 accepts keys of any length");
-        Self { mac }
-    }
-
-    /// The token for `call_sid`: deterministic, URL- and TwiML-safe (`A-Z a-z 0-9 - _`).
-    #[must_use]
-    pub fn token(&self, call_sid: &str) -> String {
-        base64_simd::URL_SAFE_NO_PAD.encode_to_string(self.raw(call_sid))
-    }
-
-    /// True iff `token` is exactly [`token`](Self::token)`(call_sid)`; compared in constant
-    /// time.
-    #[must_use]
-    pub fn verify(&self, call_sid: &str, token: &str) -> bool {
-        let mut buf = [0u8; CALL_TOKEN_LEN];
-        let expected = base64_simd::URL_SAFE_NO_PAD
-            .encode(&self.raw(call_sid), base64_simd::Out::from_slice(&mut buf));
-        expected.ct_eq(token.as_bytes()).into()
-    }
-
-    fn raw(&self, call_sid: &str) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        mac.update(CALL_TOKEN_PREFIX);
-        mac.update(call_sid.as_bytes());
-        mac.finalize().into_bytes().into()
     }
 }
 
@@ -905,7 +810,7 @@ mod tests {
             SignatureError::BodyHashMismatch,
             SignatureError::Malformed,
         ];
-        let kinds: Vec<&str> = all.iter().map(SignatureError::kind).collect();
+        let kinds: Vec<&str> = all.iter().map(|e| e.kind().as_str()).collect();
         assert_eq!(
             kinds,
             [
@@ -925,44 +830,6 @@ mod tests {
     }
 
     #[test]
-    fn call_token_roundtrip() {
-        let key = CallTokenKey::new(b"0123456789abcdef0123456789abcdef");
-        let t = key.token("CA1111");
-        assert_eq!(t.len(), CALL_TOKEN_LEN);
-        assert!(t
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(t, key.token("CA1111"), "deterministic");
-        assert!(key.verify("CA1111", &t));
-
-        // Other call's token.
-        let other_call = key.token("CA2222");
-        assert_ne!(t, other_call);
-        assert!(!key.verify("CA1111", &other_call));
-        assert!(!key.verify("CA2222", &t));
-        // Tampered, truncated, padded, empty.
-        let mut tampered = t.clone().into_bytes();
-        tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
-        assert!(!key.verify("CA1111", &String::from_utf8(tampered).expect("ascii")));
-        assert!(!key.verify("CA1111", &t[..42]));
-        assert!(!key.verify("CA1111", &format!("{t}=")));
-        assert!(!key.verify("CA1111", ""));
-        // Another key.
-        let other_key = CallTokenKey::new(b"a different secret of enough len");
-        assert!(!other_key.verify("CA1111", &t));
-    }
-
-    #[test]
-    fn call_token_definition() {
-        // token = base64url-no-pad(HMAC-SHA256(secret, "relay-token:v1:" + call_sid)).
-        let secret = b"s3cret";
-        let mut mac = HmacSha256::new_from_slice(secret).expect("any key length");
-        mac.update(b"relay-token:v1:CA42");
-        let expected = base64_simd::URL_SAFE_NO_PAD.encode_to_string(mac.finalize().into_bytes());
-        assert_eq!(CallTokenKey::new(secret).token("CA42"), expected);
-    }
-
-    #[test]
     fn debug_does_not_leak_secrets() {
         let token = "super-secret-auth-token";
         let v = SignatureValidator::new(token, HOST);
@@ -971,12 +838,6 @@ mod tests {
         assert!(dbg.contains("[redacted]"));
         assert!(dbg.contains(HOST));
 
-        let secret = b"call-token-secret-bytes";
-        let key = CallTokenKey::new(secret);
-        let dbg = format!("{key:?} {key:#?}");
-        assert!(!dbg.contains("call-token-secret"), "{dbg}");
-        assert!(!dbg.contains(&format!("{:?}", &secret[..4])), "{dbg}");
-        assert!(dbg.contains("[redacted]"));
     }
 
     mod props {
@@ -1001,8 +862,6 @@ mod tests {
                 prop_assert!(v.validate_upgrade(&path, &sig).is_err());
                 let _ = v.public_host();
                 let _ = format!("{v:?}");
-                let key = CallTokenKey::new(&body);
-                prop_assert!(!key.verify(&path, &sig));
             }
 
             #[test]

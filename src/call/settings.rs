@@ -1,0 +1,113 @@
+//! What a call is configured with ([`CallSettings`], plain values built once from
+//! configuration) and what every call shares ([`CallContext`]).
+
+use super::tool_webhook::ToolSettings;
+use crate::agent::{AgentKind, AgentSettings};
+use crate::auth::tokens::{LiveStreams, StreamTokens};
+use crate::carrier::CarrierSettings;
+use crate::obs::calls::CallRegistry;
+use crate::obs::metrics::Metrics;
+use crate::wire::http_client::HttpClient;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest caller-leg message accepted, in bytes (carrier media messages are ~400 bytes). A
+/// larger one is skipped unbuffered and ends the call (close 1009).
+pub const MAX_CALLER_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How long closing each socket may take at the end of a call.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After the drain notice's audio, how long the carrier may take to confirm it played (its
+/// mark echo) before the call closes anyway.
+pub const DRAIN_NOTICE_GRACE: Duration = Duration::from_secs(2);
+
+/// Per-call settings, derived from configuration once.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// The agent calls use unless their `agent` parameter names another.
+    pub default_agent: AgentKind,
+    /// Dialect settings.
+    pub agents: AgentSettings,
+    /// Caller audio kept while the agent connects, in μ-law bytes (8 per ms); the oldest is
+    /// dropped beyond it (`early_buffer_full`).
+    pub early_audio_bytes: usize,
+    /// Agent connect + session-ready limit.
+    pub agent_connect_timeout: Duration,
+    /// Upgrade → `start` limit.
+    pub start_timeout: Duration,
+    /// After `start`, a caller leg silent this long ends the call (`caller_idle`); carriers
+    /// send media every 20 ms, silence included.
+    pub caller_idle_timeout: Duration,
+    /// Maximum call length.
+    pub max_call_duration: Duration,
+    /// Maximum bytes of agent audio per carrier `media` message.
+    pub caller_chunk_bytes: usize,
+    /// Caller audio waiting for the agent socket, in μ-law bytes; the oldest is dropped
+    /// beyond it (`outbox_full`).
+    pub agent_outbox_bytes: usize,
+    /// Agent audio waiting for the carrier socket, in μ-law bytes; the oldest is dropped
+    /// beyond it (`outbox_full`).
+    pub caller_outbox_bytes: usize,
+    /// A leg whose socket accepts nothing for this long ends the call
+    /// (`caller_stalled` / `agent_stalled`).
+    pub write_stall_timeout: Duration,
+    /// Keypad digits are sent to the agent once no new digit came for this long (or on `#`).
+    pub dtmf_interdigit: Duration,
+    /// Tool webhook.
+    pub tools: ToolSettings,
+    /// What callers still on the line at the drain deadline hear before the call closes
+    /// (`--drain-notice-file`, μ-law 8 kHz); `None` closes at once.
+    pub drain_notice: Option<Arc<[u8]>>,
+    /// How often a live call republishes its figures for `GET /calls`.
+    pub summary_interval: Duration,
+}
+
+impl CallSettings {
+    /// Settings for tests and tools: defaults as the flags give them, built-in agents only.
+    pub fn defaults() -> CallSettings {
+        CallSettings {
+            default_agent: AgentKind::Echo,
+            agents: AgentSettings {
+                echo: Some(crate::agent::echo::Settings {
+                    delay: Duration::from_millis(500),
+                }),
+                ..AgentSettings::default()
+            },
+            early_audio_bytes: 40_000,
+            agent_connect_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(10),
+            caller_idle_timeout: Duration::from_secs(10),
+            max_call_duration: Duration::from_secs(4 * 3600),
+            caller_chunk_bytes: 800,
+            agent_outbox_bytes: 16_000,
+            caller_outbox_bytes: 262_144,
+            write_stall_timeout: Duration::from_secs(5),
+            dtmf_interdigit: Duration::from_millis(1500),
+            tools: ToolSettings::default(),
+            drain_notice: None,
+            summary_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every call shares: settings, metrics, TLS and HTTP clients, authentication state.
+#[derive(Debug)]
+pub struct CallContext {
+    /// Per-call settings from configuration.
+    pub settings: Arc<CallSettings>,
+    /// The carriers' settings (codec choice, stream-token policy, REST for call actions).
+    pub carriers: Arc<CarrierSettings>,
+    /// The relay's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The shared TLS client configuration for agent connections.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The pooled HTTP client (signed URLs, tool webhooks, carrier REST).
+    pub http: HttpClient,
+    /// Stream token checks (required on the streams of authenticated carriers).
+    pub tokens: Option<Arc<StreamTokens>>,
+    /// Live streams by call SID (duplicate policy: the newest stream replaces the older).
+    pub live: Arc<LiveStreams>,
+    /// Live and recently ended calls' figures (`GET /calls`).
+    pub calls: Arc<CallRegistry>,
+}

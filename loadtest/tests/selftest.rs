@@ -1,5 +1,6 @@
 //! Self-tests of the simulators: a deliberately tiny relay written here (not media-relay)
-//! bridges `twilio_sim` to `agent_sim`, so both sides of each simulator are exercised.
+//! bridges `twilio_sim` and `telnyx_sim` to `agent_sim`, so both sides of each simulator are
+//! exercised.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use loadtest::agent_sim::{self, AgentBehavior, MockAgentConfig, STALE_AUDIO_BYTE};
+use loadtest::telnyx_sim::{
+    self, url_with_relay_token, CustomParametersShape, FrameOrder, TelnyxClient, TelnyxInbound,
+};
 use loadtest::twilio_sim::{
     run_call, CallScript, StartParams, TwilioClient, TwilioInbound, TwilioProtocolError,
 };
@@ -128,13 +132,59 @@ async fn connect_agent(api_base: &str, agent_id: &str) -> WebSocket<TokioIo<Upgr
         .0
 }
 
-/// One bridged call: Twilio leg `tw`, agent leg fetched from `api_base`.
-async fn bridge(tw: WebSocket<TokioIo<Upgraded>>, api_base: String) {
+/// Which carrier's wire a bridged call speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Carrier {
+    Twilio,
+    Telnyx,
+}
+
+/// What the tiny relay saw from callers, in arrival order: (event, sequence number, chunk).
+type WireLog = Arc<std::sync::Mutex<Vec<(String, Option<u64>, Option<u64>)>>>;
+
+/// A carrier message for the caller: Twilio's carry the `streamSid`; Telnyx's no stream id.
+fn to_carrier(carrier: Carrier, sid: &str, mut v: Value) -> String {
+    if carrier == Carrier::Twilio {
+        v["streamSid"] = json!(sid);
+    }
+    v.to_string()
+}
+
+/// `start.customParameters` (Twilio) or `start.custom_parameters` (Telnyx, an object or a list
+/// of `{name, value}`) as one object.
+fn custom_parameters(carrier: Carrier, start: &Value) -> Value {
+    match carrier {
+        Carrier::Twilio => start["customParameters"].clone(),
+        Carrier::Telnyx => match &start["custom_parameters"] {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    (
+                        i["name"].as_str().unwrap_or("").to_owned(),
+                        i["value"].clone(),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+            other => other.clone(),
+        },
+    }
+}
+
+/// One bridged call: carrier leg `tw`, agent leg fetched from `api_base`. Caller messages are
+/// handled in sequence-number order (held until the gap before them fills), as Telnyx's
+/// unordered frames require.
+async fn bridge(
+    tw: WebSocket<TokioIo<Upgraded>>,
+    api_base: String,
+    carrier: Carrier,
+    log: WireLog,
+) {
     let (mut tr, tw_w) = split(tw);
     let (mut ar, ag_w) = split(connect_agent(&api_base, "agent_1").await);
     let stream_sid = Arc::new(std::sync::Mutex::new(String::new()));
 
-    // agent -> twilio
+    // agent -> carrier
     let (tw_w2, ag_w2, sid2) = (tw_w.clone(), ag_w.clone(), stream_sid.clone());
     let down = tokio::spawn(async move {
         let mut last_interrupt = i64::MIN;
@@ -152,16 +202,16 @@ async fn bridge(tw: WebSocket<TokioIo<Upgraded>>, api_base: String) {
                         continue;
                     }
                     let payload = v["audio_event"]["audio_base_64"].as_str().unwrap_or("");
-                    let media =
-                        json!({"event":"media","streamSid":sid,"media":{"payload":payload}});
-                    write_text(&tw_w2, media.to_string()).await;
+                    let media = json!({"event":"media","media":{"payload":payload}});
+                    write_text(&tw_w2, to_carrier(carrier, &sid, media)).await;
                     mark_n += 1;
-                    let mark = json!({"event":"mark","streamSid":sid,"mark":{"name":format!("m{mark_n}")}});
-                    write_text(&tw_w2, mark.to_string()).await;
+                    let mark = json!({"event":"mark","mark":{"name":format!("m{mark_n}")}});
+                    write_text(&tw_w2, to_carrier(carrier, &sid, mark)).await;
                 }
                 Some("interruption") => {
                     last_interrupt = v["interruption_event"]["event_id"].as_i64().unwrap_or(0);
-                    write_text(&tw_w2, json!({"event":"clear","streamSid":sid}).to_string()).await;
+                    let clear = to_carrier(carrier, &sid, json!({"event":"clear"}));
+                    write_text(&tw_w2, clear).await;
                 }
                 Some("ping") => {
                     let id = v["ping_event"]["event_id"].clone();
@@ -173,22 +223,41 @@ async fn bridge(tw: WebSocket<TokioIo<Upgraded>>, api_base: String) {
         write_close(&tw_w2, 1000).await;
     });
 
-    // twilio -> agent
-    while let Some(text) = next_text(&mut tr, &tw_w).await {
+    // carrier -> agent
+    let number = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+    let mut next_seq = 1;
+    let mut held = std::collections::BTreeMap::<u64, Value>::new();
+    'read: while let Some(text) = next_text(&mut tr, &tw_w).await {
         let v: Value = serde_json::from_str(&text).unwrap();
-        match v["event"].as_str() {
-            Some("start") => {
-                *stream_sid.lock().unwrap() = v["streamSid"].as_str().unwrap().to_owned();
-                let init = json!({"type":"conversation_initiation_client_data",
-                    "dynamic_variables": v["start"]["customParameters"]});
-                write_text(&ag_w, init.to_string()).await;
+        // Lenient on purpose: a caller of the other carrier still gets answers to judge.
+        let seq = number(&v["sequenceNumber"]).or(number(&v["sequence_number"]));
+        log.lock().unwrap().push((
+            v["event"].as_str().unwrap_or("").to_owned(),
+            seq,
+            number(&v["media"]["chunk"]),
+        ));
+        let Some(seq) = seq else { continue }; // `connected`
+        held.insert(seq, v);
+        while let Some(v) = held.remove(&next_seq) {
+            next_seq += 1;
+            match v["event"].as_str() {
+                Some("start") => {
+                    let sid = match carrier {
+                        Carrier::Twilio => &v["streamSid"],
+                        Carrier::Telnyx => &v["stream_id"],
+                    };
+                    *stream_sid.lock().unwrap() = sid.as_str().unwrap_or("").to_owned();
+                    let init = json!({"type":"conversation_initiation_client_data",
+                        "dynamic_variables": custom_parameters(carrier, &v["start"])});
+                    write_text(&ag_w, init.to_string()).await;
+                }
+                Some("media") => {
+                    let p = v["media"]["payload"].as_str().unwrap();
+                    write_text(&ag_w, json!({"user_audio_chunk": p}).to_string()).await;
+                }
+                Some("stop") => break 'read,
+                _ => {}
             }
-            Some("media") => {
-                let p = v["media"]["payload"].as_str().unwrap();
-                write_text(&ag_w, json!({"user_audio_chunk": p}).to_string()).await;
-            }
-            Some("stop") => break,
-            _ => {}
         }
     }
     write_close(&ag_w, 1000).await;
@@ -196,25 +265,37 @@ async fn bridge(tw: WebSocket<TokioIo<Upgraded>>, api_base: String) {
     write_close(&tw_w, 1000).await;
 }
 
-/// Starts the tiny relay; returns its ws:// URL.
-async fn start_relay(api_base: String) -> String {
+/// The tiny relay: `/twilio` for Twilio; `/telnyx?relay_token=<telnyx_token>` for Telnyx
+/// (403 without the right token). Returns `ws://addr` and its log of what callers sent.
+async fn start_tiny_relay(api_base: String, telnyx_token: &str) -> (String, WireLog) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let log = WireLog::default();
+    let (log2, token) = (log.clone(), telnyx_token.to_owned());
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let api_base = api_base.clone();
+            let (api_base, log, token) = (api_base.clone(), log2.clone(), token.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |mut req| {
-                    let api_base = api_base.clone();
+                    let (api_base, log) = (api_base.clone(), log.clone());
+                    let query = loadtest::mock_server::parse_query(req.uri().query().unwrap_or(""));
+                    let token_ok = query == [("relay_token".to_owned(), token.clone())];
+                    let carrier = match req.uri().path() {
+                        "/twilio" => Some(Carrier::Twilio),
+                        "/telnyx" if token_ok => Some(Carrier::Telnyx),
+                        _ => None,
+                    };
                     async move {
-                        if req.uri().path() != "/twilio" {
+                        let Some(carrier) = carrier else {
                             let mut r = hyper::Response::new(Full::new(Bytes::new()));
                             *r.status_mut() = hyper::StatusCode::FORBIDDEN;
                             return Ok::<_, Infallible>(r);
-                        }
+                        };
                         let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req).unwrap();
-                        tokio::spawn(async move { bridge(fut.await.unwrap(), api_base).await });
+                        tokio::spawn(async move {
+                            bridge(fut.await.unwrap(), api_base, carrier, log).await
+                        });
                         let (parts, _) = resp.into_parts();
                         Ok(hyper::Response::from_parts(parts, Full::new(Bytes::new())))
                     }
@@ -226,7 +307,13 @@ async fn start_relay(api_base: String) -> String {
             });
         }
     });
-    format!("ws://{addr}/twilio")
+    (format!("ws://{addr}"), log)
+}
+
+/// Starts the tiny relay; returns its Twilio ws:// URL.
+async fn start_relay(api_base: String) -> String {
+    let (base, _) = start_tiny_relay(api_base, "unused").await;
+    format!("{base}/twilio")
 }
 
 fn config(behavior: AgentBehavior) -> MockAgentConfig {
@@ -431,5 +518,216 @@ async fn refusals_and_manual_control() {
     assert_eq!(
         conv.wait_closed(Duration::from_secs(1)).await.unwrap(),
         Some(1008)
+    );
+}
+
+/// The chunk numbers of the media frames the tiny relay received, in arrival order.
+fn chunks_seen(log: &WireLog) -> Vec<u64> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(event, _, _)| event == "media")
+        .filter_map(|(_, _, chunk)| *chunk)
+        .collect()
+}
+
+#[tokio::test]
+async fn telnyx_reordered_frames_round_trip_byte_exact() {
+    let agent = agent_sim::start(config(AgentBehavior::Echo)).await.unwrap();
+    let (base, log) = start_tiny_relay(agent.api_base(), "tok/7").await;
+    let url = url_with_relay_token(&format!("{base}/telnyx"), "tok/7");
+    let audio = Arc::new(loadtest::fixtures::caller_utterance().unwrap()[..16_000].to_vec());
+    let mut start = telnyx_sim::StartParams::for_call(7);
+    start.custom_parameters = vec![("tenant".into(), "acme".into())];
+    start.custom_parameters_shape = CustomParametersShape::List;
+    let mut script = telnyx_sim::CallScript::new(url, start, audio.clone());
+    script.frame_interval = Duration::from_millis(2); // 10x real time
+    script.linger = Duration::from_millis(300);
+    script.frame_order = FrameOrder::Shuffle { seed: 7, window: 3 };
+    let expected_order = script.frame_order.wire_order(100).unwrap();
+    let report = telnyx_sim::run_call(script).await.unwrap();
+
+    assert!(
+        report.protocol_errors.is_empty(),
+        "{:?}",
+        report.protocol_errors
+    );
+    assert_eq!(report.frames_sent, 100);
+    assert!(report.frames_out_of_order > 0);
+    // The wire carried the shuffled order, each frame with its own chunk number...
+    let seen = chunks_seen(&log);
+    let expected: Vec<u64> = expected_order.iter().map(|&i| i as u64 + 1).collect();
+    assert_eq!(seen, expected);
+    // ...and the relay, ordering by sequence_number, gave the agent the audio byte-exact.
+    let conv = agent
+        .next_conversation(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let init = conv.init_data(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(init["dynamic_variables"]["tenant"], "acme");
+    assert_eq!(conv.user_audio(), *audio);
+    assert_eq!(report.received_audio, *audio);
+    assert_eq!(report.media_messages, 100);
+    assert_eq!(report.marks_received.len(), 100);
+    assert!(!report.marks_echoed.is_empty() && report.marks_echoed.len() < 100);
+    assert_eq!(
+        report.marks_echoed[..],
+        report.marks_received[..report.marks_echoed.len()]
+    );
+    assert_eq!(report.close_code, Some(1000));
+    // Telnyx numbering on the wire: start is 1; every later message takes the next number.
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log[0], ("connected".to_owned(), None, None));
+    assert_eq!(log[1], ("start".to_owned(), Some(1), None));
+    let mut seqs: Vec<u64> = log.iter().filter_map(|e| e.1).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(log.last().unwrap().0, "stop");
+}
+
+#[tokio::test]
+async fn telnyx_swapped_frames_and_interruption() {
+    let reply = Arc::new(loadtest::fixtures::agent_reply().unwrap()[..8_000].to_vec());
+    let agent = agent_sim::start(config(AgentBehavior::Reply {
+        reply_audio: reply.clone(),
+        after_user_bytes: 1_600,
+        think_time: Duration::from_millis(10),
+        chunk_bytes: 2_000,
+        chunk_interval: Duration::from_millis(20),
+        interrupt_after_chunks: Some(2),
+    }))
+    .await
+    .unwrap();
+    let (base, log) = start_tiny_relay(agent.api_base(), "t").await;
+    let mut start = telnyx_sim::StartParams::for_call(1);
+    start.custom_parameters = vec![("tenant".into(), "acme".into())]; // object shape
+    let audio: Arc<Vec<u8>> = Arc::new((0..160 * 30).map(|i| (i / 160) as u8).collect());
+    let mut script =
+        telnyx_sim::CallScript::new(format!("{base}/telnyx?relay_token=t"), start, audio.clone());
+    script.linger = Duration::from_millis(400);
+    script.frame_order = FrameOrder::SwapPairs(vec![(0, 1), (5, 8)]);
+    let report = telnyx_sim::run_call(script).await.unwrap();
+
+    assert!(
+        report.protocol_errors.is_empty(),
+        "{:?}",
+        report.protocol_errors
+    );
+    assert_eq!(report.frames_out_of_order, 4);
+    assert_eq!(chunks_seen(&log)[..10], [2, 1, 3, 4, 5, 9, 7, 8, 6, 10]);
+    assert_eq!(report.clears, 1);
+    assert_eq!(report.received_audio, *reply, "stale audio must be dropped");
+    assert_eq!(report.marks_received, ["m1", "m2", "m3", "m4"]);
+    // m1, m2 were pending when clear came: echoed at once; m3, m4 played within the linger.
+    assert_eq!(report.marks_echoed, ["m1", "m2", "m3", "m4"]);
+    let conv = agent
+        .next_conversation(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let init = conv.init_data(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(init["dynamic_variables"]["tenant"], "acme");
+    conv.wait_user_audio_bytes(audio.len(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        conv.user_audio(),
+        *audio,
+        "frames reassembled in sequence order"
+    );
+}
+
+#[tokio::test]
+async fn telnyx_token_refusals_strictness_and_manual_control() {
+    let agent = agent_sim::start(config(AgentBehavior::Echo)).await.unwrap();
+    let (base, log) = start_tiny_relay(agent.api_base(), "secret").await;
+    let st = |r: anyhow::Result<Result<TelnyxClient, u16>>| match r.unwrap() {
+        Ok(_) => 101,
+        Err(s) => s,
+    };
+    let telnyx = format!("{base}/telnyx");
+    assert_eq!(st(TelnyxClient::try_connect(&telnyx, &[]).await), 403);
+    let wrong = url_with_relay_token(&telnyx, "guess");
+    assert_eq!(st(TelnyxClient::try_connect(&wrong, &[]).await), 403);
+
+    // A relay answering in Twilio's shape (with a streamSid) breaks Telnyx's rules.
+    let audio = Arc::new(vec![0xFFu8; 160 * 5]);
+    let mut script = telnyx_sim::CallScript::new(
+        format!("{base}/twilio"),
+        telnyx_sim::StartParams::for_call(2),
+        audio,
+    );
+    script.frame_interval = Duration::from_millis(2);
+    script.linger = Duration::from_millis(200);
+    let report = telnyx_sim::run_call(script).await.unwrap();
+    assert_eq!(report.media_messages, 0);
+    assert_eq!(
+        report.protocol_errors.len(),
+        10,
+        "{:?}",
+        report.protocol_errors
+    );
+    assert!(report
+        .protocol_errors
+        .iter()
+        .all(|e| e.starts_with("Telnyx protocol violation") && e.contains("carries `streamSid`")));
+    let _ = agent.next_conversation(Duration::from_secs(1)).await;
+
+    // Manual control: every Telnyx message, numbered in line.
+    log.lock().unwrap().clear();
+    let url = url_with_relay_token(&telnyx, "secret");
+    let client = TelnyxClient::connect(&url, &[]).await.unwrap();
+    let (tx, mut rx) = client.split();
+    tx.send_connected().await.unwrap();
+    tx.send_start(&telnyx_sim::StartParams::for_call(3))
+        .await
+        .unwrap();
+    tx.send_dtmf("5").await.unwrap();
+    tx.send_error(
+        100003,
+        "malformed_frame",
+        "Received frame was not formed correctly",
+    )
+    .await
+    .unwrap();
+    // Sent out of order by hand: frame 2 first, then frame 1.
+    let first = tx.encode_media(&[1; 160]).await;
+    let second = tx.encode_media(&[2; 160]).await;
+    tx.send_text_raw(second).await.unwrap();
+    tx.send_text_raw(first).await.unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 320 {
+        match rx.recv().await.unwrap() {
+            Some(TelnyxInbound::Media { payload }) => echoed.extend(payload),
+            Some(TelnyxInbound::Mark { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(echoed[..160], [1; 160]);
+    assert_eq!(echoed[160..], [2; 160]);
+    tx.send_mark("m1").await.unwrap();
+    tx.send_stop().await.unwrap();
+    let mut close = None;
+    while let Some(m) = rx.recv().await.unwrap() {
+        if let TelnyxInbound::Close { code, .. } = m {
+            close = code;
+        }
+    }
+    assert_eq!(close, Some(1000));
+    assert_eq!(rx.ended_with(), Some(Some(1000)));
+    let log = log.lock().unwrap().clone();
+    let events: Vec<(&str, Option<u64>, Option<u64>)> =
+        log.iter().map(|(e, s, c)| (e.as_str(), *s, *c)).collect();
+    assert_eq!(
+        events,
+        [
+            ("connected", None, None),
+            ("start", Some(1), None),
+            ("dtmf", Some(2), None),
+            ("error", Some(3), None),
+            ("media", Some(5), Some(2)),
+            ("media", Some(4), Some(1)),
+            ("mark", Some(6), None),
+            ("stop", Some(7), None),
+        ]
     );
 }

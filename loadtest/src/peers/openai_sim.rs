@@ -1,5 +1,5 @@
 //! Mock OpenAI Realtime API (GA) server: the OpenAI dialect of the shared mock server
-//! ([`crate::mock_server`]), from OpenAI's public Realtime API reference
+//! ([`crate::peers::mock_server`]), from OpenAI's public Realtime API reference
 //! (<https://platform.openai.com/docs/api-reference/realtime>).
 //!
 //! Route: `GET /v1/realtime?model=<model>` WebSocket upgrade. With [`RealtimeConfig::api_key`]
@@ -29,7 +29,7 @@
 //!
 //! Agent audio is `response.output_audio.delta{item_id,delta}`; each scripted reply is a new
 //! response with a new item. Replies, barge-in and tool calls are described in
-//! [`crate::mock_server::script`].
+//! [`crate::peers::mock_server::script`].
 //!
 //! In a relay test (the relay started with `--agent openai --openai-realtime-url
 //! <mock.ws_url()>` and `OPENAI_API_KEY=test-key`, then a call run against it):
@@ -73,11 +73,11 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::agent_sim::{GARBAGE_FOLLOWUP_AUDIO_BYTES, STALE_AUDIO_BYTE};
-use crate::mock_server::script::{
+use crate::peers::agent_sim::{GARBAGE_FOLLOWUP_AUDIO_BYTES, STALE_AUDIO_BYTE};
+use crate::peers::mock_server::script::{
     self, Action, Behavior, Exchanges, ReplyScript, Scripted, Speaking, Step, TextInput, ToolResult,
 };
-use crate::mock_server::{
+use crate::peers::mock_server::{
     bearer_matches, json_response, query_param, Dialect, MockServer, Outgoing, Route, SessionHandle,
 };
 use crate::{truncate, MULAW_BYTES_PER_MS};
@@ -230,7 +230,7 @@ pub async fn start(config: RealtimeConfig) -> anyhow::Result<MockRealtime> {
     if let Behavior::Reply(ReplyScript { chunk_bytes: 0, .. }) = config.behavior {
         bail!("ReplyScript::chunk_bytes must be > 0");
     }
-    crate::mock_server::serve(OpenAiRealtime { config }).await
+    crate::peers::mock_server::serve(OpenAiRealtime { config }).await
 }
 
 impl MockServer<OpenAiRealtime> {
@@ -246,7 +246,7 @@ impl MockServer<OpenAiRealtime> {
         format!(
             "ws://{}{WS_PATH}?model={}",
             self.addr(),
-            crate::mock_server::encode_query_value(model)
+            crate::peers::mock_server::encode_query_value(model)
         )
     }
 }
@@ -256,7 +256,7 @@ impl SessionHandle<OpenAiRealtime> {
     pub fn model(&self) -> String {
         let uri = self.request_uri();
         let q = uri.split_once('?').map_or("", |(_, q)| q);
-        crate::mock_server::parse_query(q)
+        crate::peers::mock_server::parse_query(q)
             .into_iter()
             .find(|(k, _)| k == "model")
             .map(|(_, v)| v)
@@ -452,7 +452,7 @@ impl OpenAiRealtime {
         };
         s.update(|st| {
             let dropped = &mut st.dropped;
-            crate::mock_server::push_capped(&mut st.x.truncates, t, dropped);
+            crate::peers::mock_server::push_capped(&mut st.x.truncates, t, dropped);
         });
         vec![out]
     }

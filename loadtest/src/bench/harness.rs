@@ -1,10 +1,11 @@
 //! The load harness's caller side and run orchestration.
 //!
-//! [`run_load`] drives `calls` simulated Twilio calls ([`crate::twilio_sim`]) against a relay
-//! (or against the floor echo server, [`crate::floor`]), ramped at `ramp_per_sec`, every call
-//! sending one tagged 160-byte frame ([`crate::tag`]) per 20 ms tick of a shared clock: each
-//! call's ticks lie on the grid `epoch + k·20 ms + phase`, with `phase = call index mod 20` ms
-//! (spreading the calls evenly over the 20 ms period) or 0 for all with `aligned`.
+//! [`run_load`] drives `calls` simulated Twilio calls ([`crate::peers::twilio_sim`]) against a
+//! relay (or against the floor echo server, [`crate::bench::floor`]), ramped at `ramp_per_sec`,
+//! every call sending one tagged 160-byte frame ([`crate::bench::tag`]) per 20 ms tick of a
+//! shared clock: each call's ticks lie on the grid `epoch + k·20 ms + phase`, with
+//! `phase = call index mod 20` ms (spreading the calls evenly over the 20 ms period) or 0 for
+//! all with `aligned`.
 //!
 //! Timeline (all from one epoch, `std::time::Instant`):
 //! `0.2 s` first call → ramp → `ramp_end` → `settle` → **steady window** of `duration` →
@@ -43,12 +44,12 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TInstant, MissedTickBehavior};
 
-use crate::bench_agent::{
+use crate::bench::bench_agent::{
     self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent, BenchDialect,
 };
-use crate::procstat::{self, ProcSample};
-use crate::tag::{self, FramePlan, FrameTag};
-use crate::twilio_sim::{parse_server_message, StartParams, TwilioClient, TwilioInbound};
+use crate::bench::procstat::{self, ProcSample};
+use crate::bench::tag::{self, FramePlan, FrameTag};
+use crate::peers::twilio_sim::{parse_server_message, StartParams, TwilioClient, TwilioInbound};
 use crate::MULAW_FRAME_BYTES;
 
 /// 20 ms frame period.
@@ -773,7 +774,7 @@ struct TurnTrack {
 /// Receives everything the relay (or floor) sends to one call and checks it.
 async fn receive(
     call: u32,
-    mut rx: crate::twilio_sim::TwilioReceiver,
+    mut rx: crate::peers::twilio_sim::TwilioReceiver,
     sid: String,
     s: Arc<CallerRun>,
     sent: Arc<Mutex<Vec<u64>>>,

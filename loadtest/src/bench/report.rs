@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::harness::{LoadResult, Percentiles};
+use crate::bench::harness::{LoadResult, Percentiles};
 
 /// One `--find-capacity` step.
 #[derive(Debug, Clone, Serialize)]

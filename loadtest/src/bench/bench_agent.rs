@@ -1,14 +1,14 @@
 //! Lean mock voice agent for load runs (the harness's agent side), in each dialect the relay
 //! speaks ([`BenchDialect`]):
 //!
-//! - **ElevenLabs** as [`crate::agent_sim`] (signed-URL endpoint, conversation WebSocket,
+//! - **ElevenLabs** as [`crate::peers::agent_sim`] (signed-URL endpoint, conversation WebSocket,
 //!   `conversation_initiation_client_data` → `conversation_initiation_metadata` with
 //!   `ulaw_8000` both ways, `user_audio_chunk` in, `audio`/`interruption` out);
-//! - **AssemblyAI** as [`crate::assemblyai_sim`] (`/v1/ws`, `Authorization: Bearer`,
+//! - **AssemblyAI** as [`crate::peers::assemblyai_sim`] (`/v1/ws`, `Authorization: Bearer`,
 //!   `session.update` → `session.ready`, `input.audio` in, `reply.started`/`reply.audio`/
 //!   `reply.done` out, `input.speech.started`/`stopped` at the caller's turn edges, barge-in as
 //!   `transcript.agent{interrupted:true}` + `reply.done{status:"interrupted"}`);
-//! - **OpenAI Realtime** as [`crate::openai_sim`] (`/v1/realtime?model=`, `Authorization:
+//! - **OpenAI Realtime** as [`crate::peers::openai_sim`] (`/v1/realtime?model=`, `Authorization:
 //!   Bearer`, `session.created`, `session.update` → `session.updated`,
 //!   `input_audio_buffer.append` in, `response.created`/`response.output_audio.delta`/
 //!   `response.output_audio.done`/`response.done` out, `input_audio_buffer.speech_started`/
@@ -17,10 +17,10 @@
 //!
 //! Unlike the test mocks it records nothing per message: it is built for thousands of frames
 //! per second and for the harness's checks. It shares the HTTP skeleton of
-//! [`crate::mock_server`] (accept loop, upgrade, auth check), which is per connection; the
+//! [`crate::peers::mock_server`] (accept loop, upgrade, auth check), which is per connection; the
 //! per-frame path (prefix match, base64, tag check, echo) is its own:
 //!
-//! - it knows the frame tags ([`crate::tag`]): each received frame is checked at once for
+//! - it knows the frame tags ([`crate::bench::tag`]): each received frame is checked at once for
 //!   cross-talk (call index), loss/duplication/reorder (sequence) and byte-exactness, and its
 //!   one-way latency *caller send → agent receive* is recorded on the harness clock;
 //! - [`AgentMode::Echo`] echoes every frame immediately as one 160-byte agent-audio message,
@@ -53,22 +53,21 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::agent_sim::{CONVERSATION_PATH, SIGNED_URL_PATH};
-use crate::mock_server::{accept_websocket, bearer_matches, detail_response, json_response, Resp};
-use crate::procs::RelayAgent;
-use crate::tag::{self, FramePlan, FrameTag};
+use crate::bench::procs::RelayAgent;
+use crate::bench::tag::{self, FramePlan, FrameTag};
+use crate::peers::agent_sim::{CONVERSATION_PATH, SIGNED_URL_PATH};
+use crate::peers::mock_server::{
+    accept_websocket, bearer_matches, detail_response, json_response, Resp,
+};
 use crate::ws::{self, WsMessage, WsWriter};
 use crate::MULAW_FRAME_BYTES;
 
 /// Name of the custom parameter / dynamic variable carrying the call index.
 pub const CALL_PARAM: &str = "lt_call";
 
-/// API key the bench agent expects from the relay for AssemblyAI and OpenAI
-/// (`Authorization: Bearer test-key`), and that [`crate::procs`] gives the relay.
-pub const BENCH_API_KEY: &str = "test-key";
-
-/// ElevenLabs agent id the harness configures on the relay (the bench agent accepts any).
-pub const BENCH_AGENT_ID: &str = "loadtest";
+/// The key and agent id the relay is given (defined beside [`RelayAgent`], which hands them to
+/// the relay; re-exported here because the bench agent checks them).
+pub use crate::bench::procs::{BENCH_AGENT_ID, BENCH_API_KEY};
 
 /// OpenAI model named in the bench agent's Realtime URL.
 pub const BENCH_OPENAI_MODEL: &str = "gpt-realtime";
@@ -315,7 +314,7 @@ impl BenchAgent {
         let addr = listener.local_addr()?;
         let run: Arc<RwLock<Option<Arc<AgentRun>>>> = Arc::new(RwLock::new(None));
         let run2 = run.clone();
-        let accept = crate::mock_server::spawn_http_server(listener, move |req| {
+        let accept = crate::peers::mock_server::spawn_http_server(listener, move |req| {
             route(addr, dialect, &run2, req)
         });
         Ok(BenchAgent {
@@ -353,17 +352,21 @@ impl BenchAgent {
                 )
             }
             BenchDialect::AssemblyAi => {
-                format!("ws://{}{}", self.addr, crate::assemblyai_sim::WS_PATH)
+                format!(
+                    "ws://{}{}",
+                    self.addr,
+                    crate::peers::assemblyai_sim::WS_PATH
+                )
             }
             BenchDialect::OpenAi => format!(
                 "ws://{}{}?model={BENCH_OPENAI_MODEL}",
                 self.addr,
-                crate::openai_sim::WS_PATH
+                crate::peers::openai_sim::WS_PATH
             ),
         }
     }
 
-    /// How to point a relay at this agent (see [`crate::procs::spawn_relay_with`]).
+    /// How to point a relay at this agent (see [`crate::bench::procs::spawn_relay_with`]).
     pub fn relay_agent(&self) -> RelayAgent {
         match self.dialect {
             BenchDialect::ElevenLabs => RelayAgent::ElevenLabs {
@@ -389,8 +392,8 @@ fn route(
     let path = req.uri().path();
     let ws_path = match dialect {
         BenchDialect::ElevenLabs => CONVERSATION_PATH,
-        BenchDialect::AssemblyAi => crate::assemblyai_sim::WS_PATH,
-        BenchDialect::OpenAi => crate::openai_sim::WS_PATH,
+        BenchDialect::AssemblyAi => crate::peers::assemblyai_sim::WS_PATH,
+        BenchDialect::OpenAi => crate::peers::openai_sim::WS_PATH,
     };
     if dialect == BenchDialect::ElevenLabs && path == SIGNED_URL_PATH {
         let query = req.uri().query().unwrap_or("");

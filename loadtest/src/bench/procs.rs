@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pin::Pinning;
+use crate::bench::pin::Pinning;
 
 /// The workspace root (parent of this crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
@@ -99,8 +99,15 @@ impl SpawnedRelay {
     }
 }
 
+/// API key the bench agent ([`crate::bench::bench_agent`]) expects from the relay for AssemblyAI
+/// and OpenAI (`Authorization: Bearer test-key`), and that [`RelayAgent::env`] gives the relay.
+pub const BENCH_API_KEY: &str = "test-key";
+
+/// ElevenLabs agent id [`RelayAgent::args`] configures on the relay (the bench agent accepts any).
+pub const BENCH_AGENT_ID: &str = "loadtest";
+
 /// Which agent a spawned relay talks to, and where (the bench agent's
-/// [`crate::bench_agent::BenchAgent::relay_agent`] gives the right one).
+/// [`crate::bench::bench_agent::BenchAgent::relay_agent`] gives the right one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayAgent {
     /// `--agent elevenlabs --elevenlabs-agent-id loadtest --elevenlabs-api-base <api_base>`
@@ -130,7 +137,7 @@ impl RelayAgent {
                 "--agent",
                 "elevenlabs",
                 "--elevenlabs-agent-id",
-                crate::bench_agent::BENCH_AGENT_ID,
+                BENCH_AGENT_ID,
                 "--elevenlabs-api-base",
                 api_base,
             ]),
@@ -143,7 +150,7 @@ impl RelayAgent {
 
     /// Environment variables the relay needs for it (the API key), beside the flags.
     pub fn env(&self) -> Vec<(&'static str, &'static str)> {
-        let key = crate::bench_agent::BENCH_API_KEY;
+        let key = BENCH_API_KEY;
         match self {
             RelayAgent::ElevenLabs { .. } => Vec::new(),
             RelayAgent::AssemblyAi { .. } => vec![("ASSEMBLYAI_API_KEY", key)],

@@ -41,10 +41,10 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench_agent::{AgentCallStats, AgentMode, AgentRun, BenchAgent};
-use crate::harness::{self, CallerRun, CallerStats, LoadConfig, Percentiles};
-use crate::procstat;
-use crate::tag::FramePlan;
+use crate::bench::bench_agent::{AgentCallStats, AgentMode, AgentRun, BenchAgent};
+use crate::bench::harness::{self, CallerRun, CallerStats, LoadConfig, Percentiles};
+use crate::bench::procstat;
+use crate::bench::tag::FramePlan;
 
 /// Soak or churn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

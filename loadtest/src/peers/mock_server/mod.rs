@@ -8,9 +8,9 @@
 //!
 //! | dialect | module | server type | session handle |
 //! |---|---|---|---|
-//! | ElevenLabs Conversational AI | [`crate::agent_sim`] | [`crate::agent_sim::MockAgent`] | [`crate::agent_sim::ConversationHandle`] |
-//! | AssemblyAI Voice Agent API | [`crate::assemblyai_sim`] | [`crate::assemblyai_sim::MockAssemblyAi`] | [`crate::assemblyai_sim::AssemblyAiSession`] |
-//! | OpenAI Realtime API (GA) | [`crate::openai_sim`] | [`crate::openai_sim::MockRealtime`] | [`crate::openai_sim::RealtimeSession`] |
+//! | ElevenLabs Conversational AI | [`crate::peers::agent_sim`] | [`crate::peers::agent_sim::MockAgent`] | [`crate::peers::agent_sim::ConversationHandle`] |
+//! | AssemblyAI Voice Agent API | [`crate::peers::assemblyai_sim`] | [`crate::peers::assemblyai_sim::MockAssemblyAi`] | [`crate::peers::assemblyai_sim::AssemblyAiSession`] |
+//! | OpenAI Realtime API (GA) | [`crate::peers::openai_sim`] | [`crate::peers::openai_sim::MockRealtime`] | [`crate::peers::openai_sim::RealtimeSession`] |
 //!
 //! Every server is a [`MockServer<D>`] and every session a [`SessionHandle<D>`]: the methods
 //! documented here work the same for all three dialects; each dialect module adds its own.
@@ -291,9 +291,9 @@ impl From<Value> for Outgoing {
 }
 
 /// One agent API's specifics, plugged into the shared server. Implemented by
-/// [`crate::agent_sim::ElevenLabs`], [`crate::assemblyai_sim::AssemblyAi`] and
-/// [`crate::openai_sim::OpenAiRealtime`]; the value holds the server's configuration (and any
-/// server-wide state of the dialect). Hooks are synchronous and return what to send; the
+/// [`crate::peers::agent_sim::ElevenLabs`], [`crate::peers::assemblyai_sim::AssemblyAi`] and
+/// [`crate::peers::openai_sim::OpenAiRealtime`]; the value holds the server's configuration (and
+/// any server-wide state of the dialect). Hooks are synchronous and return what to send; the
 /// skeleton sends it before reading the next client message.
 pub trait Dialect: Sized + Send + Sync + 'static {
     /// Dialect-specific recorded state of one session.

@@ -1,5 +1,5 @@
 //! Mock AssemblyAI Voice Agent API server: the AssemblyAI dialect of the shared mock server
-//! ([`crate::mock_server`]), from AssemblyAI's public Voice Agent API documentation
+//! ([`crate::peers::mock_server`]), from AssemblyAI's public Voice Agent API documentation
 //! (<https://www.assemblyai.com/docs/voice-agents/voice-agent-api>).
 //!
 //! Route: `GET /v1/ws` WebSocket upgrade. With [`AssemblyAiConfig::api_key`] set, header
@@ -21,7 +21,7 @@
 //! Server → client: `session.ready{session_id}` after the first `session.update` (after
 //! [`AssemblyAiConfig::ready_delay`], or never with `None`); then the [`Behavior`] and the
 //! [`Step`]s. Agent audio is `{"type":"reply.audio","data":"<base64 μ-law>"}` (no reply id);
-//! replies, barge-in and tool calls are described in [`crate::mock_server::script`]. Manual
+//! replies, barge-in and tool calls are described in [`crate::peers::mock_server::script`]. Manual
 //! commands ([`SessionHandle::send_text`], [`SessionHandle::send_tool_call`], …) work
 //! alongside the scripted behaviour.
 //!
@@ -77,11 +77,11 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::agent_sim::{GARBAGE_FOLLOWUP_AUDIO_BYTES, STALE_AUDIO_BYTE};
-use crate::mock_server::script::{
+use crate::peers::agent_sim::{GARBAGE_FOLLOWUP_AUDIO_BYTES, STALE_AUDIO_BYTE};
+use crate::peers::mock_server::script::{
     self, Action, Behavior, Exchanges, ReplyScript, Scripted, Speaking, Step, TextInput, ToolResult,
 };
-use crate::mock_server::{
+use crate::peers::mock_server::{
     bearer_matches, json_response, Dialect, MockServer, Outgoing, Route, SessionHandle,
 };
 use crate::truncate;
@@ -187,7 +187,7 @@ pub async fn start(config: AssemblyAiConfig) -> anyhow::Result<MockAssemblyAi> {
     if let Behavior::Reply(ReplyScript { chunk_bytes: 0, .. }) = config.behavior {
         bail!("ReplyScript::chunk_bytes must be > 0");
     }
-    crate::mock_server::serve(AssemblyAi { config }).await
+    crate::peers::mock_server::serve(AssemblyAi { config }).await
 }
 
 impl MockServer<AssemblyAi> {

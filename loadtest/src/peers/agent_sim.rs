@@ -1,5 +1,5 @@
 //! Mock ElevenLabs Conversational AI server: the ElevenLabs dialect of the shared mock
-//! server ([`crate::mock_server`]).
+//! server ([`crate::peers::mock_server`]).
 //!
 //! Routes (ElevenLabs Agents WebSocket API, <https://elevenlabs.io/docs/agents-platform/api-reference/agents-platform/websocket>):
 //!
@@ -35,8 +35,8 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::mock_server::script::{self, ReplyScript, Speaking};
-use crate::mock_server::{
+use crate::peers::mock_server::script::{self, ReplyScript, Speaking};
+use crate::peers::mock_server::{
     detail_response, encode_query_value, json_response, lock, parse_query, Dialect, MockServer,
     Outgoing, Route, SessionHandle,
 };
@@ -173,7 +173,7 @@ pub async fn start(config: MockAgentConfig) -> anyhow::Result<MockAgent> {
     if let AgentBehavior::Reply { chunk_bytes: 0, .. } = config.behavior {
         bail!("AgentBehavior::Reply::chunk_bytes must be > 0");
     }
-    crate::mock_server::serve(ElevenLabs {
+    crate::peers::mock_server::serve(ElevenLabs {
         config,
         signatures: Mutex::new(HashSet::new()),
         counter: AtomicU64::new(0),

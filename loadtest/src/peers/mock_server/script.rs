@@ -20,7 +20,7 @@
 //!    `reply.done{status:"interrupted"}`, then two stale `reply.audio` of the cut reply |
 //!    `input_audio_buffer.speech_started`, two stale deltas of the cut item,
 //!    `response.done{status:"cancelled"}`. Stale audio is `chunk_bytes` of
-//!    [`crate::agent_sim::STALE_AUDIO_BYTE`]. One interval later the rest of the reply audio
+//!    [`crate::peers::agent_sim::STALE_AUDIO_BYTE`]. One interval later the rest of the reply audio
 //!    follows as a **new** reply (step 4 again);
 //! 6. **finish**: `transcript.agent{interrupted:false}`, `reply.done{status:"completed"}` |
 //!    `response.output_audio.done`, `response.output_audio_transcript.done`,
@@ -48,7 +48,7 @@ pub enum Behavior {
     /// Speak once (see [`ReplyScript`] and the module docs).
     Reply(ReplyScript),
     /// Send a non-JSON text frame, then a binary frame, then one valid agent-audio message of
-    /// [`crate::agent_sim::GARBAGE_FOLLOWUP_AUDIO_BYTES`] of μ-law silence (`0xFF`); then
+    /// [`crate::peers::agent_sim::GARBAGE_FOLLOWUP_AUDIO_BYTES`] of μ-law silence (`0xFF`); then
     /// behave like `Silent`.
     Garbage,
 }

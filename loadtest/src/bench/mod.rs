@@ -1,0 +1,15 @@
+//! The load harness behind the `loadtest` binary: callers and run orchestration, the lean
+//! tag-aware bench agent, per-frame tags, the echo cost floor, process spawning and sampling,
+//! CPU pinning, reports and soak runs. See the [crate docs](crate) for what each module is.
+//!
+//! Built on [`crate::peers`] (the Twilio caller and the mock agents' server skeleton).
+
+pub mod bench_agent;
+pub mod floor;
+pub mod harness;
+pub mod pin;
+pub mod procs;
+pub mod procstat;
+pub mod report;
+pub mod soak;
+pub mod tag;

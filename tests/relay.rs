@@ -237,32 +237,43 @@ async fn early_audio_is_kept_and_sent_in_order() {
     assert_eq!(conv.wait_closed(T).await.unwrap(), Some(1000));
 }
 
+/// ElevenLabs closes with 1000 when its agent ended the conversation: the call hangs up
+/// (nothing was left to play); any other close ends the call as `agent_closed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_close_closes_the_twilio_socket() {
     let mock = agent_sim::start(MockAgentConfig::new("agent_close"))
         .await
         .unwrap();
     let relay = start_relay(elevenlabs_args(&mock.api_base(), "agent_close", None)).await;
-    let mut client = TwilioClient::connect(&relay.media_url(), &[])
-        .await
-        .unwrap();
-    client.send_connected().await.unwrap();
-    client.send_start(&StartParams::for_call(3)).await.unwrap();
-    let conv = mock.next_conversation(T).await.unwrap();
-    conv.init_data(T).await.unwrap();
-    conv.close(1000, "conversation over").await;
-    assert_eq!(wait_twilio_close(&mut client).await, Some(1000));
-    // RFC 6455 §5.5.1: the relay answers the agent's close with a close (echoing 1000).
-    assert_eq!(conv.wait_closed(T).await.unwrap(), Some(1000));
-    assert_eq!(
-        wait_metric_eq(
-            relay.addr,
-            "relay_calls_total{outcome=\"agent_closed\"}",
-            1.0
-        )
-        .await,
-        1.0
-    );
+    for (i, (code, outcome)) in [(1000u16, "agent_end_call"), (1011, "agent_closed")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = TwilioClient::connect(&relay.media_url(), &[])
+            .await
+            .unwrap();
+        client.send_connected().await.unwrap();
+        client
+            .send_start(&StartParams::for_call(3 + i as u64))
+            .await
+            .unwrap();
+        let conv = mock.next_conversation(T).await.unwrap();
+        conv.init_data(T).await.unwrap();
+        conv.close(code, "conversation over").await;
+        assert_eq!(wait_twilio_close(&mut client).await, Some(1000));
+        // RFC 6455 §5.5.1: the relay answers the agent's close with a close (echoing it).
+        assert_eq!(conv.wait_closed(T).await.unwrap(), Some(code));
+        assert_eq!(
+            wait_metric_eq(
+                relay.addr,
+                &format!("relay_calls_total{{outcome=\"{outcome}\"}}"),
+                1.0
+            )
+            .await,
+            1.0,
+            "close {code}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,14 @@ impl Dialect for Session {
         encode_input_audio(audio, out)
     }
 
-    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+    fn encode_tool_result(
+        &self,
+        part: usize,
+        call_id: &str,
+        output: &ToolOutput,
+        _followup: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
         part == 0 && {
             encode_tool_result(call_id, output, out);
             true
@@ -153,6 +160,10 @@ impl Dialect for Session {
 
     fn current_reply(&self) -> ReplyKey {
         Session::current_reply(self)
+    }
+
+    fn offers_relay_tools(&self) -> bool {
+        true
     }
 
     fn clears_on_speech_started(&self) -> bool {
@@ -240,13 +251,13 @@ impl Session {
     pub fn new(s: &Settings, shared: &SharedSettings, p: CallParams) -> Session {
         let fmt = json!({ "encoding": PCMU, "sample_rate": 8000 });
         let mut session = Map::new();
-        if let Some(v) = &p.prompt {
-            session.insert("system_prompt".into(), Value::String(v.clone()));
+        if let Some(v) = p.instructions() {
+            session.insert("system_prompt".into(), Value::String(v));
         }
         if let Some(v) = &p.first_message {
             session.insert("greeting".into(), Value::String(v.clone()));
         }
-        let tools = super::function_tools(p.tools.as_ref().unwrap_or(&shared.tools));
+        let tools = super::offered_tools(&p, shared);
         if !tools.is_empty() {
             session.insert("tools".into(), Value::Array(tools));
         }
@@ -439,6 +450,7 @@ mod tests {
     fn first_update_carries_pcmu_both_ways_and_the_call_settings() {
         let agents = SharedSettings {
             tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
+            ..SharedSettings::default()
         };
         let p = CallParams {
             prompt: Some("Be brief.".into()),

@@ -179,7 +179,14 @@ impl Dialect for Session {
         true
     }
 
-    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
+    fn encode_tool_result(
+        &self,
+        part: usize,
+        call_id: &str,
+        output: &ToolOutput,
+        _followup: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
         part == 0 && {
             encode_tool_result(call_id, output, out);
             true
@@ -210,6 +217,12 @@ impl Dialect for Session {
 
     fn close_code_meaning(&self, code: u16) -> &'static str {
         close_code_meaning(code)
+    }
+
+    /// ElevenLabs closes with 1000 when the agent ended the conversation (its `end_call`
+    /// system tool, or the maximum duration): hang up after the goodbye.
+    fn close_is_end_signal(&self, code: Option<u16>) -> bool {
+        code == Some(1000)
     }
 }
 
@@ -246,6 +259,17 @@ struct Wire<'a> {
     client_tool_call: Option<WireToolCall<'a>>,
     #[serde(borrow, default)]
     error_event: Option<WireError<'a>>,
+    #[serde(borrow, default)]
+    agent_tool_response: Option<WireToolResponse<'a>>,
+}
+
+/// `agent_tool_response` (its AsyncAPI `AgentToolResponseData`): every field tolerated missing.
+#[derive(Deserialize)]
+struct WireToolResponse<'a> {
+    #[serde(borrow, default)]
+    tool_name: Option<&'a str>,
+    #[serde(borrow, default)]
+    tool_type: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -423,6 +447,15 @@ impl Session {
                 }
             }
             "agent_response_complete" => AgentEvent::ReplyDone { interrupted: false },
+            // Only sent when the agent's client events include it (UNCERTAIN whether
+            // `transfer_to_number` is reported on a non-native WebSocket); a missing
+            // `tool_type` counts as a system tool.
+            "agent_tool_response" => match w.agent_tool_response {
+                Some(t) if t.tool_type.is_none_or(|ty| ty == "system") => AgentEvent::SystemTool {
+                    name: t.tool_name.unwrap_or(""),
+                },
+                _ => AgentEvent::Other { kind },
+            },
             "error" => {
                 let e = w.error_event;
                 AgentEvent::Error {

@@ -259,14 +259,18 @@ pub trait Dialect: Sized + std::fmt::Debug + Send {
     }
 
     /// A tool result, part `part` (0, 1, …) of it; `false` when done.
+    /// With `followup` the agent is asked to respond to the result (OpenAI's
+    /// `response.create`); without, the result is only recorded (the call is ending or
+    /// leaving).
     fn encode_tool_result(
         &self,
         part: usize,
         call_id: &str,
         output: &ToolOutput,
+        followup: bool,
         out: &mut Vec<u8>,
     ) -> bool {
-        let _ = (part, call_id, output, out);
+        let _ = (part, call_id, output, followup, out);
         false
     }
 
@@ -311,6 +315,20 @@ pub trait Dialect: Sized + std::fmt::Debug + Send {
     /// Whether the caller's final transcript ends the caller's turn (for dialects with no
     /// speech-stopped event).
     fn transcript_ends_turn(&self) -> bool {
+        false
+    }
+
+    /// Whether the relay's own tools (`end_call`, `transfer_call`) are declared in this
+    /// dialect's session, so a call of them is a built-in tool (otherwise a tool of that name
+    /// is the agent's own client tool).
+    fn offers_relay_tools(&self) -> bool {
+        false
+    }
+
+    /// Whether the agent closing its socket with `code` is its way of ending the call (then
+    /// the call hangs up after the goodbye is heard, instead of failing).
+    fn close_is_end_signal(&self, code: Option<u16>) -> bool {
+        let _ = code;
         false
     }
 
@@ -396,9 +414,10 @@ impl Session {
         part: usize,
         call_id: &str,
         output: &ToolOutput,
+        followup: bool,
         out: &mut Vec<u8>,
     ) -> bool {
-        dispatch!(self, s => Dialect::encode_tool_result(s, part, call_id, output, out))
+        dispatch!(self, s => Dialect::encode_tool_result(s, part, call_id, output, followup, out))
     }
 
     /// See [`Dialect::encode_dtmf`].
@@ -440,6 +459,16 @@ impl Session {
     /// See [`Dialect::transcript_ends_turn`].
     pub fn transcript_ends_turn(&self) -> bool {
         dispatch!(self, s => Dialect::transcript_ends_turn(s))
+    }
+
+    /// See [`Dialect::offers_relay_tools`].
+    pub fn offers_relay_tools(&self) -> bool {
+        dispatch!(self, s => Dialect::offers_relay_tools(s))
+    }
+
+    /// See [`Dialect::close_is_end_signal`].
+    pub fn close_is_end_signal(&self, code: Option<u16>) -> bool {
+        dispatch!(self, s => Dialect::close_is_end_signal(s, code))
     }
 
     /// See [`Dialect::close_code_meaning`].
@@ -511,14 +540,82 @@ pub struct SharedSettings {
     /// Tool definitions offered to AssemblyAI and OpenAI agents (a JSON array of
     /// `{name, description, parameters}`); ElevenLabs client tools are defined on the agent.
     pub tools: serde_json::Value,
+    /// The relay's own call tools (`end_call`, `transfer_call`) declared beside them (a JSON
+    /// array; empty with `--builtin-call-tools false`).
+    pub call_tools: Vec<serde_json::Value>,
 }
 
 impl Default for SharedSettings {
     fn default() -> Self {
         SharedSettings {
             tools: serde_json::Value::Array(Vec::new()),
+            call_tools: Vec::new(),
         }
     }
+}
+
+/// The names of the relay's built-in call tools.
+pub const END_CALL_TOOL: &str = "end_call";
+/// See [`END_CALL_TOOL`].
+pub const TRANSFER_CALL_TOOL: &str = "transfer_call";
+
+/// The relay's built-in call tools as function definitions: `end_call {reason?}` always,
+/// `transfer_call {target, reason?, summary?}` when there are targets to name (listed in its
+/// description and as an enum).
+pub fn call_tool_definitions(targets: &[String], any_number: bool) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut v = vec![json!({
+        "type": "function",
+        "name": END_CALL_TOOL,
+        "description": "End the phone call. Say your goodbye first: the call ends once the caller has heard it.",
+        "parameters": {
+            "type": "object",
+            "properties": { "reason": { "type": "string", "description": "Why the call ends." } },
+        },
+    })];
+    if !targets.is_empty() || any_number {
+        let mut target = json!({
+            "type": "string",
+            "description": if any_number {
+                format!("One of: {}, or a phone number in E.164 form (+15551230001).", targets.join(", "))
+            } else {
+                format!("One of: {}.", targets.join(", "))
+            },
+        });
+        if !any_number {
+            target["enum"] = json!(targets);
+        }
+        v.push(json!({
+            "type": "function",
+            "name": TRANSFER_CALL_TOOL,
+            "description": format!(
+                "Transfer the caller to a person ({}). Tell the caller first that you are transferring them: the transfer starts once they have heard you.",
+                targets.join(", ")
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "target": target,
+                    "reason": { "type": "string", "description": "Why the caller is transferred." },
+                    "summary": { "type": "string", "description": "A short summary of the call for the person who answers (under 500 characters)." },
+                },
+                "required": ["target"],
+            },
+        }));
+    }
+    v
+}
+
+/// The tools a dialect with declared tools offers: the call's `tools` parameter or the
+/// configured ones, then the relay's call tools (a configured tool of the same name wins).
+pub(crate) fn offered_tools(p: &CallParams, shared: &SharedSettings) -> Vec<serde_json::Value> {
+    let mut tools = function_tools(p.tools.as_ref().unwrap_or(&shared.tools));
+    for t in &shared.call_tools {
+        if !tools.iter().any(|o| o.get("name") == t.get("name")) {
+            tools.push(t.clone());
+        }
+    }
+    tools
 }
 
 impl SharedSettings {
@@ -551,7 +648,10 @@ impl SharedSettings {
                 v
             }
         };
-        Ok(SharedSettings { tools })
+        Ok(SharedSettings {
+            tools,
+            call_tools: Vec::new(),
+        })
     }
 }
 
@@ -678,6 +778,13 @@ pub enum AgentEvent<'a> {
     },
     /// The agent ended the session cleanly (AssemblyAI `session.ended`).
     Ended,
+    /// The agent ran one of its platform's system tools (ElevenLabs `agent_tool_response`
+    /// with `tool_type` `system`: `end_call`, `transfer_to_number`, …); its arguments are not
+    /// on the wire.
+    SystemTool {
+        /// The tool's name (empty when the event had none).
+        name: &'a str,
+    },
     /// Any other message type: tolerated and counted.
     Other {
         /// The `type` value.
@@ -794,6 +901,9 @@ pub struct CallParams {
     pub agent_id: Option<String>,
     /// Every other parameter: ElevenLabs dynamic variables.
     pub variables: Vec<(String, String)>,
+    /// `transfer_failed`: the call came back from a transfer that failed with this
+    /// `DialCallStatus` (`busy`, `no-answer`, `failed`, `canceled`). Also a variable.
+    pub transfer_failed: Option<String>,
 }
 
 /// Parameter names that carry agent settings rather than variables (the agent overrides the
@@ -831,11 +941,34 @@ impl CallParams {
                     p.agent_id = Some(v.clone()).filter(|id| is_agent_id(id));
                 }
                 "agent" => {}
+                "transfer_failed" => {
+                    p.transfer_failed = Some(v.clone());
+                    p.variables.push((k.clone(), v.clone()));
+                }
                 _ if k.starts_with("relay_") => {}
                 _ => p.variables.push((k.clone(), v.clone())),
             }
         }
         p
+    }
+}
+
+impl CallParams {
+    /// The system prompt for dialects that take one (`prompt`), with a note for the agent
+    /// when the call came back from a failed transfer.
+    pub fn instructions(&self) -> Option<String> {
+        match (&self.prompt, &self.transfer_failed) {
+            (p, None) => p.clone(),
+            (p, Some(status)) => {
+                let note = format!(
+                    "The caller was just transferred to a person, but the transfer did not go through ({status}). Tell the caller, and offer to take a message or help further."
+                );
+                Some(match p {
+                    Some(p) => format!("{p}\n\n{note}"),
+                    None => note,
+                })
+            }
+        }
     }
 }
 

@@ -134,8 +134,15 @@ impl Dialect for Session {
         encode_append(audio, out)
     }
 
-    fn encode_tool_result(&self, part: usize, call_id: &str, output: &ToolOutput, out: &mut Vec<u8>) -> bool {
-        encode_tool_result(part, call_id, output, out)
+    fn encode_tool_result(
+        &self,
+        part: usize,
+        call_id: &str,
+        output: &ToolOutput,
+        followup: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        (part == 0 || followup) && encode_tool_result(part, call_id, output, out)
     }
 
     fn encode_dtmf(&self, part: usize, digits: &str, out: &mut Vec<u8>) -> bool {
@@ -148,6 +155,10 @@ impl Dialect for Session {
 
     fn current_reply(&self) -> ReplyKey {
         Session::current_reply(self)
+    }
+
+    fn offers_relay_tools(&self) -> bool {
+        true
     }
 
     /// The server cancels the response on speech start (`interrupt_response`).
@@ -253,10 +264,10 @@ impl Session {
                 "output": { "format": { "type": PCMU }, "voice": voice },
             }),
         );
-        if let Some(v) = &p.prompt {
-            session.insert("instructions".into(), Value::String(v.clone()));
+        if let Some(v) = p.instructions() {
+            session.insert("instructions".into(), Value::String(v));
         }
-        let tools = super::function_tools(p.tools.as_ref().unwrap_or(&shared.tools));
+        let tools = super::offered_tools(&p, shared);
         if !tools.is_empty() {
             session.insert("tools".into(), Value::Array(tools));
             session.insert("tool_choice".into(), json!("auto"));
@@ -505,6 +516,7 @@ mod tests {
     fn session_update_asks_for_pcmu_both_ways_and_greets() {
         let agents = SharedSettings {
             tools: json!([{"name":"lookup_order","description":"d","parameters":{"type":"object"}}]),
+            ..SharedSettings::default()
         };
         let p = CallParams {
             prompt: Some("Be brief.".into()),

@@ -31,6 +31,40 @@ use tokio_util::sync::CancellationToken;
 /// How long an outbound call's signed TwiML URL stays valid (ringing and answer time).
 pub const OUTBOUND_URL_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// How long a transfer's dial-result and whisper URLs stay valid: the carrier posts the dial
+/// result when the transferred call ends, up to `<Dial timeLimit>` (default 4 h,
+/// <https://www.twilio.com/docs/voice/twiml/dial#timelimit>) after the transfer, plus the ring
+/// time and a margin.
+pub const TRANSFER_URL_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// What a relay-signed URL is for: each signs under its own domain and TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlPurpose {
+    /// An outbound call's markup fetch ([`OUTBOUND_URL_TTL`]).
+    OutboundMarkup,
+    /// A transfer's `<Dial action>` ([`TRANSFER_URL_TTL`]).
+    DialResult,
+    /// A transfer's whisper ([`TRANSFER_URL_TTL`]).
+    Whisper,
+}
+
+impl UrlPurpose {
+    fn domain(self) -> &'static str {
+        match self {
+            UrlPurpose::OutboundMarkup => "outbound-url",
+            UrlPurpose::DialResult => "dial-result-url",
+            UrlPurpose::Whisper => "whisper-url",
+        }
+    }
+
+    fn ttl(self) -> Duration {
+        match self {
+            UrlPurpose::OutboundMarkup => OUTBOUND_URL_TTL,
+            UrlPurpose::DialResult | UrlPurpose::Whisper => TRANSFER_URL_TTL,
+        }
+    }
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of a base64url (no padding) HMAC-SHA256: 32 bytes → 43 characters.
@@ -190,15 +224,22 @@ impl StreamTokens {
     }
 
     /// Appends `exp` (Unix seconds, `now_unix` + [`OUTBOUND_URL_TTL`]) and then `sig` (the
-    /// HMAC of everything before it) to a URL query (`a=1&b=2`, already encoded).
+    /// HMAC of everything before it) to a URL query (`a=1&b=2`, already encoded): an
+    /// outbound call's markup URL.
     pub fn sign_query(&self, query: &str, now_unix: u64) -> String {
-        let exp = now_unix + OUTBOUND_URL_TTL.as_secs();
+        self.sign_query_for(UrlPurpose::OutboundMarkup, query, now_unix)
+    }
+
+    /// As [`StreamTokens::sign_query`], for `purpose` (its own TTL; a URL signed for one
+    /// purpose does not verify for another).
+    pub fn sign_query_for(&self, purpose: UrlPurpose, query: &str, now_unix: u64) -> String {
+        let exp = now_unix + purpose.ttl().as_secs();
         let signed = if query.is_empty() {
             format!("exp={exp}")
         } else {
             format!("{query}&exp={exp}")
         };
-        let sig = self.key.token(&format!("outbound-url:{signed}"));
+        let sig = self.key.token(&format!("{}:{signed}", purpose.domain()));
         format!("{signed}&sig={sig}")
     }
 
@@ -208,8 +249,24 @@ impl StreamTokens {
     /// # Errors
     /// [`UrlError`].
     pub fn verify_query<'a>(&self, query: &'a str, now_unix: u64) -> Result<&'a str, UrlError> {
+        self.verify_query_for(UrlPurpose::OutboundMarkup, query, now_unix)
+    }
+
+    /// Checks a query made by [`StreamTokens::sign_query_for`] with `purpose`.
+    ///
+    /// # Errors
+    /// [`UrlError`].
+    pub fn verify_query_for<'a>(
+        &self,
+        purpose: UrlPurpose,
+        query: &'a str,
+        now_unix: u64,
+    ) -> Result<&'a str, UrlError> {
         let (signed, sig) = query.rsplit_once("&sig=").ok_or(UrlError::BadSignature)?;
-        if !self.key.verify(&format!("outbound-url:{signed}"), sig) {
+        if !self
+            .key
+            .verify(&format!("{}:{signed}", purpose.domain()), sig)
+        {
             return Err(UrlError::BadSignature);
         }
         let exp = form_urlencoded::parse(signed.as_bytes())
@@ -353,6 +410,21 @@ mod tests {
             StreamTokens::new(b"other").verify_query(&q, 1000),
             Err(UrlError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_url_signed_for_one_purpose_does_not_verify_for_another() {
+        let t = StreamTokens::new(b"secret");
+        let q = t.sign_query_for(UrlPurpose::DialResult, "call=CA1", 1000);
+        assert_eq!(
+            t.verify_query_for(UrlPurpose::DialResult, &q, 1000 + 5 * 3600),
+            Ok(&q[..q.rfind("&sig=").unwrap()])
+        );
+        assert_eq!(
+            t.verify_query_for(UrlPurpose::Whisper, &q, 1000),
+            Err(UrlError::BadSignature)
+        );
+        assert_eq!(t.verify_query(&q, 1000), Err(UrlError::BadSignature));
     }
 
     #[test]

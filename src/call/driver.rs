@@ -17,11 +17,12 @@
 use super::connect::{self as agent_connect, AgentRead, AgentWrite, ConnectFuture};
 use super::machine::{CallEvent, CallMachine};
 use super::settings::{CallContext, CLOSE_TIMEOUT};
-use super::tool_webhook::{self, ToolRequest};
+use super::tool_webhook::{self, ToolRequest, WebhookAnswer};
+use super::transfer::{self, TransferCall};
 use super::EndReason;
-use crate::agent::{AgentKind, ToolOutput};
-use crate::carrier::{CarrierKind, Decoded};
-use crate::obs::labels::{ErrorKind, Leg, ToolResult};
+use crate::agent::AgentKind;
+use crate::carrier::{CallUpdate, CarrierKind, Decoded};
+use crate::obs::labels::{ErrorKind, Leg};
 use crate::wire::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
 use futures_util::FutureExt;
 use std::future::Future;
@@ -53,7 +54,13 @@ const STARVATION_CHECK_TURNS: u32 = 8;
 /// Scratch buffers grown beyond this by a large message are released after the turn.
 const SCRATCH_KEEP_BYTES: usize = 4096;
 
-type ToolFuture = Pin<Box<dyn Future<Output = (ToolResult, ToolOutput)> + Send>>;
+type ToolFuture = Pin<Box<dyn Future<Output = WebhookAnswer> + Send>>;
+
+/// A transfer's REST update of the live call.
+type UpdateFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Longest a transfer's REST update may take (the machine gives up a little later).
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs one call on an upgraded carrier socket until it ends; never panics on input.
 /// `url_token` is a stream token the carrier carried in the upgrade URL. `shutdown` is
@@ -115,6 +122,8 @@ struct Legs {
     started_unix_ms: u64,
     connecting: Option<(ConnectFuture, Instant, AgentKind)>,
     tool_calls: Vec<(String, ToolFuture)>,
+    /// A transfer's REST update in flight.
+    updating: Option<UpdateFuture>,
     /// Set by [`finish`]; if the task ends without it (a panic), `Drop` still removes the
     /// call's registry entries so it does not stay "live" forever.
     finished: bool,
@@ -147,6 +156,31 @@ impl Legs {
                 m.handle_write_progress(leg, now);
             }
         }
+    }
+
+    /// The agent's socket closed while the call goes on (a call action finishes without
+    /// it): its close is answered in the background, bounded by [`CLOSE_TIMEOUT`].
+    fn retire_agent(&mut self, mut rx: AgentRead) {
+        let Some(mut tx) = self.a_tx.take() else {
+            return;
+        };
+        self.seen_written[1] = 0;
+        let peer_close = self.agent_peer_close.take();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                match peer_close {
+                    Some(received) => {
+                        let _ = tx.close_reply(received).await;
+                    }
+                    None => {
+                        if tx.close(1000, "").await.is_ok() {
+                            linger(&mut rx).await;
+                        }
+                    }
+                }
+            })
+            .await;
+        });
     }
 
     /// Moves what each leg owes into its writer and tries to write it once.
@@ -195,8 +229,10 @@ async fn drive(
         started_unix_ms,
         connecting: None,
         tool_calls: Vec::new(),
+        updating: None,
         finished: false,
     };
+    m.set_transfers_available(transfers_available(&ctx, carrier));
     let mut a_rx: Option<AgentRead> = None;
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut timer = pin!(tokio::time::sleep_until(far));
@@ -280,11 +316,16 @@ async fn drive(
             msg = async { a_rx.as_mut().expect("guarded by the branch condition").next().await }, if a_rx.is_some() => {
                 on_agent(&mut m, &mut legs, msg);
                 let mut n = 1;
-                while m.end_reason().is_none() && n < BATCH_MESSAGES {
+                while m.end_reason().is_none() && !m.agent_gone() && n < BATCH_MESSAGES {
                     let Some(rx) = a_rx.as_mut() else { break };
                     match rx.next().now_or_never() {
                         Some(msg) => { on_agent(&mut m, &mut legs, msg); n += 1; }
                         None => break,
+                    }
+                }
+                if m.agent_gone() && m.end_reason().is_none() {
+                    if let Some(rx) = a_rx.take() {
+                        legs.retire_agent(rx);
                     }
                 }
             }
@@ -313,8 +354,12 @@ async fn drive(
                     }
                 }
             }
-            (id, result, output) = poll_tools(&mut legs.tool_calls), if !legs.tool_calls.is_empty() => {
-                m.handle_tool_result(&id, result, output, Instant::now());
+            (id, answer) = poll_tools(&mut legs.tool_calls), if !legs.tool_calls.is_empty() => {
+                m.handle_tool_result(&id, answer, Instant::now());
+            }
+            r = async { legs.updating.as_mut().expect("guarded by the branch condition").await }, if legs.updating.is_some() => {
+                legs.updating = None;
+                m.handle_call_update(r, Instant::now());
             }
             _ = &mut timer, if timer_at.is_some() => {
                 legs.note_progress(&mut m, Instant::now());
@@ -412,7 +457,56 @@ fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
             ));
         }
         CallEvent::CancelTool(id) => legs.tool_calls.retain(|(i, _)| *i != id),
+        CallEvent::Transfer { dest, summary } => {
+            let markup = match (&ctx.public_host, &ctx.tokens) {
+                (Some(host), Some(tokens)) => transfer::update_markup(
+                    TransferCall {
+                        carrier: m.carrier_kind(),
+                        host,
+                        tokens,
+                        call_sid: m.call_sid(),
+                        agent: m.agent_kind(),
+                        params: m.stream_parameters(),
+                        timeout_secs: ctx.settings.control.dial_timeout_secs,
+                    },
+                    &dest,
+                    summary.as_deref(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                )
+                .map_err(|e| e.to_string()),
+                _ => Err("transfers need --public-host and stream tokens".to_owned()),
+            };
+            let markup = match markup {
+                Ok(x) => x,
+                Err(e) => {
+                    m.handle_call_update(Err(e), Instant::now());
+                    return;
+                }
+            };
+            let (c, carrier, call_sid) = (ctx.clone(), m.carrier_kind(), m.call_sid().to_owned());
+            legs.updating = Some(Box::pin(async move {
+                let update = carrier.control().update_call(
+                    &c.http,
+                    &c.carriers,
+                    &call_sid,
+                    CallUpdate::Markup(markup),
+                );
+                match tokio::time::timeout(UPDATE_TIMEOUT, update).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the carrier's REST API did not answer in time".to_owned()),
+                }
+            }));
+        }
     }
+}
+
+/// Whether calls from `carrier` can be transferred: its REST API configured, a public host
+/// for the markup's URLs, and the relay's signing key.
+fn transfers_available(ctx: &CallContext, carrier: CarrierKind) -> bool {
+    ctx.carriers.status(carrier).rest && ctx.public_host.is_some() && ctx.tokens.is_some()
 }
 
 /// The stream-token check for a carrier that requires tokens (an authenticated carrier,
@@ -499,12 +593,12 @@ fn written(m: &mut CallMachine, leg: Leg, r: std::io::Result<()>, now: Instant) 
 }
 
 /// Polls the in-flight tool webhooks; resolves with the first answer.
-async fn poll_tools(calls: &mut Vec<(String, ToolFuture)>) -> (String, ToolResult, ToolOutput) {
+async fn poll_tools(calls: &mut Vec<(String, ToolFuture)>) -> (String, WebhookAnswer) {
     std::future::poll_fn(|cx| {
         for i in 0..calls.len() {
-            if let Poll::Ready((result, output)) = calls[i].1.as_mut().poll(cx) {
+            if let Poll::Ready(answer) = calls[i].1.as_mut().poll(cx) {
                 let (id, _) = calls.swap_remove(i);
-                return Poll::Ready((id, result, output));
+                return Poll::Ready((id, answer));
             }
         }
         Poll::Pending
@@ -527,7 +621,7 @@ fn on_caller(
             debug!(?code, %reason, "the carrier closed the stream");
             release_held(m, legs, now);
             legs.caller_peer_close = Some(code);
-            m.end(EndReason::CallerClosed);
+            m.handle_caller_closed();
             return;
         }
         Ok(Message::Ping(p)) => {
@@ -545,7 +639,7 @@ fn on_caller(
         Err(ReadError::Eof) => {
             debug!("the carrier's connection closed without a close frame");
             release_held(m, legs, now);
-            m.end(EndReason::CallerClosed);
+            m.handle_caller_closed();
             return;
         }
         Err(e) => {
@@ -618,7 +712,7 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
             };
             info!(?code, %reason, meaning, "agent closed the session");
             legs.agent_peer_close = Some(code);
-            m.end(EndReason::AgentClosed(code));
+            m.handle_agent_closed(code, now);
             return;
         }
         Ok(Message::Ping(p)) => {
@@ -640,7 +734,7 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
         }
         Err(ReadError::Eof) => {
             info!("agent connection closed without a close frame");
-            m.end(EndReason::AgentClosed(None));
+            m.handle_agent_closed(None, now);
             return;
         }
         Err(ReadError::TooLarge { limit }) => {
@@ -858,6 +952,7 @@ mod size_tests {
             tokens: None,
             live: Arc::new(crate::auth::tokens::LiveStreams::default()),
             calls: Arc::new(crate::obs::calls::CallRegistry::default()),
+            public_host: None,
         });
         let fut = run(
             reader,

@@ -47,6 +47,13 @@ pub enum EndReason {
     TokenRejected(ErrorKind),
     /// A newer stream for the same call replaced this one.
     Replaced,
+    /// The agent ended the call (`end_call`, its clean close after one) and the carrier
+    /// confirmed the goodbye played (or the safety cap passed).
+    AgentEndCall,
+    /// The carrier redirected the call to a person after the relay's REST update.
+    Transferred,
+    /// A transfer could not be placed and there was no agent to go back to.
+    TransferFailed,
 }
 
 impl EndReason {
@@ -70,6 +77,9 @@ impl EndReason {
             EndReason::MaxDuration => Outcome::MaxDuration,
             EndReason::TokenRejected(_) => Outcome::TokenRejected,
             EndReason::Replaced => Outcome::Replaced,
+            EndReason::AgentEndCall => Outcome::AgentEndCall,
+            EndReason::Transferred => Outcome::Transferred,
+            EndReason::TransferFailed => Outcome::TransferFailed,
         }
     }
 
@@ -118,6 +128,7 @@ impl EndReason {
                 | EndReason::AudioFormatMismatch
                 | EndReason::StartTimeout
                 | EndReason::TokenRejected(_)
+                | EndReason::TransferFailed
         )
     }
 
@@ -159,6 +170,9 @@ mod tests {
             EndReason::MaxDuration,
             EndReason::TokenRejected(ErrorKind::TokenInvalid),
             EndReason::Replaced,
+            EndReason::AgentEndCall,
+            EndReason::Transferred,
+            EndReason::TransferFailed,
         ];
         let outcomes: std::collections::HashSet<Outcome> =
             all.iter().map(EndReason::outcome).collect();

@@ -1,6 +1,7 @@
 //! One task per call: the [`machine`] (every decision, sans-IO, injected clock, in parts), the
 //! [`driver`] (the only async code: both sockets, outboxes, the one timer), connecting the
-//! agent leg ([`connect`]) and the tool-webhook client ([`tool_webhook`]). This module only
+//! agent leg ([`connect`]), the tool-webhook client ([`tool_webhook`]) and a transfer's
+//! update markup ([`transfer`]). This module only
 //! re-exports; the types live in [`settings`] and [`end`].
 //!
 //! A media frame's path: `http::media` upgrades the carrier's socket → [`run`] → the driver
@@ -17,6 +18,7 @@ pub mod end;
 pub mod machine;
 pub mod settings;
 pub mod tool_webhook;
+pub mod transfer;
 
 pub use driver::{run, CallerRead, CallerWrite};
 pub use end::EndReason;

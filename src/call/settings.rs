@@ -61,6 +61,53 @@ pub struct CallSettings {
     pub drain_notice: Option<Arc<[u8]>>,
     /// How often a live call republishes its figures for `GET /calls`.
     pub summary_interval: Duration,
+    /// Call actions: hang-up and transfer.
+    pub control: CallControl,
+}
+
+pub use crate::carrier::dial::{is_e164, TransferDest};
+
+/// What a failed transfer's dial result does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TransferFallback {
+    /// Back to the agent, with a `transfer_failed=<status>` stream parameter.
+    #[default]
+    Agent,
+    /// Hang up.
+    Hangup,
+}
+
+/// Call-action settings (`end_call`, `transfer`).
+#[derive(Debug, Clone, Default)]
+pub struct CallControl {
+    /// Transfer targets by name (`--transfer-targets sales=+1555…,support=sip:…`).
+    pub targets: Vec<(String, TransferDest)>,
+    /// Whether an E.164 number not in the targets may be dialled.
+    pub allow_any_number: bool,
+    /// The keypad key that transfers to [`CallControl::operator_target`].
+    pub operator_digit: Option<char>,
+    /// Where the operator key (and the ElevenLabs `transfer_to_number` system tool, whose
+    /// arguments are not on the wire) transfers to: a target name or a number.
+    pub operator_target: Option<String>,
+    /// Whether caller speech during an agent's goodbye cancels its `end_call`.
+    pub end_call_cancel_on_speech: bool,
+    /// Whether the relay declares its `end_call` / `transfer_call` tools to AssemblyAI and
+    /// OpenAI agents.
+    pub builtin_tools: bool,
+    /// Ring time of a transfer's dial, seconds.
+    pub dial_timeout_secs: u32,
+    /// What a failed dial does.
+    pub fallback: TransferFallback,
+}
+
+impl CallControl {
+    /// Resolves a transfer target: a configured name, or (when allowed) an E.164 number.
+    pub fn resolve(&self, target: &str) -> Option<TransferDest> {
+        if let Some((_, d)) = self.targets.iter().find(|(n, _)| n == target) {
+            return Some(d.clone());
+        }
+        (self.allow_any_number && is_e164(target)).then(|| TransferDest::Number(target.to_owned()))
+    }
 }
 
 impl CallSettings {
@@ -87,6 +134,11 @@ impl CallSettings {
             tools: ToolSettings::default(),
             drain_notice: None,
             summary_interval: Duration::from_secs(5),
+            control: CallControl {
+                builtin_tools: true,
+                dial_timeout_secs: 30,
+                ..CallControl::default()
+            },
         }
     }
 }
@@ -110,4 +162,6 @@ pub struct CallContext {
     pub live: Arc<LiveStreams>,
     /// Live and recently ended calls' figures (`GET /calls`).
     pub calls: Arc<CallRegistry>,
+    /// The relay's public host, for the URLs a transfer's markup carries (transfers need it).
+    pub public_host: Option<String>,
 }

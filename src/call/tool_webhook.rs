@@ -8,11 +8,15 @@
 //! RELAY_TOOL_WEBHOOK_SECRET>` (the header is left out when no secret is set). A receiver
 //! checks the signature over the raw body and refuses stale timestamps.
 //!
-//! Answer: a 2xx JSON body `{"result": <any JSON>}` is the tool's result. A non-2xx status,
-//! another body, an unreachable webhook or no answer within `--tool-timeout-ms` give the agent
-//! an error result instead (the timeout is the machine's). Owns the request and the answer's
-//! parsing; not when to call (the machine) or how the agent hears it (the dialects).
+//! Answer: a 2xx JSON body `{"result": <any JSON>}` is the tool's result. It may also carry a
+//! call action the business backend decides on: `"action": {"type": "end_call", "reason"?}`
+//! or `"action": {"type": "transfer", "target": "sales", "reason"?, "summary"?}` (then
+//! `result` may be left out). A non-2xx status, another body, an unreachable webhook or no
+//! answer within `--tool-timeout-ms` give the agent an error result instead (the timeout is
+//! the machine's). Owns the request and the answer's parsing; not when to call (the machine)
+//! or how the agent hears it (the dialects).
 
+use super::machine::actions::CallAction;
 use crate::agent::ToolOutput;
 use crate::auth::Secret;
 use crate::obs::labels::ToolResult;
@@ -83,18 +87,84 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     hex
 }
 
+/// What the webhook answered: the result label, the output for the agent, and a call action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAnswer {
+    /// `relay_tool_calls_total{result}`.
+    pub result: ToolResult,
+    /// What the agent hears.
+    pub output: ToolOutput,
+    /// A call action the backend asked for.
+    pub action: Option<CallAction>,
+}
+
+impl From<(ToolResult, ToolOutput)> for WebhookAnswer {
+    fn from((result, output): (ToolResult, ToolOutput)) -> Self {
+        WebhookAnswer {
+            result,
+            output,
+            action: None,
+        }
+    }
+}
+
+/// Reads a 2xx answer body: `{"result": …}` and/or `{"action": {…}}`.
+pub fn parse_answer(body: &[u8]) -> WebhookAnswer {
+    let bad = || {
+        WebhookAnswer::from((
+            ToolResult::BadResponse,
+            Err("the tool webhook's answer is not {\"result\": …} JSON".into()),
+        ))
+    };
+    let Ok(serde_json::Value::Object(mut o)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return bad();
+    };
+    let action = o.remove("action").and_then(|a| parse_action(&a));
+    match (o.remove("result"), action) {
+        (Some(result), action) => WebhookAnswer {
+            result: ToolResult::Ok,
+            output: Ok(result),
+            action,
+        },
+        (None, Some(action)) => WebhookAnswer {
+            result: ToolResult::Ok,
+            output: Ok(serde_json::json!({ "status": "ok" })),
+            action: Some(action),
+        },
+        (None, None) => bad(),
+    }
+}
+
+/// A webhook's `action` object (unknown types and a transfer without a target are ignored).
+fn parse_action(a: &serde_json::Value) -> Option<CallAction> {
+    let text = |k: &str| a.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    match a.get("type")?.as_str()? {
+        "end_call" => Some(CallAction::EndCall {
+            reason: text("reason"),
+        }),
+        "transfer" => Some(CallAction::Transfer {
+            target: text("target")?,
+            reason: text("reason"),
+            summary: text("summary"),
+        }),
+        _ => None,
+    }
+}
+
 /// POSTs `req` to the webhook and turns the answer into a result for the agent. Never
 /// waits longer than `settings.timeout` plus a second (the machine times out first).
 pub async fn call_webhook(
     http: &HttpClient,
     settings: &ToolSettings,
     req: ToolRequest,
-) -> (ToolResult, ToolOutput) {
+) -> WebhookAnswer {
     let Some(url) = &settings.webhook_url else {
         return (
             ToolResult::NotConfigured,
             Err("no tools are configured on this relay".into()),
-        );
+        )
+            .into();
     };
     let body = match serde_json::to_vec(&req) {
         Ok(b) => b,
@@ -103,6 +173,7 @@ pub async fn call_webhook(
                 ToolResult::BadResponse,
                 Err(format!("cannot encode the call: {e}")),
             )
+                .into()
         }
     };
     let ts = std::time::SystemTime::now()
@@ -128,7 +199,8 @@ pub async fn call_webhook(
         return (
             ToolResult::Unreachable,
             Err("invalid tool webhook URL".into()),
-        );
+        )
+            .into();
     };
     let timeout = settings.timeout + Duration::from_secs(1);
     match http
@@ -138,33 +210,55 @@ pub async fn call_webhook(
         Err(crate::wire::net::NetError::Timeout) => (
             ToolResult::Timeout,
             Err("the tool webhook timed out".into()),
-        ),
+        )
+            .into(),
         Err(e) => (
             ToolResult::Unreachable,
             Err(format!("the tool webhook is unreachable ({})", e.kind())),
-        ),
+        )
+            .into(),
         Ok((status, _)) if !status.is_success() => (
             ToolResult::ErrorStatus,
             Err(format!(
                 "the tool webhook answered HTTP {}",
                 status.as_u16()
             )),
-        ),
-        Ok((_, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(serde_json::Value::Object(mut o)) if o.contains_key("result") => {
-                (ToolResult::Ok, Ok(o.remove("result").unwrap_or_default()))
-            }
-            _ => (
-                ToolResult::BadResponse,
-                Err("the tool webhook's answer is not {\"result\": …} JSON".into()),
-            ),
-        },
+        )
+            .into(),
+        Ok((_, body)) => parse_answer(&body),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_may_carry_a_call_action() {
+        let a = parse_answer(br#"{"result":{"order":"shipped"},"action":{"type":"end_call"}}"#);
+        assert_eq!(a.output, Ok(serde_json::json!({"order":"shipped"})));
+        assert_eq!(a.action, Some(CallAction::EndCall { reason: None }));
+        let a = parse_answer(br#"{"action":{"type":"transfer","target":"sales","summary":"VIP"}}"#);
+        assert_eq!(a.result, ToolResult::Ok);
+        assert_eq!(
+            a.action,
+            Some(CallAction::Transfer {
+                target: "sales".into(),
+                reason: None,
+                summary: Some("VIP".into())
+            })
+        );
+        // Unknown action types and transfers without a target are ignored.
+        assert_eq!(
+            parse_answer(br#"{"result":1,"action":{"type":"dance"}}"#).action,
+            None
+        );
+        assert_eq!(
+            parse_answer(br#"{"action":{"type":"transfer"}}"#).result,
+            ToolResult::BadResponse
+        );
+        assert_eq!(parse_answer(b"[1]").result, ToolResult::BadResponse);
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {

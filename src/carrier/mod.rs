@@ -14,6 +14,9 @@
 //! the per-frame path), [`CarrierArgs`] (its flags, flattened into `media-relay serve`) and
 //! [`CarrierSettings`].
 
+pub mod dial;
+pub use dial::{is_e164, TransferDest};
+
 use crate::auth::Secret;
 use crate::auth::SignatureError;
 use crate::obs::labels::ErrorKind;
@@ -219,6 +222,10 @@ pub struct Routes {
     pub call_status: &'static str,
     /// Stream status callbacks (`POST`).
     pub stream_status: &'static str,
+    /// A transfer's dial result (`POST`, relay-signed query): back to the agent or hang up.
+    pub dial_result: &'static str,
+    /// A transfer's whisper to the person who answers (`POST`, relay-signed query).
+    pub whisper: &'static str,
 }
 
 /// What the control plane needs to know about a carrier at a glance.
@@ -441,6 +448,16 @@ pub trait CarrierControl: Sync {
         settings: &'a CarrierSettings,
         call: NewCall<'a>,
     ) -> BoxFuture<'a, Result<Option<String>, RestError>>;
+
+    /// The markup a live call is redirected to for a transfer (see [`dial::dial`]).
+    fn transfer_markup(&self, m: dial::DialMarkup<'_>) -> String {
+        dial::dial(m)
+    }
+
+    /// The longest ring time its `<Dial timeout>` takes, seconds (Twilio 600; Telnyx 120).
+    fn max_dial_timeout_secs(&self) -> u32 {
+        600
+    }
 
     /// Updates a live call (redirect to new markup, or hang up).
     fn update_call<'a>(
@@ -705,6 +722,8 @@ mod tests {
                 r.outbound_markup,
                 r.call_status,
                 r.stream_status,
+                r.dial_result,
+                r.whisper,
             ] {
                 assert!(p.starts_with('/'), "{p}");
                 assert!(paths.insert(p), "{p} twice");

@@ -200,6 +200,8 @@ impl Carrier for Telnyx {
         outbound_markup: "/telnyx/texml/outbound",
         call_status: "/telnyx/call-status",
         stream_status: "/telnyx/stream-status",
+        dial_result: "/telnyx/texml/dial-result",
+        whisper: "/telnyx/texml/whisper",
     };
 
     fn settings(a: &Args, shared: &SharedSettings) -> Result<Settings, SettingsError> {
@@ -279,6 +281,11 @@ impl Carrier for Telnyx {
 }
 
 impl CarrierControl for Telnyx {
+    /// TeXML `<Dial timeout>` is 5–120 s.
+    fn max_dial_timeout_secs(&self) -> u32 {
+        120
+    }
+
     fn kind(&self) -> CarrierKind {
         CarrierKind::Telnyx
     }

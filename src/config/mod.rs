@@ -11,6 +11,7 @@
 use crate::agent::{AgentArgs, AgentKind, AgentSettings};
 use crate::auth::tokens::StreamTokens;
 use crate::auth::{BearerToken, Secret};
+use crate::call::settings::{CallControl, TransferDest};
 use crate::call::tool_webhook::ToolSettings;
 use crate::call::CallSettings;
 use crate::carrier::{
@@ -217,6 +218,56 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_CALL_SUMMARY_INTERVAL_MS", default_value_t = 5000)]
     pub call_summary_interval_ms: u64,
 
+    /// Transfer targets a call action may name: `name=destination` pairs separated by commas,
+    /// a destination an E.164 number or a SIP URI
+    /// (`sales=+15551230001,support=sip:queue@pbx.example.com`).
+    #[arg(long, env = "RELAY_TRANSFER_TARGETS", default_value = "")]
+    pub transfer_targets: String,
+
+    /// Let a transfer name any E.164 number, not only the configured targets.
+    #[arg(long, env = "RELAY_TRANSFER_ALLOW_ANY_NUMBER", default_value_t = false)]
+    pub transfer_allow_any_number: bool,
+
+    /// Ring time of a transfer's dial, in seconds (5..=600).
+    #[arg(long, env = "RELAY_TRANSFER_DIAL_TIMEOUT_SECS", default_value_t = 30)]
+    pub transfer_dial_timeout_secs: u32,
+
+    /// What a transfer whose dial fails (busy, no answer, failed) does: `agent` (back to the
+    /// agent, with a `transfer_failed=<status>` stream parameter) or `hangup`.
+    #[arg(
+        long,
+        env = "RELAY_TRANSFER_FALLBACK",
+        value_enum,
+        default_value = "agent"
+    )]
+    pub transfer_fallback: crate::call::settings::TransferFallback,
+
+    /// The keypad key that transfers the caller to `--operator-target` (off by default); the
+    /// key is not sent to the agent.
+    #[arg(long, env = "RELAY_OPERATOR_DIGIT")]
+    pub operator_digit: Option<String>,
+
+    /// Where the operator key transfers to (and where an ElevenLabs `transfer_to_number`
+    /// system tool goes: its arguments are not on the wire): a target name, an E.164
+    /// number or a SIP URI.
+    #[arg(long, env = "RELAY_OPERATOR_TARGET")]
+    pub operator_target: Option<String>,
+
+    /// Let caller speech during an agent's goodbye cancel its `end_call` (by default the
+    /// goodbye plays out and the call ends).
+    #[arg(long, env = "RELAY_END_CALL_CANCEL_ON_SPEECH", default_value_t = false)]
+    pub end_call_cancel_on_speech: bool,
+
+    /// Declare the relay's built-in `end_call` and `transfer_call` tools to AssemblyAI and
+    /// OpenAI agents (`--builtin-call-tools false` turns them off).
+    #[arg(
+        long,
+        env = "RELAY_BUILTIN_CALL_TOOLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub builtin_call_tools: bool,
+
     /// Agent system prompt sent as a `prompt` stream parameter by the incoming-call markup.
     #[arg(long, env = "RELAY_AGENT_PROMPT")]
     pub agent_prompt: Option<String>,
@@ -266,7 +317,13 @@ impl ServeArgs {
     /// [`ConfigError`] naming the offending flag.
     pub fn settings(&self) -> Result<RelaySettings, ConfigError> {
         let h = &self.http;
-        let agents = AgentSettings::from_args(&self.agents).map_err(|e| ConfigError(e.0))?;
+        let mut agents = AgentSettings::from_args(&self.agents).map_err(|e| ConfigError(e.0))?;
+        let control = self.call_control()?;
+        if control.builtin_tools {
+            let names: Vec<String> = control.targets.iter().map(|(n, _)| n.clone()).collect();
+            agents.shared.call_tools =
+                crate::agent::call_tool_definitions(&names, control.allow_any_number);
+        }
         if let Some(host) = &h.public_host {
             if host.is_empty() || host.contains('/') || host.contains("://") {
                 return Err(ConfigError(
@@ -294,7 +351,7 @@ impl ServeArgs {
                 }));
             }
         }
-        let call = self.call_settings(agents)?;
+        let call = self.call_settings(agents, control)?;
         if h.outbound_calls_per_minute == 0 {
             return Err(ConfigError(
                 "--outbound-calls-per-minute must be at least 1".into(),
@@ -394,7 +451,11 @@ impl ServeArgs {
     }
 
     /// The per-call settings.
-    fn call_settings(&self, agents: AgentSettings) -> Result<CallSettings, ConfigError> {
+    fn call_settings(
+        &self,
+        agents: AgentSettings,
+        control: CallControl,
+    ) -> Result<CallSettings, ConfigError> {
         let c = &self.call;
         let default_agent = c.agent.unwrap_or(if agents.elevenlabs.is_some() {
             AgentKind::Elevenlabs
@@ -505,6 +566,7 @@ impl ServeArgs {
             }
         };
         Ok(CallSettings {
+            control,
             drain_notice,
             default_agent,
             agents,
@@ -526,6 +588,89 @@ impl ServeArgs {
                 max_per_call: c.max_tool_calls_per_call,
             },
         })
+    }
+
+    /// The call-action settings.
+    fn call_control(&self) -> Result<CallControl, ConfigError> {
+        let c = &self.call;
+        let mut targets = Vec::new();
+        for pair in c
+            .transfer_targets
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let Some((name, dest)) = pair.split_once('=') else {
+                return Err(ConfigError(format!(
+                    "--transfer-targets: {pair:?} is not name=destination"
+                )));
+            };
+            let name = name.trim();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError(format!(
+                    "--transfer-targets: target name {name:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+                )));
+            }
+            let Some(dest) = TransferDest::parse(dest) else {
+                return Err(ConfigError(format!(
+                    "--transfer-targets: {name}'s destination must be an E.164 number or a sip: URI"
+                )));
+            };
+            if targets
+                .iter()
+                .any(|(n, _): &(String, TransferDest)| n == name)
+            {
+                return Err(ConfigError(format!("--transfer-targets: {name} twice")));
+            }
+            targets.push((name.to_owned(), dest));
+        }
+        let operator_digit = match c.operator_digit.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(d) if crate::carrier::is_valid_dtmf_digit(d) => d.chars().next(),
+            Some(d) => {
+                return Err(ConfigError(format!(
+                    "--operator-digit {d:?} must be one keypad key (0-9, *, #, A-D)"
+                )))
+            }
+        };
+        let operator_target = c
+            .operator_target
+            .clone()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        let control = CallControl {
+            targets,
+            allow_any_number: c.transfer_allow_any_number,
+            operator_digit,
+            operator_target,
+            end_call_cancel_on_speech: c.end_call_cancel_on_speech,
+            builtin_tools: c.builtin_call_tools,
+            dial_timeout_secs: c.transfer_dial_timeout_secs,
+            fallback: c.transfer_fallback,
+        };
+        if let Some(t) = &control.operator_target {
+            if control.resolve(t).is_none() && TransferDest::parse(t).is_none() {
+                return Err(ConfigError(format!(
+                    "--operator-target {t:?} is neither a --transfer-targets name nor an E.164 number or sip: URI"
+                )));
+            }
+        }
+        if control.operator_digit.is_some() && control.operator_target.is_none() {
+            return Err(ConfigError(
+                "--operator-digit needs --operator-target".into(),
+            ));
+        }
+        if !(5..=600).contains(&control.dial_timeout_secs) {
+            return Err(ConfigError(
+                "--transfer-dial-timeout-secs must be 5..=600".into(),
+            ));
+        }
+        Ok(control)
     }
 
     /// The configured agent settings as stream parameters (name, value), for the markup.

@@ -13,6 +13,7 @@ pub mod outbound;
 pub mod server;
 pub mod settings;
 pub mod signed_form;
+pub mod transfer;
 
 pub use crate::auth::BearerToken;
 

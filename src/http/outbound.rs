@@ -24,6 +24,7 @@ use super::{error_json, json_response, read_body, unix_now, xml_response, BodyEr
 use crate::agent::{is_agent_id, is_variable_name, AgentKind};
 use crate::auth::tokens::StreamTokens;
 use crate::auth::BearerToken;
+use crate::call::settings::is_e164;
 use crate::carrier::{
     parameter_fits, CarrierKind, NewCall, RestError, StreamMarkup, MAX_PARAMETER_CHARS,
 };
@@ -757,16 +758,6 @@ fn parameter_too_long(name: &str) -> ApiError {
             clip(name)
         ),
     )
-}
-
-/// `^\+[1-9][0-9]{1,14}$`.
-fn is_e164(s: &str) -> bool {
-    let Some(digits) = s.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
 }
 
 /// The rate-limit key of a client: its IP, IPv4-mapped addresses as IPv4, IPv6 masked to the

@@ -122,6 +122,7 @@ impl Relay {
                 tokens: tokens.clone(),
                 live: Arc::new(LiveStreams::default()),
                 calls: Arc::new(crate::obs::calls::CallRegistry::default()),
+                public_host: control.public_host.clone(),
             }),
             http: http_settings,
             control,
@@ -310,6 +311,8 @@ enum CarrierRoute {
     OutboundMarkup,
     CallStatus,
     StreamStatus,
+    DialResult,
+    Whisper,
 }
 
 fn carrier_route(path: &str) -> Option<(CarrierKind, CarrierRoute)> {
@@ -321,6 +324,8 @@ fn carrier_route(path: &str) -> Option<(CarrierKind, CarrierRoute)> {
             (r.outbound_markup, CarrierRoute::OutboundMarkup),
             (r.call_status, CarrierRoute::CallStatus),
             (r.stream_status, CarrierRoute::StreamStatus),
+            (r.dial_result, CarrierRoute::DialResult),
+            (r.whisper, CarrierRoute::Whisper),
         ]
         .into_iter()
         .find(|(p, _)| *p == path)?
@@ -356,6 +361,8 @@ async fn route(
             CarrierRoute::StreamStatus => {
                 callbacks::status(req, carrier, CallbackKind::Stream, &state).await
             }
+            CarrierRoute::DialResult => super::transfer::dial_result(req, carrier, &state).await,
+            CarrierRoute::Whisper => super::transfer::whisper(req, carrier, &state).await,
         });
     }
     let resp = match (req.method(), path.as_str()) {

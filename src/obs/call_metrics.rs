@@ -2,7 +2,10 @@
 //! [`CallMetrics::FOLD_EVERY_FRAMES`] frames, when an event was counted, and at call end.
 //! Lives inside the call: no atomics and no lookups on the per-frame path.
 
-use super::labels::{CallEventKind, Direction, DropReason, ErrorKind, Leg, Sample, ToolResult};
+use super::labels::{
+    ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind, Leg,
+    Sample, ToolResult, TransferResult,
+};
 use super::latency::LatencyHistogram;
 use super::metrics::Metrics;
 
@@ -37,6 +40,9 @@ pub struct CallMetrics {
     /// barge-ins, pings, mark lags): (which, seconds).
     samples: Vec<(Sample, f64)>,
     playout_bytes: [u64; 2],
+    /// Call actions by (action, source, result): at most one row per combination.
+    actions: Vec<((ActionKind, ActionSource, ActionResult), u64)>,
+    transfers_update_failed: u64,
     events_dirty: bool,
 }
 
@@ -134,6 +140,19 @@ impl CallMetrics {
         self.events_dirty = true;
     }
 
+    /// Counts a call action's result.
+    pub fn action(&mut self, a: ActionKind, source: ActionSource, r: ActionResult) {
+        let key = (a, source, r);
+        match self.actions.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => self.actions.push((key, 1)),
+        }
+        if a == ActionKind::Transfer && r == ActionResult::UpdateFailed {
+            self.transfers_update_failed += 1;
+        }
+        self.events_dirty = true;
+    }
+
     /// Agent audio confirmed played (`played`) or flushed, in bytes.
     pub fn playout(&mut self, played: bool, bytes: u64) {
         self.playout_bytes[usize::from(!played)] += bytes;
@@ -214,6 +233,14 @@ impl CallMetrics {
         m.playout_flushed_bytes.increment(flushed);
         for (which, v) in self.samples.drain(..) {
             m.fold_sample(a, which, v);
+        }
+        for ((kind, source, result), n) in self.actions.drain(..) {
+            for _ in 0..n {
+                m.call_action(kind, source, result);
+            }
+        }
+        for _ in 0..std::mem::take(&mut self.transfers_update_failed) {
+            m.transfer(TransferResult::UpdateFailed);
         }
     }
 }

@@ -91,6 +91,24 @@ pub struct CallSummary {
     pub bad_inputs: u32,
     /// Latencies.
     pub latency: Latencies,
+    /// The call action asked for (the newest), if any.
+    pub action: Option<ActionSummary>,
+}
+
+/// A call's action in its summary.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ActionSummary {
+    /// `end_call` or `transfer` (`relay_call_actions_total{action}`).
+    pub action: &'static str,
+    /// Who asked (`relay_call_actions_total{source}`).
+    pub source: &'static str,
+    /// What became of it (`relay_call_actions_total{result}`).
+    pub result: &'static str,
+    /// A transfer's target as named.
+    pub target: Option<String>,
+    /// A transfer's end as the carrier's dial result told this instance
+    /// (`relay_transfers_total{result}`), once known.
+    pub transfer_result: Option<&'static str>,
 }
 
 /// The registry: live calls by id, and a ring of recently ended ones.
@@ -158,6 +176,40 @@ impl CallRegistry {
             .collect();
         v.sort_by_key(|s| s.started_unix_ms);
         v
+    }
+
+    /// Records a transfer's dial result on the newest call with this call SID (live or
+    /// recently ended); `false` when this instance has no such call.
+    pub fn set_transfer_result(&self, call_sid: &str, result: &'static str) -> bool {
+        let set = |s: &mut CallSummary| {
+            let a = s.action.get_or_insert(ActionSummary {
+                action: "transfer",
+                source: "",
+                result: "",
+                target: None,
+                transfer_result: None,
+            });
+            a.transfer_result = Some(result);
+        };
+        {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = live
+                .values_mut()
+                .filter(|s| s.call_sid == call_sid)
+                .max_by_key(|s| s.started_unix_ms)
+            {
+                set(s);
+                return true;
+            }
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.iter_mut().rev().find(|s| s.call_sid == call_sid) {
+            Some(s) => {
+                set(s);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A live call with this call SID, else the most recent ended one.

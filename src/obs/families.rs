@@ -159,6 +159,15 @@ families! {
     /// `relay_http_connections_pending`.
     HTTP_CONNECTIONS_PENDING = "relay_http_connections_pending", Gauge, None,
         "HTTP connections accepted that have not been upgraded or closed.";
+    /// `relay_call_actions_total{action,source,result}`.
+    CALL_ACTIONS = "relay_call_actions_total", Counter, None,
+        "Call actions (end_call, transfer) asked for, by action, source and result.";
+    /// `relay_transfers_total{result}`.
+    TRANSFERS = "relay_transfers_total", Counter, None,
+        "Transfers to a person, by result (the carrier's DialCallStatus, or update_failed).";
+    /// `relay_goodbye_cut_seconds{agent}`.
+    GOODBYE_CUT = "relay_goodbye_cut_seconds", Histogram, Some(Unit::Seconds),
+        "Agent audio sent but not yet played when a call ended by a call action closed its stream, by agent.";
     /// `relay_drain_notices_total`.
     DRAIN_NOTICES = "relay_drain_notices_total", Counter, None,
         "Calls that heard the drain notice before the drain deadline closed them.";

@@ -95,6 +95,9 @@ label_enum! {
         /// Agent audio dropped while a closing call plays the drain notice (the notice replaces
         /// the agent's voice; caller audio still reaches the agent).
         Draining = "draining",
+        /// Agent audio that arrived after a call action's goodbye or announcement was complete
+        /// (the call is ending or being transferred).
+        CallEnding = "call_ending",
     }
 }
 
@@ -171,6 +174,8 @@ label_enum! {
         PlayoutLag = "playout_lag",
         /// `relay_agent_ping_rtt_seconds`.
         PingRtt = "ping_rtt",
+        /// `relay_goodbye_cut_seconds`.
+        GoodbyeCut = "goodbye_cut",
     }
 }
 
@@ -212,6 +217,91 @@ label_enum! {
         TokenRejected = "token_rejected",
         /// A newer stream for the same call replaced this one.
         Replaced = "replaced",
+        /// The agent ended the call (`end_call` from any source) and its goodbye was heard.
+        AgentEndCall = "agent_end_call",
+        /// The call was handed to a person (the carrier redirected it after the REST update).
+        Transferred = "transferred",
+        /// A transfer the call depended on (no agent to go back to) could not be placed.
+        TransferFailed = "transfer_failed",
+    }
+}
+
+label_enum! {
+    /// A call action: the `action` label of `relay_call_actions_total`.
+    pub enum ActionKind {
+        /// Hang up once the goodbye was heard.
+        EndCall = "end_call",
+        /// Hand the caller to a person.
+        Transfer = "transfer",
+    }
+}
+
+label_enum! {
+    /// Who asked for a call action: the `source` label of `relay_call_actions_total`.
+    pub enum ActionSource {
+        /// The relay's built-in `end_call` / `transfer_call` tool (AssemblyAI, OpenAI).
+        BuiltinTool = "builtin_tool",
+        /// An ElevenLabs system tool (`agent_tool_response`), or its clean close after one.
+        SystemTool = "system_tool",
+        /// An ElevenLabs client tool named `end_call` / `transfer_call`.
+        ClientTool = "client_tool",
+        /// The tool webhook's answer (`"action": {…}`).
+        Webhook = "webhook",
+        /// The caller pressed the operator key.
+        Dtmf = "dtmf",
+        /// The agent ended its session itself (AssemblyAI `session.ended`, a local agent).
+        Agent = "agent",
+    }
+}
+
+label_enum! {
+    /// What became of a call action: the `result` label of `relay_call_actions_total`.
+    pub enum ActionResult {
+        /// Accepted; it runs once the agent's audio was heard.
+        Accepted = "accepted",
+        /// A transfer target that is neither a configured name nor an allowed number.
+        UnknownTarget = "unknown_target",
+        /// Another action is already in progress.
+        InProgress = "in_progress",
+        /// The carrier has no REST access for transfers (or no public host to sign URLs).
+        Unavailable = "unavailable",
+        /// The carrier's REST update failed or timed out.
+        UpdateFailed = "update_failed",
+        /// Caller speech cancelled an `end_call` (with `--end-call-cancel-on-speech`).
+        Cancelled = "cancelled",
+    }
+}
+
+label_enum! {
+    /// How a transfer ended: the `result` label of `relay_transfers_total` (the carrier's
+    /// `DialCallStatus`, or the relay's own REST failure).
+    pub enum TransferResult {
+        /// The person answered and the call was bridged.
+        Completed = "completed",
+        /// Busy.
+        Busy = "busy",
+        /// Nobody answered in time.
+        NoAnswer = "no_answer",
+        /// The dial failed.
+        Failed = "failed",
+        /// The dial was canceled.
+        Canceled = "canceled",
+        /// The relay's REST update of the call failed.
+        UpdateFailed = "update_failed",
+    }
+}
+
+impl TransferResult {
+    /// The result for a carrier's `DialCallStatus` value (`answered` counts as completed;
+    /// anything unknown as failed).
+    pub fn from_dial_status(s: &str) -> TransferResult {
+        match s {
+            "completed" | "answered" => TransferResult::Completed,
+            "busy" => TransferResult::Busy,
+            "no-answer" => TransferResult::NoAnswer,
+            "canceled" => TransferResult::Canceled,
+            _ => TransferResult::Failed,
+        }
     }
 }
 
@@ -300,6 +390,8 @@ error_kinds! {
     OutboundUrlSignature = "outbound_url_signature" [Caller],
     /// A relay-signed URL that has expired.
     OutboundUrlExpired = "outbound_url_expired" [Caller],
+    /// A transfer's dial-result URL posted for another call than it was signed for.
+    TransferUrlWrongCall = "transfer_url_wrong_call" [Caller],
     // the agent leg
     /// The agent's audio formats are not μ-law 8 kHz both ways.
     AudioFormatMismatch = "audio_format_mismatch" [Agent],

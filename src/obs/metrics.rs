@@ -15,8 +15,8 @@
 
 use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
-    CallEventKind, Direction, DropReason, ErrorKind, HttpRejectReason, Leg, Outcome, TokenResult,
-    ToolResult, UpgradeResult,
+    ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
+    HttpRejectReason, Leg, Outcome, TokenResult, ToolResult, TransferResult, UpgradeResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -74,9 +74,13 @@ pub const PLAYOUT_LAG_BUCKETS: [f64; 14] = [
 /// Buckets (seconds) of `relay_agent_ping_rtt_seconds`.
 pub const PING_RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 
+/// Buckets (seconds) of `relay_goodbye_cut_seconds`: 0 is its own bucket (the goal), then
+/// up to 10 s.
+pub const GOODBYE_CUT_BUCKETS: [f64; 9] = [0.0, 0.02, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
+
 /// Histogram families kept by the exporter, and their buckets (the per-frame families are
 /// [`FrameHistogram`]s of our own, see `obs::latency`).
-const HISTOGRAMS: [(Family, &[f64]); 9] = [
+const HISTOGRAMS: [(Family, &[f64]); 10] = [
     (fam::CALL_FORWARD_LATENCY_P99, &FORWARD_LATENCY_BUCKETS),
     (fam::AGENT_CONNECT_DURATION, &CONNECT_BUCKETS),
     (fam::CALL_DURATION, &CALL_DURATION_BUCKETS),
@@ -86,6 +90,7 @@ const HISTOGRAMS: [(Family, &[f64]); 9] = [
     (fam::BARGE_IN_LATENCY, &BARGE_IN_BUCKETS),
     (fam::PLAYOUT_LAG, &PLAYOUT_LAG_BUCKETS),
     (fam::AGENT_PING_RTT, &PING_RTT_BUCKETS),
+    (fam::GOODBYE_CUT, &GOODBYE_CUT_BUCKETS),
 ];
 
 /// The open label sets the registry is built for: agent dialect names (`agent` label, in
@@ -130,6 +135,7 @@ struct AgentHistograms {
     barge_in: Histogram,
     playout_lag: Histogram,
     ping_rtt: Histogram,
+    goodbye_cut: Histogram,
 }
 
 /// Series of one agent.
@@ -194,6 +200,9 @@ pub struct Metrics {
     stream_tokens: Vec<Counter>,
     http_rejected: Vec<Counter>,
     http_pending: Gauge,
+    /// `relay_call_actions_total`, by action, source, result.
+    actions: Vec<Counter>,
+    transfers: Vec<Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -291,6 +300,7 @@ impl Metrics {
                         barge_in: h(fam::BARGE_IN_LATENCY),
                         playout_lag: h(fam::PLAYOUT_LAG),
                         ping_rtt: h(fam::AGENT_PING_RTT),
+                        goodbye_cut: h(fam::GOODBYE_CUT),
                     },
                     events: CallEventKind::ALL
                         .iter()
@@ -397,6 +407,29 @@ impl Metrics {
                     .collect::<Vec<_>>(),
             ),
             http_pending: gauge(fam::HTTP_CONNECTIONS_PENDING, &[]),
+            actions: ActionKind::ALL
+                .iter()
+                .flat_map(|a| ActionSource::ALL.iter().map(move |s| (a, s)))
+                .flat_map(|(a, s)| ActionResult::ALL.iter().map(move |r| (a, s, r)))
+                .map(|(a, so, r)| {
+                    counter(
+                        fam::CALL_ACTIONS,
+                        &[
+                            ("action", s(a.as_str())),
+                            ("source", s(so.as_str())),
+                            ("result", s(r.as_str())),
+                        ],
+                    )
+                })
+                .collect(),
+            transfers: labelled(
+                fam::TRANSFERS,
+                "result",
+                &TransferResult::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             labels,
             process: metrics_process::Collector::default(),
             recorder,
@@ -464,6 +497,18 @@ impl Metrics {
     /// Counts one stream-token check by result.
     pub fn stream_token(&self, r: TokenResult) {
         self.stream_tokens[r.index()].increment(1);
+    }
+
+    /// Counts one call action: `relay_call_actions_total{action,source,result}`.
+    pub fn call_action(&self, a: ActionKind, source: ActionSource, r: ActionResult) {
+        let i =
+            (a.index() * ActionSource::COUNT + source.index()) * ActionResult::COUNT + r.index();
+        self.actions[i].increment(1);
+    }
+
+    /// Counts one transfer's end: `relay_transfers_total{result}`.
+    pub fn transfer(&self, r: TransferResult) {
+        self.transfers[r.index()].increment(1);
     }
 
     /// Counts a connection closed before its request completed.
@@ -615,6 +660,7 @@ impl Metrics {
             Sample::BargeIn => h.barge_in.record(v),
             Sample::PlayoutLag => h.playout_lag.record(v),
             Sample::PingRtt => h.ping_rtt.record(v),
+            Sample::GoodbyeCut => h.goodbye_cut.record(v),
         }
     }
 }

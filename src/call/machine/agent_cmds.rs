@@ -25,6 +25,8 @@ pub enum AgentCmd {
         id: String,
         /// The result or error.
         output: ToolOutput,
+        /// Whether the agent is asked to respond to it.
+        followup: bool,
     },
     /// Keypad digits.
     Dtmf(String),
@@ -119,7 +121,11 @@ impl AgentCmds {
             let sent = match cmd {
                 AgentCmd::SessionInit => d.encode_session_init(part, out),
                 AgentCmd::Pong(id) => part == 0 && d.encode_pong(*id, out),
-                AgentCmd::ToolResult { id, output } => d.encode_tool_result(part, id, output, out),
+                AgentCmd::ToolResult {
+                    id,
+                    output,
+                    followup,
+                } => d.encode_tool_result(part, id, output, *followup, out),
                 AgentCmd::Dtmf(digits) => d.encode_dtmf(part, digits, out),
                 AgentCmd::BargeIn { reply, played_ms } => {
                     part == 0 && d.encode_barge_in(*reply, *played_ms, out)

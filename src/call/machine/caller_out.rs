@@ -188,6 +188,18 @@ impl CallerOut {
         self.force_mark_at = Some(at_ms);
     }
 
+    /// Owes a mark now at the end of the audio sent (`at_ms`, the current offset), even if
+    /// no audio follows: how a goodbye's end is confirmed.
+    pub fn owe_mark_at(&mut self, at_ms: u64) {
+        self.force_mark_at = Some(at_ms);
+        self.mark_owed = true;
+    }
+
+    /// Whether no agent audio waits in the outbox.
+    pub fn queue_is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// ms of agent audio sent so far.
     pub fn sent_ms(&self) -> u64 {
         self.playout.sent_ms()

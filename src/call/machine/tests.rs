@@ -13,12 +13,13 @@ use serde_json::Value;
 
 const SID: &str = "MZ00000000000000000000000000000001";
 
-fn settings(default_agent: AgentKind) -> CallSettings {
+pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
     CallSettings {
         default_agent,
         agents: AgentSettings {
             shared: SharedSettings {
                 tools: serde_json::json!([]),
+                ..SharedSettings::default()
             },
             echo: Some(echo::Settings {
                 delay: Duration::from_millis(500),
@@ -56,18 +57,23 @@ fn settings(default_agent: AgentKind) -> CallSettings {
         },
         drain_notice: None,
         summary_interval: Duration::from_secs(5),
+        control: crate::call::settings::CallControl {
+            builtin_tools: true,
+            dial_timeout_secs: 30,
+            ..Default::default()
+        },
     }
 }
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn b64(audio: &[u8]) -> String {
+pub(super) fn b64(audio: &[u8]) -> String {
     base64_simd::STANDARD.encode_to_string(audio)
 }
 
-fn start_event<'a>(
+pub(super) fn start_event<'a>(
     params: &[(&'a str, &'a str)],
     enc: &'a str,
     rate: u64,
@@ -85,13 +91,13 @@ fn start_event<'a>(
     })
 }
 
-struct Call {
-    m: CallMachine,
-    t0: Instant,
+pub(super) struct Call {
+    pub(super) m: CallMachine,
+    pub(super) t0: Instant,
 }
 
 impl Call {
-    fn new(s: CallSettings) -> Call {
+    pub(super) fn new(s: CallSettings) -> Call {
         let t0 = Instant::now();
         Call {
             m: CallMachine::new(Arc::new(s), CarrierKind::Twilio, t0),
@@ -99,12 +105,12 @@ impl Call {
         }
     }
 
-    fn at(&self, n: u64) -> Instant {
+    pub(super) fn at(&self, n: u64) -> Instant {
         self.t0 + ms(n)
     }
 
     /// `start`, then the driver's admission answer (no token required, no older stream).
-    fn start(&mut self, params: &[(&str, &str)], at: u64) {
+    pub(super) fn start(&mut self, params: &[(&str, &str)], at: u64) {
         self.m
             .handle_caller(start_event(params, "audio/x-mulaw", 8000, 1), self.at(at));
         if let Some(CallEvent::Admit { .. }) = self.m.poll_event() {
@@ -112,7 +118,7 @@ impl Call {
         }
     }
 
-    fn media(&mut self, audio: &[u8], chunk: u64, at: u64) {
+    pub(super) fn media(&mut self, audio: &[u8], chunk: u64, at: u64) {
         let p = b64(audio);
         self.m.handle_caller(
             CallerEvent::Media(Media {
@@ -126,7 +132,7 @@ impl Call {
     }
 
     /// Decodes `json` with the call's dialect and hands it to the machine.
-    fn agent(&mut self, json: &str, at: u64) {
+    pub(super) fn agent(&mut self, json: &str, at: u64) {
         let mut b = json.as_bytes().to_vec();
         let mut sc = simd_json::Buffers::default();
         let ev = self
@@ -139,7 +145,7 @@ impl Call {
     }
 
     /// Everything `side` would transmit at `at`, as JSON values.
-    fn drain(&mut self, side: Leg, at: u64) -> Vec<Value> {
+    pub(super) fn drain(&mut self, side: Leg, at: u64) -> Vec<Value> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
         while self.m.poll_transmit(side, &mut buf, self.at(at)) {
@@ -148,7 +154,7 @@ impl Call {
         out
     }
 
-    fn twilio_audio(&mut self, at: u64) -> (Vec<u8>, Vec<Value>) {
+    pub(super) fn twilio_audio(&mut self, at: u64) -> (Vec<u8>, Vec<Value>) {
         let msgs = self.drain(Leg::Caller, at);
         let mut audio = Vec::new();
         let mut other = Vec::new();
@@ -164,12 +170,12 @@ impl Call {
         (audio, other)
     }
 
-    fn end(&self) -> Option<&EndReason> {
+    pub(super) fn end(&self) -> Option<&EndReason> {
         self.m.end_reason()
     }
 }
 
-fn dropped(m: &CallMachine, d: Direction) -> u64 {
+pub(super) fn dropped(m: &CallMachine, d: Direction) -> u64 {
     m.metrics().dropped_total[d.index()]
 }
 
@@ -310,7 +316,11 @@ fn tool_webhook_timeout_gives_the_agent_an_error() {
     assert_eq!(sent[0]["type"], "client_tool_result");
     assert_eq!(sent[0]["is_error"], true);
     // A late answer is ignored.
-    c.m.handle_tool_result("t1", ToolResult::Ok, Ok(serde_json::json!("late")), c.at(0));
+    c.m.handle_tool_result(
+        "t1",
+        (ToolResult::Ok, Ok(serde_json::json!("late"))).into(),
+        c.at(0),
+    );
     assert!(c.drain(Leg::Agent, 9_001).is_empty());
 }
 
@@ -348,7 +358,7 @@ fn dtmf_digits_go_out_after_the_interdigit_time_or_on_hash() {
 
 // === early audio, outboxes ===
 
-fn elevenlabs_ready(c: &mut Call, at: u64) {
+pub(super) fn elevenlabs_ready(c: &mut Call, at: u64) {
     c.agent(r#"{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"conversation_id":"c","user_input_audio_format":"ulaw_8000","agent_output_audio_format":"ulaw_8000"}}"#, at);
 }
 
@@ -683,8 +693,7 @@ fn assemblyai_gates_audio_on_session_ready_and_holds_tool_results_until_reply_do
     assert!(matches!(c.m.poll_event(), Some(CallEvent::CallTool { .. })));
     c.m.handle_tool_result(
         "c1",
-        ToolResult::Ok,
-        Ok(serde_json::json!({"status":"shipped"})),
+        (ToolResult::Ok, Ok(serde_json::json!({"status":"shipped"}))).into(),
         c.at(0),
     );
     assert!(c.drain(Leg::Agent, 50).is_empty(), "held until reply.done");
@@ -703,7 +712,11 @@ fn assemblyai_gates_audio_on_session_ready_and_holds_tool_results_until_reply_do
     );
     c.m.poll_event();
     c.m.poll_event();
-    c.m.handle_tool_result("c2", ToolResult::Ok, Ok(serde_json::json!(1)), c.at(0));
+    c.m.handle_tool_result(
+        "c2",
+        (ToolResult::Ok, Ok(serde_json::json!(1))).into(),
+        c.at(0),
+    );
     c.agent(r#"{"type":"reply.done","status":"interrupted"}"#, 90);
     assert!(c
         .drain(Leg::Agent, 90)

@@ -28,6 +28,9 @@ label_enum! {
         Dtmf = "dtmf",
         /// A held sub-20 ms tail of agent audio must go out.
         CoalesceHold = "coalesce_hold",
+        /// A call action's next step (the agent's quiet, the final mark's cap, the REST
+        /// update's timeout).
+        Action = "action",
     }
 }
 

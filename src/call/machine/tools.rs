@@ -35,7 +35,7 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct Tools {
     pending: Vec<Pending>,
-    held: Vec<(String, ToolOutput)>,
+    held: Vec<(String, ToolOutput, bool)>,
     /// Whether the agent's latest reply event is its `reply.done` (results may go).
     reply_done_latest: bool,
     /// Tool calls asked for so far.
@@ -117,12 +117,20 @@ impl Tools {
         out
     }
 
-    /// A result for the agent: queued, held until the reply is done (`hold`), or discarded
-    /// when too many already wait. Returns `false` when discarded.
+    /// Whether a result delivered now would be held until the agent's reply is done (for a
+    /// dialect that `hold`s results).
+    pub fn holds(&self, hold: bool) -> bool {
+        hold && !self.reply_done_latest
+    }
+
+    /// A result for the agent (`followup`: it is asked to respond): queued, held until the
+    /// reply is done (`hold`), or discarded when too many already wait. Returns `false` when
+    /// discarded.
     pub fn deliver(
         &mut self,
         id: String,
         output: ToolOutput,
+        followup: bool,
         hold: bool,
         cmds: &mut AgentCmds,
     ) -> bool {
@@ -130,9 +138,13 @@ impl Tools {
             return false;
         }
         if hold && !self.reply_done_latest {
-            self.held.push((id, output));
+            self.held.push((id, output, followup));
         } else {
-            cmds.push(AgentCmd::ToolResult { id, output });
+            cmds.push(AgentCmd::ToolResult {
+                id,
+                output,
+                followup,
+            });
         }
         true
     }
@@ -151,8 +163,12 @@ impl Tools {
             self.held.clear();
             n
         } else {
-            for (id, output) in self.held.drain(..) {
-                cmds.push(AgentCmd::ToolResult { id, output });
+            for (id, output, followup) in self.held.drain(..) {
+                cmds.push(AgentCmd::ToolResult {
+                    id,
+                    output,
+                    followup,
+                });
             }
             0
         }
@@ -215,16 +231,16 @@ mod tests {
         let mut t = Tools::default();
         let mut c = AgentCmds::default();
         t.reply_started();
-        assert!(t.deliver("x".into(), Ok(serde_json::json!(1)), true, &mut c));
+        assert!(t.deliver("x".into(), Ok(serde_json::json!(1)), true, true, &mut c));
         assert_eq!(c.tool_results(), 0);
         assert_eq!(t.reply_done(false, &mut c), 0);
         assert_eq!(c.tool_results(), 1);
         t.reply_started();
-        assert!(t.deliver("y".into(), Ok(serde_json::json!(2)), true, &mut c));
+        assert!(t.deliver("y".into(), Ok(serde_json::json!(2)), true, true, &mut c));
         assert_eq!(t.reply_done(true, &mut c), 1);
         assert_eq!(c.tool_results(), 1);
         for i in 0..MAX_TOOL_RESULTS_WAITING {
-            let ok = t.deliver(i.to_string(), Ok(serde_json::json!(0)), false, &mut c);
+            let ok = t.deliver(i.to_string(), Ok(serde_json::json!(0)), true, false, &mut c);
             assert_eq!(ok, i + 1 < MAX_TOOL_RESULTS_WAITING);
         }
     }

@@ -130,6 +130,8 @@ impl Carrier for Twilio {
         outbound_markup: "/twiml/outbound",
         call_status: "/call-status",
         stream_status: "/stream-status",
+        dial_result: "/twiml/dial-result",
+        whisper: "/twiml/whisper",
     };
 
     fn settings(a: &Args, shared: &SharedSettings) -> Result<Settings, SettingsError> {

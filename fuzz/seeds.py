@@ -7,13 +7,19 @@ Sources:
   loadtest/src/twilio_sim.rs send them;
 - ElevenLabs, AssemblyAI and OpenAI Realtime server events as in their API references and the
   dialect tests (src/agent/*.rs);
+- Telnyx media-streaming messages (start, media, dtmf, mark, error, stop, connected) as
+  documented (developers.telnyx.com/docs/voice/programmable-voice/media-streaming) and as the
+  codec's tests (src/carrier/telnyx/tests.rs) use them, in order, shuffled, with gaps and
+  duplicates for the reordering window;
 - Twilio webhook form bodies (voice webhook, call and stream status callbacks) and the
-  signature test vectors of src/auth/signature.rs;
+  signature test vectors of src/carrier/twilio/signature.rs;
 - every raw JSON string literal (r#"{...}"#) in src/, tests/ and loadtest/src/ that parses
-  as JSON and names a Twilio `event` or an agent `type` (deduplicated, capped).
+  as JSON and names a carrier `event` (Telnyx for files named telnyx, else Twilio) or an
+  agent `type` (deduplicated, capped).
 
-Run from anywhere: `python3 fuzz/seeds.py`. Only the Python standard library is used. The
-output is deterministic for a given source tree; files are rewritten, stale ones removed.
+Run from anywhere: `python3 fuzz/seeds.py [TARGET...]` (all targets by default). Only the
+Python standard library is used. The output is deterministic for a given source tree; the
+named targets' files are rewritten, stale ones removed.
 """
 
 import base64
@@ -147,6 +153,104 @@ TWILIO_MESSAGES = {
     "dtmf-hash": tw_dtmf(8, "#"),
     "stop": tw_stop(9),
 }
+
+# === Telnyx media streaming (docs shapes, as src/carrier/telnyx/tests.rs) ===
+
+TX_STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
+TX_CALL = "v3:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"
+
+# The documented `start`, verbatim (pretty-printed, v2 call control id).
+TX_START_DOCS = """{
+ "event": "start",
+ "sequence_number": "1",
+ "start": {
+   "user_id": "3E6F995F-85F7-4705-9741-53B116D28237",
+   "call_control_id": "v2:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ",
+   "call_session_id": "ff55a038-6f5d-11ef-9692-02420aeffb1f",
+   "from": "+13122010094",
+   "to": "+13122123456",
+   "tags": ["TAG1", "TAG2"],
+   "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
+   "media_format": { "encoding": "PCMU", "sample_rate": 8000, "channels": 1 }
+ },
+ "stream_id": "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
+}"""
+TX_CONNECTED = {"event": "connected", "version": "1.0.0"}
+
+
+def tx_start(seq=1, params=None, fmt=("PCMU", 8000, 1)):
+    start = {
+        "user_id": "3E6F995F-85F7-4705-9741-53B116D28237",
+        "call_control_id": TX_CALL,
+        "call_session_id": "ff55a038-6f5d-11ef-9692-02420aeffb1f",
+        "from": "+13122010094",
+        "to": "+13122123456",
+        "media_format": {"encoding": fmt[0], "sample_rate": fmt[1], "channels": fmt[2]},
+    }
+    if params is not None:
+        start["custom_parameters"] = params
+    return {"event": "start", "sequence_number": str(seq), "start": start, "stream_id": TX_STREAM}
+
+
+def tx_media(seq, audio):
+    """As the codec tests' media(seq, payload): chunk = seq, timestamp = 20 ms per frame."""
+    return {
+        "event": "media",
+        "sequence_number": str(seq),
+        "media": {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20),
+                  "payload": b64(audio)},
+        "stream_id": TX_STREAM,
+    }
+
+
+def tx_dtmf(seq, digit):
+    return {"event": "dtmf", "stream_id": TX_STREAM, "occurred_at": "2025-06-05T08:54:19.698408Z",
+            "sequence_number": str(seq), "dtmf": {"digit": digit}}
+
+
+def tx_mark(seq, name):
+    return {"event": "mark", "stream_id": TX_STREAM, "sequence_number": str(seq),
+            "mark": {"name": name}}
+
+
+def tx_stop(seq):
+    return {"event": "stop", "sequence_number": str(seq),
+            "stop": {"user_id": "3E6F995F-85F7-4705-9741-53B116D28237", "call_control_id": TX_CALL},
+            "stream_id": TX_STREAM}
+
+
+TX_ERROR = {"event": "error", "payload": {"code": 100003, "title": "malformed_frame",
+                                          "detail": "Received frame was not formed correctly"},
+            "stream_id": TX_STREAM}
+RELAY_TX_PARAMS = {"agent": "echo", "relay_token": "q7Zr3V0aK9yW1tE5uI8oP2sD4fG6hJ0kL3zX5cV7bN9"}
+
+TELNYX_MESSAGES = {
+    "connected": TX_CONNECTED,
+    "start-pcmu": tx_start(),
+    "start-params-object": tx_start(params=RELAY_TX_PARAMS),
+    "start-params-list": tx_start(params=[{"name": k, "value": v} for k, v in RELAY_TX_PARAMS.items()]),
+    "start-audio-x-mulaw": tx_start(fmt=("audio/x-mulaw", 8000, 1)),
+    "start-pcma": tx_start(fmt=("PCMA", 8000, 1)),
+    "start-l16": tx_start(fmt=("L16", 16000, 1)),
+    "media-20ms": tx_media(2, tone(160)),
+    "media-silence": tx_media(3, b"\xff" * 160),
+    "dtmf": tx_dtmf(5, "1"),
+    "mark": tx_mark(5, "some_mark_name"),
+    "error": TX_ERROR,
+    "stop": tx_stop(5),
+    "unknown-event": {"event": "someday"},
+}
+# Frames the codec refuses (its tests' errors).
+TELNYX_BAD = [
+    b"{",
+    b'{"x":1}',
+    b'{"event":"media","media":{}}',
+    b'{"event":"start","start":{},"stream_id":"a\\"b"}',
+    b'{"event":"start","start":{"call_control_id":"v3 x"},"stream_id":"s"}',
+    b'{"event":"dtmf","dtmf":{"digit":"12"}}',
+    b'{"sequence_number" :  7 ,"event":"x"}',
+]
+
 
 # === Agent server events ===
 
@@ -461,13 +565,18 @@ def twilio_sig(token, url, body=""):
 
 
 def main():
+    only = set(sys.argv[1:])
     if os.path.isdir(OUT):
         for dirpath, _, files in os.walk(OUT):
+            if only and os.path.basename(dirpath) not in only:
+                continue
             for fn in files:
                 os.remove(os.path.join(dirpath, fn))
     counts = {}
 
     def put(target, name, data):
+        if only and target not in only:
+            return
         write(target, name, data)
         counts[target] = counts.get(target, 0) + 1
 
@@ -614,11 +723,39 @@ def main():
     for name, rec in twiml_cases.items():
         put("twiml", name, "\0".join(rec).encode())
 
+    # telnyx_codec: [n][plan: n bytes]frame\0frame...; an empty plan feeds the frames as
+    # they are, plan byte b feeds frame (b & 0x3f), twice with bit 6, after release_all with bit 7.
+    def tx(frames, plan=b""):
+        return bytes([len(plan)]) + plan + b"\0".join(frames)
+
+    for name, msg in TELNYX_MESSAGES.items():
+        put("telnyx_codec", name, tx([j(msg)]))
+    put("telnyx_codec", "start-docs-pretty", tx([TX_START_DOCS.encode()]))
+    put("telnyx_codec", "refused-frames", tx(TELNYX_BAD))
+    media = [j(tx_media(i, tone(160, phase=160 * i))) for i in range(2, 12)]
+    call = [j(TX_CONNECTED), j(tx_start(params=RELAY_TX_PARAMS))] + media
+    call += [j(tx_dtmf(12, "4")), j(tx_mark(13, "ms-200")), j(tx_stop(14))]
+    put("telnyx_codec", "call-in-order", tx(call))
+    # The codec tests' arrival order 2 3 5 4 6 9 7 8 10 11: a few swapped, one three apart.
+    order = [0, 1, 3, 2, 4, 7, 5, 6, 8, 9]
+    put("telnyx_codec", "call-shuffled", tx(call[:2] + [media[i] for i in order] + call[12:]))
+    put("telnyx_codec", "call-shuffled-plan", tx(call, bytes([0, 1] + [2 + i for i in order])))
+    # Frame 3 missing until after the window gave up on it: skipped, then late.
+    gap = [j(tx_media(i, tone(160, phase=160 * i))) for i in range(1, 11)]
+    put("telnyx_codec", "gap-longer-than-window", tx(gap[:2] + gap[3:] + gap[2:3]))
+    # Frames still held when the stream ends.
+    put("telnyx_codec", "held-at-end", tx([j(tx_media(1, b"a")), j(tx_media(3, b"c")), j(tx_media(4, b"d"))]))
+    # Duplicates (bit 6), a late duplicate, and release_all mid-stream (bit 7) then more frames.
+    put("telnyx_codec", "duplicates-and-release",
+        tx(gap, bytes([0, 0x40 | 2, 3, 1, 0x40 | 5, 4, 0x80 | 7, 6, 9, 8, 7])))
+
     # Literals from the repository's own tests and simulators.
     literals = extract_literals()
     seen = {}
     for path, lit, v in literals:
-        if "event" in v and isinstance(v["event"], str):
+        if "event" in v and isinstance(v["event"], str) and "telnyx" in path:
+            target, data = "telnyx_codec", b"\0" + lit.encode()
+        elif "event" in v and isinstance(v["event"], str):
             target, data = "twilio_codec", lit.encode()
         elif "type" in v or "code" in v or "error" in v:
             d = dialect_of(path, v)

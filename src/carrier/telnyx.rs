@@ -43,7 +43,9 @@ use std::time::Duration;
 /// held, the gap is skipped.
 pub const REORDER_WINDOW: usize = 4;
 
-/// Most bytes held in the reordering window (a frame is a few hundred bytes).
+/// Bytes held in the reordering window beyond which the gap is skipped at once (a frame is a
+/// few hundred bytes): at most this plus one frame (itself under the caller's message size
+/// limit) is ever held.
 pub const REORDER_WINDOW_BYTES: usize = 16 * 1024;
 
 /// Largest Telnyx REST response body read, in bytes.
@@ -736,6 +738,12 @@ impl CarrierCodec for Session {
             if seq > expected {
                 self.hold(seq, frame);
                 return Ok(Decoded::Held);
+            }
+            if self.held.first().is_some_and(|(s, _)| *s == seq) {
+                // A skipped gap made the held frame `seq` the next one: this is its duplicate
+                // (the held copy goes out on release).
+                self.out_of_order += 1;
+                return Ok(Decoded::Late);
             }
             self.expected = Some(seq + 1);
         }

@@ -372,3 +372,30 @@ fn create_call_body_and_answers() {
     );
     assert_eq!(call_id_of(&serde_json::json!({"from": "+1"})), None);
 }
+
+#[test]
+fn a_frame_made_next_by_a_skipped_gap_is_delivered_once_even_if_it_repeats_before_release() {
+    let mut s = Session::default();
+    let mut sc = simd_json::Buffers::default();
+    let mut got = Vec::new();
+    let mut feed = |s: &mut Session, f: String, got: &mut Vec<String>| {
+        let mut b = f.into_bytes();
+        if let Decoded::Event(CallerEvent::Media(m)) = s.decode(&mut b, &mut sc).unwrap() {
+            got.push(m.payload.to_owned());
+        }
+    };
+    // 1, then 3..=7 without 2: the window overflows and makes 3 the next frame, still held.
+    for i in [1, 3, 4, 5, 6, 7] {
+        feed(&mut s, media(i, &format!("p{i}")), &mut got);
+    }
+    // A repeat of 3 before the driver took the released frames is a duplicate.
+    feed(&mut s, media(3, "p3"), &mut got);
+    let mut buf = Vec::new();
+    while s.take_released(&mut buf) {
+        if let CallerEvent::Media(m) = s.decode_released(&mut buf, &mut sc).unwrap() {
+            got.push(m.payload.to_owned());
+        }
+    }
+    assert_eq!(got, ["p1", "p3", "p4", "p5", "p6", "p7"]);
+    assert_eq!(s.take_out_of_order(), 2, "the skipped frame 2 and the repeat of 3");
+}

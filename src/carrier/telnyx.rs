@@ -39,8 +39,9 @@ use hyper::{HeaderMap, Method, Request};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Frames held back waiting for a missing `sequence_number` (4 × 20 ms of audio); with more
-/// held, the gap is skipped.
+/// Media frames held back waiting for a missing `sequence_number` (4 × 20 ms of audio); with
+/// more held, the gap is skipped. Mark echoes and keypad events numbered among them are held
+/// too but do not count (at most 4× this many messages are held in all).
 pub const REORDER_WINDOW: usize = 4;
 
 /// Bytes held in the reordering window beyond which the gap is skipped at once (a frame is a
@@ -688,6 +689,11 @@ pub fn peek_sequence_number(frame: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
+/// Whether a frame is a `media` message (only those carry a `payload`).
+fn is_media(frame: &[u8]) -> bool {
+    memchr::memmem::find(frame, b"\"payload\"").is_some()
+}
+
 /// One Telnyx stream's codec state: the reordering window.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -696,6 +702,9 @@ pub struct Session {
     /// Frames that arrived ahead of order, sorted by sequence number.
     held: Vec<(u64, Vec<u8>)>,
     held_bytes: usize,
+    /// How many of the held frames are media (the window counts audio, not the mark echoes
+    /// and keypad events numbered between them).
+    held_media: usize,
     /// Frames given up on since last asked: skipped gaps and late arrivals.
     out_of_order: u64,
     /// The stream is ending: held frames are released across gaps.
@@ -710,8 +719,12 @@ impl Session {
             return;
         }
         self.held_bytes += frame.len();
+        self.held_media += usize::from(is_media(frame));
         self.held.insert(at, (seq, frame.to_vec()));
-        if self.held.len() > REORDER_WINDOW || self.held_bytes > REORDER_WINDOW_BYTES {
+        if self.held_media > REORDER_WINDOW
+            || self.held.len() > 4 * REORDER_WINDOW
+            || self.held_bytes > REORDER_WINDOW_BYTES
+        {
             // The gap before the oldest held frame is not coming back in time: skip it.
             let first = self.held[0].0;
             if let Some(e) = self.expected {
@@ -763,6 +776,7 @@ impl CarrierCodec for Session {
         }
         let (_, frame) = self.held.remove(0);
         self.held_bytes -= frame.len();
+        self.held_media -= usize::from(is_media(&frame));
         self.expected = Some(first + 1);
         *buf = frame;
         true

@@ -11,7 +11,7 @@
 
 use super::{
     AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
-    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput,
+    ReplyKey, Seed, SettingsError, SharedSettings, Speaker, ToolOutput,
 };
 use crate::auth::Secret;
 use serde::Deserialize;
@@ -59,6 +59,12 @@ pub struct Args {
         default_value = "reply-interrupted"
     )]
     pub assemblyai_barge_in: BargeInTrigger,
+
+    /// Roll a call's session over to a new one (resumed, at a quiet moment) after this many
+    /// seconds; AssemblyAI ends sessions at `max_session_duration_seconds` (default 3 h) with no
+    /// warning. 0 turns rollover off.
+    #[arg(long, env = "ASSEMBLYAI_ROLLOVER_SECS", default_value_t = 10_620)]
+    pub assemblyai_rollover_secs: u64,
 }
 
 impl Default for Args {
@@ -78,6 +84,8 @@ pub struct Settings {
     pub voice: Option<String>,
     /// Barge-in trigger.
     pub barge_in: BargeInTrigger,
+    /// Roll over after this long (`None`: never).
+    pub rollover: Option<std::time::Duration>,
 }
 
 impl Dialect for Session {
@@ -101,6 +109,8 @@ impl Dialect for Session {
             url: super::check_ws_url(&a.assemblyai_url, "ASSEMBLYAI_URL")?,
             voice: a.assemblyai_voice.clone().filter(|v| !v.is_empty()),
             barge_in: a.assemblyai_barge_in,
+            rollover: (a.assemblyai_rollover_secs > 0)
+                .then(|| std::time::Duration::from_secs(a.assemblyai_rollover_secs)),
         }))
     }
 
@@ -166,6 +176,18 @@ impl Dialect for Session {
         true
     }
 
+    fn recover(s: &Settings, shared: &SharedSettings, p: CallParams, seed: Seed) -> Session {
+        Session::recover(s, shared, p, seed)
+    }
+
+    fn resume_id(&self) -> Option<String> {
+        self.session_id.clone()
+    }
+
+    fn rollover_after(s: &Settings) -> Option<std::time::Duration> {
+        s.rollover
+    }
+
     fn clears_on_speech_started(&self) -> bool {
         self.barge_in == BargeInTrigger::SpeechStarted
     }
@@ -213,6 +235,10 @@ pub struct Session {
     /// The last reply ended interrupted: audio before the next `reply.started` is its stale
     /// tail, not a new reply.
     last_interrupted: bool,
+    /// The session's id (from `session.ready`), for `session.resume` on a new socket.
+    session_id: Option<String>,
+    /// This socket resumes that session (`session.resume` is its first message).
+    resuming: bool,
 }
 
 #[derive(Deserialize)]
@@ -276,7 +302,37 @@ impl Session {
             reply: 0,
             reply_open: false,
             last_interrupted: false,
+            session_id: None,
+            resuming: false,
         }
+    }
+
+    /// A replacement session: `session.resume` of `seed.resume_id` when there is one
+    /// (AssemblyAI keeps a dropped session 30 s); otherwise a fresh session whose system
+    /// prompt carries the conversation so far, without a greeting (the API has no way to
+    /// seed conversation items).
+    pub fn recover(s: &Settings, shared: &SharedSettings, mut p: CallParams, seed: Seed) -> Session {
+        if let Some(id) = seed.resume_id {
+            let mut session = Session::new(s, shared, p);
+            session.init = serde_json::to_vec(&json!({ "type": "session.resume", "session_id": id }))
+                .unwrap_or_default();
+            session.session_id = Some(id);
+            session.resuming = true;
+            return session;
+        }
+        p.first_message = None;
+        let mut prompt = p.instructions().unwrap_or_default();
+        if !prompt.is_empty() {
+            prompt.push_str("\n\n");
+        }
+        prompt.push_str(super::history::RESUME_NOTE);
+        if !seed.history.is_empty() {
+            prompt.push_str("\n\nThe conversation so far:\n");
+            prompt.push_str(&super::history::as_text(&seed.history));
+        }
+        p.prompt = Some(prompt);
+        p.transfer_failed = None;
+        Session::new(s, shared, p)
     }
 
     /// The configured barge-in trigger.
@@ -332,13 +388,29 @@ impl Session {
                     payload_b64,
                 }
             }
-            "session.ready" => AgentEvent::Ready {
+            "session.ready" => {
+                if let Some(id) = w.session_id {
+                    if self.session_id.as_deref() != Some(id) {
+                        self.session_id = Some(id.to_owned());
+                    }
+                }
+                self.resuming = false;
+                AgentEvent::Ready {
                 session_id: w.session_id,
                 // The formats were set in the first update and cannot change afterwards.
                 formats_ok: true,
                 input_format: Some(PCMU),
                 output_format: Some(PCMU),
-            },
+            }
+            }
+            "session.error" | "error"
+                if self.resuming
+                    && matches!(w.code.or(w.error), Some("session_not_found" | "session_forbidden")) =>
+            {
+                self.resuming = false;
+                self.session_id = None;
+                AgentEvent::ResumeRefused
+            }
             "input.speech.started" => AgentEvent::SpeechStarted,
             "input.speech.stopped" => AgentEvent::SpeechStopped,
             "reply.started" => {
@@ -429,6 +501,7 @@ mod tests {
             url: "wss://agents.assemblyai.com/v1/ws".into(),
             voice: Some("ivy".into()),
             barge_in,
+            rollover: None,
         }
     }
 

@@ -14,7 +14,7 @@
 
 use super::{
     AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
-    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput, UrlFetch,
+    ReplyKey, Seed, SettingsError, SharedSettings, Speaker, ToolOutput, UrlFetch,
 };
 use crate::auth::Secret;
 use crate::wire::json::LenientU64;
@@ -163,10 +163,25 @@ impl Dialect for Session {
     }
 
     fn encode_session_init(&self, index: usize, out: &mut Vec<u8>) -> bool {
-        index == 0 && {
-            encode_initiation(&self.params, out);
-            true
+        match (index, &self.context) {
+            (0, _) => {
+                encode_initiation(&self.params, out);
+                true
+            }
+            (1, Some(text)) => {
+                out.clear();
+                let _ = serde_json::to_writer(
+                    &mut *out,
+                    &serde_json::json!({ "type": "contextual_update", "text": text }),
+                );
+                true
+            }
+            _ => false,
         }
+    }
+
+    fn recover(_: &Settings, _: &SharedSettings, params: CallParams, seed: Seed) -> Session {
+        Session::recover(params, seed)
     }
 
     #[inline]
@@ -234,6 +249,8 @@ pub const ULAW_8000: &str = "ulaw_8000";
 pub struct Session {
     params: CallParams,
     max_event_id: u64,
+    /// A replacement conversation's `contextual_update` (the conversation so far).
+    context: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,7 +365,24 @@ impl Session {
         Session {
             params,
             max_event_id: 0,
+            context: None,
         }
+    }
+
+    /// A replacement conversation: the call's overrides and dynamic variables with
+    /// `first_message` set to an empty string (ElevenLabs: "if empty, agent waits for user
+    /// to start", so no second greeting), then a `contextual_update` with the conversation
+    /// so far and a note that the line was briefly interrupted.
+    pub fn recover(mut params: CallParams, seed: Seed) -> Session {
+        params.first_message = Some(String::new());
+        let mut context = super::history::RESUME_NOTE.to_owned();
+        if !seed.history.is_empty() {
+            context.push_str("\n\nThe conversation so far:\n");
+            context.push_str(&super::history::as_text(&seed.history));
+        }
+        let mut s = Session::new(params);
+        s.context = Some(context);
+        s
     }
 
     /// The newest audio `event_id` seen (what an interruption without an id cuts).

@@ -19,9 +19,22 @@
 //! on the per-frame path: no `dyn`), [`AgentArgs`] (its flags flattened into
 //! `media-relay serve`) and [`AgentSettings`].
 
+pub mod history;
+
 use crate::auth::Secret;
 use crate::obs::labels::ErrorKind;
 use std::time::Instant;
+
+/// How a replacement session starts after the call's agent connection failed, or at a
+/// rollover: the session to resume (AssemblyAI) and the conversation so far (the others are
+/// re-seeded with it, and never greet again).
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    /// The vendor's session to resume, when it offers resumption.
+    pub resume_id: Option<String>,
+    /// The conversation so far, oldest first.
+    pub history: Vec<history::Turn>,
+}
 
 /// Declares the dialects: `Variant => module`, one line each.
 macro_rules! dialects {
@@ -101,6 +114,27 @@ macro_rules! dialects {
                         params,
                     ))),+
                 })
+            }
+
+            /// A replacement session for `kind` after the call's agent connection failed (or
+            /// for a rollover), seeded with `seed`; `None` when `kind` is not configured.
+            pub fn recover(kind: AgentKind, settings: &AgentSettings, params: CallParams, seed: Seed) -> Option<Session> {
+                Some(match kind {
+                    $(AgentKind::$variant => Session::$variant(<$module::Session as Dialect>::recover(
+                        settings.$module.as_ref()?,
+                        &settings.shared,
+                        params,
+                        seed,
+                    ))),+
+                })
+            }
+
+            /// How long a session of `kind` may run before the relay rolls it over to a new one
+            /// at a quiet moment (the vendor's session cap less a margin); `None`: no cap.
+            pub fn rollover_after(kind: AgentKind, settings: &AgentSettings) -> Option<std::time::Duration> {
+                match kind {
+                    $(AgentKind::$variant => settings.$module.as_ref().and_then(<$module::Session as Dialect>::rollover_after)),+
+                }
             }
 
             /// Which API this is.
@@ -225,6 +259,29 @@ pub trait Dialect: Sized + std::fmt::Debug + Send {
 
     /// One call's session.
     fn new(settings: &Self::Settings, shared: &SharedSettings, params: CallParams) -> Self;
+
+    /// A replacement session after a failure or at a rollover (see [`Seed`]); by default a
+    /// new session as at the call's start.
+    fn recover(
+        settings: &Self::Settings,
+        shared: &SharedSettings,
+        params: CallParams,
+        seed: Seed,
+    ) -> Self {
+        let _ = seed;
+        Self::new(settings, shared, params)
+    }
+
+    /// The vendor's id of this session when it can be resumed on a new socket.
+    fn resume_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The session cap to roll over before (see [`Session::rollover_after`]).
+    fn rollover_after(settings: &Self::Settings) -> Option<std::time::Duration> {
+        let _ = settings;
+        None
+    }
 
     /// Decodes one text frame in place (simd-json; `scratch` is reused parser state).
     ///
@@ -469,6 +526,11 @@ impl Session {
     /// See [`Dialect::close_is_end_signal`].
     pub fn close_is_end_signal(&self, code: Option<u16>) -> bool {
         dispatch!(self, s => Dialect::close_is_end_signal(s, code))
+    }
+
+    /// See [`Dialect::resume_id`].
+    pub fn resume_id(&self) -> Option<String> {
+        dispatch!(self, s => Dialect::resume_id(s))
     }
 
     /// See [`Dialect::close_code_meaning`].
@@ -778,6 +840,9 @@ pub enum AgentEvent<'a> {
     },
     /// The agent ended the session cleanly (AssemblyAI `session.ended`).
     Ended,
+    /// The vendor refused to resume the session (AssemblyAI `session_not_found`,
+    /// `session_forbidden`): a fresh, seeded session is needed.
+    ResumeRefused,
     /// The agent ran one of its platform's system tools (ElevenLabs `agent_tool_response`
     /// with `tool_type` `system`: `end_call`, `transfer_to_number`, …); its arguments are not
     /// on the wire.

@@ -11,7 +11,7 @@
 
 use super::{
     AgentEvent, CallParams, ConnectError, ConnectSpec, DecodeError, Dialect, DialectInfo,
-    ReplyKey, SettingsError, SharedSettings, Speaker, ToolOutput,
+    ReplyKey, Seed, SettingsError, SharedSettings, Speaker, ToolOutput,
 };
 use crate::auth::Secret;
 use crate::wire::json::{write_str, MaybeStr};
@@ -41,6 +41,21 @@ pub struct Args {
     /// OpenAI voice when the call's `voice_id` parameter sets none.
     #[arg(long, env = "OPENAI_VOICE", default_value = "alloy")]
     pub openai_voice: String,
+
+    /// Transcription model for the caller's speech (`audio.input.transcription`), so the
+    /// relay keeps the conversation for re-seeding after a failure and the post-call record;
+    /// empty turns it off.
+    #[arg(
+        long,
+        env = "OPENAI_TRANSCRIPTION_MODEL",
+        default_value = "gpt-4o-mini-transcribe"
+    )]
+    pub openai_transcription_model: String,
+
+    /// Roll a call's session over to a new, re-seeded one (at a quiet moment) after this many
+    /// seconds; a Realtime session lasts at most 60 minutes. 0 turns rollover off.
+    #[arg(long, env = "OPENAI_ROLLOVER_SECS", default_value_t = 3_480)]
+    pub openai_rollover_secs: u64,
 }
 
 impl Default for Args {
@@ -58,6 +73,10 @@ pub struct Settings {
     pub url: String,
     /// Default voice when the call sets none.
     pub voice: String,
+    /// Caller transcription model (`None`: off).
+    pub transcription_model: Option<String>,
+    /// Roll over after this long (`None`: never).
+    pub rollover: Option<std::time::Duration>,
 }
 
 /// `url` with query parameter `name` set to `value` (replaced if present).
@@ -98,6 +117,10 @@ impl Dialect for Session {
             api_key,
             url,
             voice: a.openai_voice.clone(),
+            transcription_model: Some(a.openai_transcription_model.trim().to_owned())
+                .filter(|m| !m.is_empty()),
+            rollover: (a.openai_rollover_secs > 0)
+                .then(|| std::time::Duration::from_secs(a.openai_rollover_secs)),
         }))
     }
 
@@ -159,6 +182,14 @@ impl Dialect for Session {
 
     fn offers_relay_tools(&self) -> bool {
         true
+    }
+
+    fn recover(s: &Settings, shared: &SharedSettings, p: CallParams, seed: Seed) -> Session {
+        Session::recover(s, shared, p, seed)
+    }
+
+    fn rollover_after(s: &Settings) -> Option<std::time::Duration> {
+        s.rollover
     }
 
     /// The server cancels the response on speech start (`interrupt_response`).
@@ -257,10 +288,14 @@ impl Session {
         session.insert("type".into(), json!("realtime"));
         session.insert("output_modalities".into(), json!(["audio"]));
         let voice = p.voice.as_deref().unwrap_or(&s.voice);
+        let mut input = json!({ "format": { "type": PCMU }, "turn_detection": { "type": "server_vad" } });
+        if let Some(m) = &s.transcription_model {
+            input["transcription"] = json!({ "model": m });
+        }
         session.insert(
             "audio".into(),
             json!({
-                "input": { "format": { "type": PCMU }, "turn_detection": { "type": "server_vad" } },
+                "input": input,
                 "output": { "format": { "type": PCMU }, "voice": voice },
             }),
         );
@@ -291,6 +326,45 @@ impl Session {
             reply: 0,
             item_id: String::new(),
         }
+    }
+
+    /// A replacement session: the same `session.update` without a greeting, then the
+    /// finished conversation replayed with `conversation.item.create` (caller and agent text
+    /// from their transcripts, tool calls with their outputs; audio items are never replayed)
+    /// and a system item saying to continue without greeting again.
+    pub fn recover(s: &Settings, shared: &SharedSettings, mut p: CallParams, seed: Seed) -> Session {
+        p.first_message = None;
+        p.transfer_failed = None;
+        let mut session = Session::new(s, shared, p);
+        let item = |item: Value| {
+            serde_json::to_vec(&json!({ "type": "conversation.item.create", "item": item }))
+                .unwrap_or_default()
+        };
+        for (i, t) in seed.history.iter().enumerate() {
+            use super::history::Role;
+            match (&t.tool, t.role) {
+                (Some(tool), _) => {
+                    let call_id = format!("relay_replay_{i}");
+                    session.init.push(item(json!({
+                        "type": "function_call", "call_id": call_id, "name": tool.name, "arguments": tool.arguments,
+                    })));
+                    session.init.push(item(json!({
+                        "type": "function_call_output", "call_id": call_id, "output": tool.output,
+                    })));
+                }
+                (None, Role::Caller) => session.init.push(item(json!({
+                    "type": "message", "role": "user", "content": [{ "type": "input_text", "text": t.text }],
+                }))),
+                (None, Role::Agent) => session.init.push(item(json!({
+                    "type": "message", "role": "assistant", "content": [{ "type": "output_text", "text": t.text }],
+                }))),
+            }
+        }
+        session.init.push(item(json!({
+            "type": "message", "role": "system",
+            "content": [{ "type": "input_text", "text": super::history::RESUME_NOTE }],
+        })));
+        session
     }
 
     /// The reply key of the current audio item.
@@ -495,6 +569,8 @@ mod tests {
             api_key: Secret::new("k"),
             url: "wss://api.openai.com/v1/realtime?model=gpt-realtime".into(),
             voice: "alloy".into(),
+            transcription_model: None,
+            rollover: None,
         }
     }
 

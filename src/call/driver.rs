@@ -121,6 +121,8 @@ struct Legs {
     live_sid: Option<String>,
     started_unix_ms: u64,
     connecting: Option<(ConnectFuture, Instant, AgentKind)>,
+    /// The machine's agent generation the held agent socket (and connect) belongs to.
+    agent_gen: u64,
     tool_calls: Vec<(String, ToolFuture)>,
     /// A transfer's REST update in flight.
     updating: Option<UpdateFuture>,
@@ -229,6 +231,7 @@ async fn drive(
         started_unix_ms,
         connecting: None,
         tool_calls: Vec::new(),
+        agent_gen: 0,
         updating: None,
         finished: false,
     };
@@ -255,6 +258,16 @@ async fn drive(
     let summary_interval = ctx.settings.summary_interval;
 
     loop {
+        // 0. An agent connection the machine gave up on is retired before anything new.
+        if legs.agent_gen != m.agent_generation() {
+            legs.agent_gen = m.agent_generation();
+            legs.connecting = None;
+            if let Some(rx) = a_rx.take() {
+                legs.retire_agent(rx);
+            }
+            legs.a_tx = None;
+            legs.agent_peer_close = None;
+        }
         // 1. What the machine asked for.
         on_events(&mut m, &mut legs);
         if m.end_reason().is_some() {
@@ -350,7 +363,7 @@ async fn drive(
                         ctx.metrics.agent_connect(kind.index(), secs, false);
                         ctx.metrics.agent_error(e.kind());
                         warn!(error = %e, kind = %e.kind(), "agent connect failed");
-                        m.end(EndReason::AgentConnectFailed(e.kind()));
+                        m.handle_agent_connect_failed(e.kind(), Instant::now());
                     }
                 }
             }
@@ -431,7 +444,7 @@ fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
                     ctx.metrics.agent_connect(kind.index(), 0.0, false);
                     ctx.metrics.agent_error(e.kind());
                     warn!(error = %e, "agent connect failed");
-                    m.end(EndReason::AgentConnectFailed(e.kind()));
+                    m.handle_agent_connect_failed(e.kind(), Instant::now());
                 }
             }
         }
@@ -584,10 +597,10 @@ fn written(m: &mut CallMachine, leg: Leg, r: std::io::Result<()>, now: Instant) 
         Ok(()) => m.handle_write_done(leg, now),
         Err(e) => {
             debug!(error = %e, leg = leg.as_str(), "write failed");
-            m.end(match leg {
-                Leg::Agent => EndReason::AgentError(ErrorKind::WriteFailed),
-                _ => EndReason::CallerClosed,
-            });
+            match leg {
+                Leg::Agent => m.handle_agent_error(ErrorKind::WriteFailed, now),
+                _ => m.end(EndReason::CallerClosed),
+            }
         }
     }
 }
@@ -747,8 +760,8 @@ fn on_agent(m: &mut CallMachine, legs: &mut Legs, msg: Result<Message<'_>, ReadE
         }
         Err(e) => {
             m.metrics_mut().error(Leg::Agent, e.kind());
-            warn!(error = %e, kind = %e.kind(), "agent socket error; ending the call");
-            m.end(EndReason::AgentError(e.kind()));
+            warn!(error = %e, kind = %e.kind(), "agent socket error");
+            m.handle_agent_error(e.kind(), now);
             return;
         }
     };
@@ -888,6 +901,8 @@ fn finish(
                 barge_ins = summary.barge_ins,
                 dtmf_digits = summary.dtmf_digits,
                 tool_calls = summary.tool_calls,
+                recoveries = summary.recoveries.len(),
+                action = summary.action.as_ref().map_or("", |a| a.action),
                 bad_inputs = summary.bad_inputs,
                 forward_caller_to_agent_ms = %q(&l.forward_caller_to_agent),
                 forward_agent_to_caller_ms = %q(&l.forward_agent_to_caller),

@@ -63,6 +63,39 @@ pub struct CallSettings {
     pub summary_interval: Duration,
     /// Call actions: hang-up and transfer.
     pub control: CallControl,
+    /// Agent-failure continuity: hold audio, recovery, the apology.
+    pub continuity: Continuity,
+}
+
+pub use super::machine::recovery::Continuity;
+
+/// The built-in hold audio: a soft two-note chime every 3.5 s (μ-law WAV, made with
+/// `sox -n -r 8000 -c 1 -e u-law -b 8 hold.wav synth 0.5 sine 523.25 fade q 0.05 0.5 0.2 vol 0.12
+/// pad 0 0.3 : synth 0.5 sine 659.25 fade q 0.05 0.5 0.2 vol 0.10 pad 0 2.2`).
+pub const HOLD_AUDIO_WAV: &[u8] = include_bytes!("assets/hold.wav");
+
+/// The built-in apology when the agent cannot be recovered (μ-law WAV, made with
+/// `espeak-ng -v en-us -s 150 -w f.wav "We're sorry. The assistant is not available right now."`
+/// then `sox f.wav -r 8000 -c 1 -e u-law -b 8 agent_unavailable.wav vol 0.8`).
+pub const FAILURE_AUDIO_WAV: &[u8] = include_bytes!("assets/agent_unavailable.wav");
+
+impl Continuity {
+    /// The defaults: 3 recoveries per call, 20 s each, the last 1 s of caller audio sent to
+    /// the new session, a 15 s response timeout, the built-in audio.
+    pub fn defaults() -> Continuity {
+        let audio = |wav: &[u8]| -> Arc<[u8]> {
+            Arc::from(crate::audio::mulaw_from_file_bytes(wav).unwrap_or_default())
+        };
+        Continuity {
+            max_recoveries: 3,
+            deadline: Duration::from_secs(20),
+            resume_caller_audio_bytes: 8000,
+            response_timeout: Some(Duration::from_secs(15)),
+            fallback: Vec::new(),
+            hold_audio: audio(HOLD_AUDIO_WAV),
+            failure_audio: audio(FAILURE_AUDIO_WAV),
+        }
+    }
 }
 
 pub use crate::carrier::dial::{is_e164, TransferDest};
@@ -139,6 +172,7 @@ impl CallSettings {
                 dial_timeout_secs: 30,
                 ..CallControl::default()
             },
+            continuity: Continuity::defaults(),
         }
     }
 }

@@ -268,6 +268,44 @@ pub struct CallArgs {
     )]
     pub builtin_call_tools: bool,
 
+    /// Agent-leg recoveries allowed per call (0: an agent failure ends the call, as before
+    /// continuity).
+    #[arg(long, env = "RELAY_MAX_AGENT_RECOVERIES", default_value_t = 3)]
+    pub max_agent_recoveries: u32,
+
+    /// How long one agent failure may take to recover, in seconds.
+    #[arg(long, env = "RELAY_AGENT_RECOVERY_DEADLINE_SECS", default_value_t = 20)]
+    pub agent_recovery_deadline_secs: u64,
+
+    /// Of the caller's audio during an agent gap, the last this many ms go to the new
+    /// session (so what the caller just said is heard).
+    #[arg(long, env = "RELAY_RESUME_CALLER_AUDIO_MS", default_value_t = 1000)]
+    pub resume_caller_audio_ms: u64,
+
+    /// A connected agent that sends nothing this long after the caller stopped speaking has
+    /// failed (0: off).
+    #[arg(
+        long,
+        env = "RELAY_AGENT_RESPONSE_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub agent_response_timeout_ms: u64,
+
+    /// Agents to fall back to, in order, once the call's agent cannot be recovered
+    /// (`openai,echo`).
+    #[arg(long, env = "RELAY_AGENT_FALLBACK", default_value = "")]
+    pub agent_fallback: String,
+
+    /// Hold audio looped while the agent reconnects (μ-law 8 kHz mono WAV; a built-in soft
+    /// chime by default).
+    #[arg(long, env = "RELAY_HOLD_AUDIO_FILE")]
+    pub hold_audio_file: Option<std::path::PathBuf>,
+
+    /// Played when the agent cannot be recovered, before the transfer or hang-up (μ-law
+    /// 8 kHz mono WAV; a built-in short apology by default).
+    #[arg(long, env = "RELAY_AGENT_FAILURE_AUDIO_FILE")]
+    pub agent_failure_audio_file: Option<std::path::PathBuf>,
+
     /// Agent system prompt sent as a `prompt` stream parameter by the incoming-call markup.
     #[arg(long, env = "RELAY_AGENT_PROMPT")]
     pub agent_prompt: Option<String>,
@@ -565,8 +603,10 @@ impl ServeArgs {
                 Some(std::sync::Arc::from(audio))
             }
         };
+        let continuity = self.continuity()?;
         Ok(CallSettings {
             control,
+            continuity,
             drain_notice,
             default_agent,
             agents,
@@ -588,6 +628,64 @@ impl ServeArgs {
                 max_per_call: c.max_tool_calls_per_call,
             },
         })
+    }
+
+    /// The continuity settings.
+    fn continuity(&self) -> Result<crate::call::settings::Continuity, ConfigError> {
+        let c = &self.call;
+        let mut k = crate::call::settings::Continuity::defaults();
+        k.max_recoveries = c.max_agent_recoveries;
+        if !(1..=600).contains(&c.agent_recovery_deadline_secs) {
+            return Err(ConfigError(
+                "--agent-recovery-deadline-secs must be 1..=600".into(),
+            ));
+        }
+        k.deadline = Duration::from_secs(c.agent_recovery_deadline_secs);
+        k.resume_caller_audio_bytes =
+            crate::audio::ms_to_bytes(c.resume_caller_audio_ms.min(10_000)) as usize;
+        k.response_timeout = (c.agent_response_timeout_ms > 0)
+            .then(|| Duration::from_millis(c.agent_response_timeout_ms));
+        for name in c
+            .agent_fallback
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let kind = AgentKind::from_name(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "--agent-fallback: unknown agent {name:?} (one of {})",
+                    AgentKind::NAMES.join(", ")
+                ))
+            })?;
+            k.fallback.push(kind);
+        }
+        let read = |flag: &str, p: &std::path::Path| -> Result<std::sync::Arc<[u8]>, ConfigError> {
+            let bytes = std::fs::read(p)
+                .map_err(|e| ConfigError(format!("cannot read {flag} {}: {e}", p.display())))?;
+            let audio = crate::audio::mulaw_from_file_bytes(&bytes)
+                .map_err(|e| ConfigError(format!("{flag} {}: {e}", p.display())))?;
+            if audio.is_empty() || audio.len() > MAX_DRAIN_NOTICE_BYTES * 3 {
+                return Err(ConfigError(format!(
+                    "{flag} must hold 1 byte to 30 s of μ-law audio"
+                )));
+            }
+            Ok(std::sync::Arc::from(audio))
+        };
+        if let Some(p) = c
+            .hold_audio_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            k.hold_audio = read("--hold-audio-file", p)?;
+        }
+        if let Some(p) = c
+            .agent_failure_audio_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            k.failure_audio = read("--agent-failure-audio-file", p)?;
+        }
+        Ok(k)
     }
 
     /// The call-action settings.

@@ -4,7 +4,7 @@
 
 use super::labels::{
     ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind, Leg,
-    Sample, ToolResult, TransferResult,
+    RecoveryResult, Sample, ToolResult, TransferResult,
 };
 use super::latency::LatencyHistogram;
 use super::metrics::Metrics;
@@ -43,6 +43,8 @@ pub struct CallMetrics {
     /// Call actions by (action, source, result): at most one row per combination.
     actions: Vec<((ActionKind, ActionSource, ActionResult), u64)>,
     transfers_update_failed: u64,
+    /// Recoveries by `RecoveryResult`.
+    recoveries: [u64; RecoveryResult::COUNT],
     events_dirty: bool,
 }
 
@@ -153,6 +155,12 @@ impl CallMetrics {
         self.events_dirty = true;
     }
 
+    /// Counts an agent recovery's end.
+    pub fn recovery(&mut self, r: RecoveryResult) {
+        self.recoveries[r.index()] += 1;
+        self.events_dirty = true;
+    }
+
     /// Agent audio confirmed played (`played`) or flushed, in bytes.
     pub fn playout(&mut self, played: bool, bytes: u64) {
         self.playout_bytes[usize::from(!played)] += bytes;
@@ -241,6 +249,11 @@ impl CallMetrics {
         }
         for _ in 0..std::mem::take(&mut self.transfers_update_failed) {
             m.transfer(TransferResult::UpdateFailed);
+        }
+        for r in RecoveryResult::ALL {
+            for _ in 0..std::mem::take(&mut self.recoveries[r.index()]) {
+                m.agent_recovery(a, *r);
+            }
         }
     }
 }

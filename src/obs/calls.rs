@@ -93,6 +93,24 @@ pub struct CallSummary {
     pub latency: Latencies,
     /// The call action asked for (the newest), if any.
     pub action: Option<ActionSummary>,
+    /// Agent-leg recoveries and rollovers, oldest first.
+    pub recoveries: Vec<RecoverySummary>,
+}
+
+/// One agent recovery in a call's summary.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RecoverySummary {
+    /// What failed (`closed`, `reset`, `stalled`, `fatal_error`, `silent`, `connect_failed`,
+    /// `ready_timeout`, `rollover`).
+    pub cause: &'static str,
+    /// `recovered`, `exhausted`, `rollover`; `null` while in progress.
+    pub result: Option<&'static str>,
+    /// Reconnect attempts.
+    pub attempts: u32,
+    /// When it began, ms since the call's start.
+    pub at_ms: u64,
+    /// Last agent audio before the failure → first after it, ms.
+    pub gap_ms: Option<u64>,
 }
 
 /// A call's action in its summary.

@@ -168,6 +168,12 @@ families! {
     /// `relay_goodbye_cut_seconds{agent}`.
     GOODBYE_CUT = "relay_goodbye_cut_seconds", Histogram, Some(Unit::Seconds),
         "Agent audio sent but not yet played when a call ended by a call action closed its stream, by agent.";
+    /// `relay_agent_recoveries_total{agent,result}`.
+    AGENT_RECOVERIES = "relay_agent_recoveries_total", Counter, None,
+        "Agent-leg recoveries by agent and result (recovered, exhausted, rollover).";
+    /// `relay_agent_recovery_gap_seconds{agent}`.
+    AGENT_RECOVERY_GAP = "relay_agent_recovery_gap_seconds", Histogram, Some(Unit::Seconds),
+        "The gap the caller heard across an agent recovery: last agent audio before the failure to the first after it, by agent.";
     /// `relay_drain_notices_total`.
     DRAIN_NOTICES = "relay_drain_notices_total", Counter, None,
         "Calls that heard the drain notice before the drain deadline closed them.";

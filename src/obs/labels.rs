@@ -98,6 +98,9 @@ label_enum! {
         /// Agent audio that arrived after a call action's goodbye or announcement was complete
         /// (the call is ending or being transferred).
         CallEnding = "call_ending",
+        /// Agent audio still queued for the caller when the agent leg failed (hold audio
+        /// replaces it).
+        AgentFailed = "agent_failed",
     }
 }
 
@@ -176,6 +179,8 @@ label_enum! {
         PingRtt = "ping_rtt",
         /// `relay_goodbye_cut_seconds`.
         GoodbyeCut = "goodbye_cut",
+        /// `relay_agent_recovery_gap_seconds`.
+        RecoveryGap = "recovery_gap",
     }
 }
 
@@ -227,6 +232,40 @@ label_enum! {
 }
 
 label_enum! {
+    /// What made the agent leg fail (logs and `/calls`, not a metric label).
+    pub enum RecoveryCause {
+        /// The socket closed without the dialect's end signal.
+        Closed = "closed",
+        /// The socket failed (reset, protocol error, write error).
+        Reset = "reset",
+        /// The socket accepted nothing within the write-stall timeout.
+        Stalled = "stalled",
+        /// The agent sent a fatal error.
+        FatalError = "fatal_error",
+        /// The agent said nothing for `--agent-response-timeout-ms` after the caller spoke.
+        Silent = "silent",
+        /// Connecting failed (at the call's start or during a recovery).
+        ConnectFailed = "connect_failed",
+        /// The agent connected but never became ready.
+        ReadyTimeout = "ready_timeout",
+        /// A proactive switch before the vendor's session cap.
+        Rollover = "rollover",
+    }
+}
+
+label_enum! {
+    /// How a recovery ended: the `result` label of `relay_agent_recoveries_total`.
+    pub enum RecoveryResult {
+        /// A new session took over.
+        Recovered = "recovered",
+        /// The deadline or the call's recoveries ran out.
+        Exhausted = "exhausted",
+        /// A proactive switch before the vendor's session cap.
+        Rollover = "rollover",
+    }
+}
+
+label_enum! {
     /// A call action: the `action` label of `relay_call_actions_total`.
     pub enum ActionKind {
         /// Hang up once the goodbye was heard.
@@ -251,6 +290,8 @@ label_enum! {
         Dtmf = "dtmf",
         /// The agent ended its session itself (AssemblyAI `session.ended`, a local agent).
         Agent = "agent",
+        /// The relay, after recovery from an agent failure was exhausted.
+        Recovery = "recovery",
     }
 }
 

@@ -16,7 +16,8 @@
 use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
     ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
-    HttpRejectReason, Leg, Outcome, TokenResult, ToolResult, TransferResult, UpgradeResult,
+    HttpRejectReason, Leg, Outcome, RecoveryResult, TokenResult, ToolResult, TransferResult,
+    UpgradeResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -78,9 +79,13 @@ pub const PING_RTT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 
 /// up to 10 s.
 pub const GOODBYE_CUT_BUCKETS: [f64; 9] = [0.0, 0.02, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
 
+/// Buckets (seconds) of `relay_agent_recovery_gap_seconds` (the goal: p95 ≤ 1.5 s).
+pub const RECOVERY_GAP_BUCKETS: [f64; 11] =
+    [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0];
+
 /// Histogram families kept by the exporter, and their buckets (the per-frame families are
 /// [`FrameHistogram`]s of our own, see `obs::latency`).
-const HISTOGRAMS: [(Family, &[f64]); 10] = [
+const HISTOGRAMS: [(Family, &[f64]); 11] = [
     (fam::CALL_FORWARD_LATENCY_P99, &FORWARD_LATENCY_BUCKETS),
     (fam::AGENT_CONNECT_DURATION, &CONNECT_BUCKETS),
     (fam::CALL_DURATION, &CALL_DURATION_BUCKETS),
@@ -91,6 +96,7 @@ const HISTOGRAMS: [(Family, &[f64]); 10] = [
     (fam::PLAYOUT_LAG, &PLAYOUT_LAG_BUCKETS),
     (fam::AGENT_PING_RTT, &PING_RTT_BUCKETS),
     (fam::GOODBYE_CUT, &GOODBYE_CUT_BUCKETS),
+    (fam::AGENT_RECOVERY_GAP, &RECOVERY_GAP_BUCKETS),
 ];
 
 /// The open label sets the registry is built for: agent dialect names (`agent` label, in
@@ -136,6 +142,7 @@ struct AgentHistograms {
     playout_lag: Histogram,
     ping_rtt: Histogram,
     goodbye_cut: Histogram,
+    recovery_gap: Histogram,
 }
 
 /// Series of one agent.
@@ -147,6 +154,8 @@ struct AgentSeries {
     tools: Vec<Counter>,
     started: Counter,
     connects: [Counter; 2],
+    /// `relay_agent_recoveries_total`, by `RecoveryResult`.
+    recoveries: Vec<Counter>,
 }
 
 /// Series of one carrier.
@@ -301,7 +310,12 @@ impl Metrics {
                         playout_lag: h(fam::PLAYOUT_LAG),
                         ping_rtt: h(fam::AGENT_PING_RTT),
                         goodbye_cut: h(fam::GOODBYE_CUT),
+                        recovery_gap: h(fam::AGENT_RECOVERY_GAP),
                     },
+                    recoveries: RecoveryResult::ALL
+                        .iter()
+                        .map(|r| ev(fam::AGENT_RECOVERIES, Some(("result", r.as_str()))))
+                        .collect(),
                     events: CallEventKind::ALL
                         .iter()
                         .map(|k| match k {
@@ -466,6 +480,13 @@ impl Metrics {
                 })
                 .collect(),
         )
+    }
+
+    /// Counts one agent recovery's end: `relay_agent_recoveries_total{agent,result}`.
+    pub fn agent_recovery(&self, agent: usize, r: RecoveryResult) {
+        if let Some(a) = self.agents.get(agent) {
+            a.recoveries[r.index()].increment(1);
+        }
     }
 
     /// `relay_agent_connect_duration_seconds{agent}` and `relay_agent_connects_total`.
@@ -661,6 +682,7 @@ impl Metrics {
             Sample::PlayoutLag => h.playout_lag.record(v),
             Sample::PingRtt => h.ping_rtt.record(v),
             Sample::GoodbyeCut => h.goodbye_cut.record(v),
+            Sample::RecoveryGap => h.recovery_gap.record(v),
         }
     }
 }

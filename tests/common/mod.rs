@@ -39,6 +39,9 @@ impl TestRelay {
 pub fn args() -> ServeArgs {
     let mut a = ServeArgs::defaults();
     a.http.listen = "127.0.0.1:0".parse().unwrap();
+    // Most tests check what an agent failure ends the call as: continuity off (0
+    // recoveries), as `--max-agent-recoveries 0`; tests/continuity.rs turns it on.
+    a.call.max_agent_recoveries = 0;
     a
 }
 

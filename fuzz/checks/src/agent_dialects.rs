@@ -30,11 +30,14 @@ fn settings(sel: u8) -> AgentSettings {
         } else {
             BargeInTrigger::SpeechStarted
         },
+        rollover: None,
     });
     a.openai = Some(openai::Settings {
         api_key: Secret::new("k"),
         url: "wss://api.openai.com/v1/realtime?model=gpt-realtime".into(),
         voice: "alloy".into(),
+        transcription_model: None,
+        rollover: None,
     });
     a.echo = None;
     a

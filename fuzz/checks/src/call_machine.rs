@@ -59,11 +59,14 @@ fn settings(cfg: &[u8]) -> CallSettings {
         } else {
             BargeInTrigger::SpeechStarted
         },
+        rollover: None,
     });
     a.openai = Some(openai::Settings {
         api_key: Secret::new("k"),
         url: "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime".into(),
         voice: "alloy".into(),
+        transcription_model: None,
+        rollover: None,
     });
     a.echo = Some(echo::Settings { delay: ms(500) });
     s.agents = a;

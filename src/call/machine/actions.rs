@@ -204,6 +204,19 @@ impl Actions {
         Ok(())
     }
 
+    /// The end reason of the `end_call` in progress (the relay's own after a failed
+    /// recovery: the failure's).
+    pub fn set_end_reason(&mut self, reason: EndReason) {
+        if let Some(a) = self.active.as_mut() {
+            a.end = reason;
+        }
+    }
+
+    /// Whether an agent reply is open (started, not done).
+    pub fn reply_open(&self) -> bool {
+        self.reply_open
+    }
+
     /// Whether an action is in progress.
     pub fn active(&self) -> Option<(ActionKind, ActionSource)> {
         self.active.as_ref().map(|a| (a.kind, a.source))

@@ -11,6 +11,7 @@ impl CallMachine {
 
     /// Handles one decoded agent message read at `now`.
     pub fn handle_agent(&mut self, ev: AgentEvent<'_>, now: Instant) {
+        self.last_agent_msg_at = now;
         match ev {
             AgentEvent::Audio { reply, payload_b64 } => {
                 self.agent_audio_in(reply, payload_b64, now)
@@ -34,9 +35,7 @@ impl CallMachine {
                 if self.phase == Phase::Connecting {
                     info!(?session_id, early_bytes = self.early.len(), "agent ready");
                     // The early audio goes out first, in order.
-                    self.phase = Phase::Ready;
-                    self.early.ready_at = Some(now);
-                    self.timers.set(Timer::Phase, None);
+                    self.session_ready(now);
                 }
             }
             AgentEvent::Interrupted { through } => {
@@ -72,6 +71,12 @@ impl CallMachine {
                     self.turns.agent_heard_end(now, newest);
                 }
                 debug!(speaker = ?speaker, text, "transcript");
+                let role = match speaker {
+                    Speaker::Caller => crate::agent::history::Role::Caller,
+                    Speaker::Agent => crate::agent::history::Role::Agent,
+                };
+                let at_ms = now.saturating_duration_since(self.started_at).as_millis() as u64;
+                self.history.said(role, text, at_ms);
             }
             AgentEvent::ReplyStarted => {
                 self.tools.reply_started();
@@ -112,10 +117,16 @@ impl CallMachine {
                     "agent reported an error"
                 );
                 if fatal {
-                    self.end(EndReason::AgentError(ErrorKind::AgentErrorEvent));
+                    self.agent_failed(
+                        crate::obs::labels::RecoveryCause::FatalError,
+                        EndReason::AgentError(ErrorKind::AgentErrorEvent),
+                        now,
+                    );
+                    return;
                 }
             }
             AgentEvent::Ended => self.agent_ended(now),
+            AgentEvent::ResumeRefused => self.resume_refused(now),
             AgentEvent::Other { kind } => {
                 self.cm.event(CallEventKind::UnknownAgentEvent);
                 debug!(kind, "skipped agent message type");
@@ -171,6 +182,9 @@ impl CallMachine {
             return;
         }
         self.actions.agent_audio(now);
+        if let Some(gap) = self.recovery.agent_audio(now) {
+            self.cm.sample(Sample::RecoveryGap, gap.as_secs_f64());
+        }
         if self.barge.is_stale(reply) {
             self.cm
                 .drop_frames(Direction::ToCaller, DropReason::Interrupted, 1);
@@ -245,6 +259,9 @@ impl CallMachine {
                         continue;
                     }
                     self.actions.agent_audio(now);
+                    if let Some(gap) = self.recovery.agent_audio(now) {
+                        self.cm.sample(Sample::RecoveryGap, gap.as_secs_f64());
+                    }
                     let dropped =
                         self.out
                             .push_raw(&audio, reply, now, self.cfg.caller_outbox_bytes);
@@ -323,8 +340,13 @@ impl CallMachine {
             }
             (Decision::Call, Ok(arguments)) => {
                 info!(tool = name, call_id = id, "calling the tool webhook");
-                self.tools
-                    .started(id.to_owned(), now, self.cfg.tools.timeout);
+                self.tools.started_call(
+                    id.to_owned(),
+                    now,
+                    self.cfg.tools.timeout,
+                    name.to_owned(),
+                    arguments.to_string(),
+                );
                 self.events.push_back(CallEvent::CallTool {
                     id: id.to_owned(),
                     name: name.to_owned(),
@@ -339,9 +361,15 @@ impl CallMachine {
     /// call action starts it: the agent hears the result first (and may speak to it), then
     /// the action's gate runs as for any source.
     pub fn handle_tool_result(&mut self, id: &str, answer: WebhookAnswer, now: Instant) {
-        if !self.tools.answered(id) {
+        let Some((name, arguments)) = self.tools.answered(id) else {
             return; // timed out already
-        }
+        };
+        let output = match &answer.output {
+            Ok(v) => v.to_string(),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
+        };
+        let at_ms = now.saturating_duration_since(self.started_at).as_millis() as u64;
+        self.history.tool(&name, &arguments, &output, at_ms);
         self.cm.tool(answer.result);
         let held = self.tool_result_out(id.to_owned(), answer.output, true);
         if let Some(action) = answer.action {

@@ -232,12 +232,15 @@ impl CallMachine {
                     return self.empty_payload();
                 }
                 self.turns.caller_frame(self.early.last(n), now, newest);
-                let (reason, dropped) = self.early.commit(
-                    n,
-                    now,
-                    self.cfg.early_audio_bytes,
-                    self.cfg.agent_outbox_bytes,
-                );
+                // During an agent recovery only the last part of the gap is kept.
+                let early_cap = if self.recovery.recovering() {
+                    self.cfg.continuity.resume_caller_audio_bytes
+                } else {
+                    self.cfg.early_audio_bytes
+                };
+                let (reason, dropped) =
+                    self.early
+                        .commit(n, now, early_cap, self.cfg.agent_outbox_bytes);
                 self.cm.drop_frames(Direction::ToAgent, reason, dropped);
             }
             agent => {

@@ -250,7 +250,11 @@ impl CallMachine {
             self.sync_timers();
             return;
         }
-        self.end(EndReason::AgentClosed(code));
+        self.agent_failed(
+            crate::obs::labels::RecoveryCause::Closed,
+            EndReason::AgentClosed(code),
+            now,
+        );
     }
 
     /// Whether the agent leg is gone while the call goes on (its socket may be retired).

@@ -44,7 +44,7 @@ fn ready(kind: AgentKind, control: CallControl) -> Call {
 }
 
 /// Settings with the relay's call tools declared, room for 8 s of agent audio, no idle end.
-fn call_settings(kind: AgentKind, control: CallControl) -> CallSettings {
+pub(super) fn call_settings(kind: AgentKind, control: CallControl) -> CallSettings {
     let mut s = settings(kind);
     let names: Vec<String> = control.targets.iter().map(|(n, _)| n.clone()).collect();
     s.agents.shared.call_tools = crate::agent::call_tool_definitions(&names, false);
@@ -55,7 +55,7 @@ fn call_settings(kind: AgentKind, control: CallControl) -> CallSettings {
 }
 
 /// `ms` of agent audio in the dialect's shape.
-fn audio_msg(kind: AgentKind, ms: usize) -> String {
+pub(super) fn audio_msg(kind: AgentKind, ms: usize) -> String {
     let a = b64(&vec![0x5a; ms * 8]);
     match kind {
         AgentKind::Openai => {

@@ -53,6 +53,16 @@ impl EarlyAudio {
         (reason, self.queue.enforce_cap(cap.max(1)))
     }
 
+    /// Drops everything queued (the agent session it was for is gone).
+    pub fn clear(&mut self) {
+        self.queue.enforce_cap(0);
+    }
+
+    /// Keeps only the newest `cap` bytes; returns the frames dropped.
+    pub fn keep_last(&mut self, cap: usize) -> u64 {
+        self.queue.enforce_cap(cap.max(1))
+    }
+
     /// Bytes queued.
     pub fn len(&self) -> usize {
         self.queue.len()

@@ -87,6 +87,16 @@ impl Turns {
         }
     }
 
+    /// When the caller stopped speaking, while no reply audio went out since.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.turn_from.map(|(at, _)| at)
+    }
+
+    /// Whether the caller is speaking now.
+    pub fn caller_speaking(&self) -> bool {
+        self.speech.speaking()
+    }
+
     /// The agent says the caller stopped speaking (its speech-stopped event, or its final
     /// caller transcript for dialects without one).
     pub fn agent_heard_end(&mut self, now: Instant, newest: ReplyKey) {

@@ -70,7 +70,12 @@ impl CallMachine {
                     Phase::Admitting | Phase::Connecting => {
                         self.cm.error(Leg::Agent, ErrorKind::ReadyTimeout);
                         warn!("agent did not connect and report ready in time");
-                        self.end(EndReason::AgentConnectFailed(ErrorKind::ReadyTimeout));
+                        self.timers.set(Timer::Phase, None);
+                        self.agent_failed(
+                            crate::obs::labels::RecoveryCause::ReadyTimeout,
+                            EndReason::AgentConnectFailed(ErrorKind::ReadyTimeout),
+                            now,
+                        );
                     }
                     Phase::Ready => self.timers.set(Timer::Phase, None),
                 },
@@ -88,18 +93,26 @@ impl CallMachine {
                         self.end(EndReason::CallerIdle);
                     }
                 }
-                Timer::CallerStall | Timer::AgentStall => {
-                    let (leg, reason) = if t == Timer::CallerStall {
-                        (Leg::Caller, EndReason::CallerStalled)
-                    } else {
-                        (Leg::Agent, EndReason::AgentStalled)
-                    };
+                Timer::CallerStall => {
                     warn!(
-                        leg = leg.as_str(),
+                        leg = self.carrier.kind().as_str(),
                         "socket accepted nothing in time; ending the call"
                     );
-                    self.end(reason);
+                    self.end(EndReason::CallerStalled);
                 }
+                Timer::AgentStall => {
+                    warn!(leg = "agent", "socket accepted nothing in time");
+                    self.timers.set(Timer::AgentStall, None);
+                    self.agent_failed(
+                        crate::obs::labels::RecoveryCause::Stalled,
+                        EndReason::AgentStalled,
+                        now,
+                    );
+                }
+                Timer::Hold => self.top_up_hold(now),
+                Timer::Recovery => self.recovery_timer(now),
+                Timer::AgentSilent => self.response_timer(now),
+                Timer::Rollover => self.rollover_timer(now),
                 Timer::LocalAgent => self.poll_local_agent(now),
                 Timer::Tools => {
                     for id in self.tools.expired(now) {

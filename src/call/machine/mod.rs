@@ -33,6 +33,7 @@ mod agent_in;
 pub mod barge_in;
 mod caller_in;
 pub mod caller_out;
+mod continuity;
 pub mod control;
 pub mod dtmf;
 pub mod early_audio;
@@ -40,6 +41,7 @@ pub mod figures;
 mod io;
 pub mod outbox;
 pub mod playout;
+pub mod recovery;
 mod summary;
 pub mod timers;
 pub mod tools;
@@ -168,8 +170,24 @@ pub struct CallMachine {
     /// Whether the carrier can redirect this call (see
     /// [`CallMachine::set_transfers_available`]).
     transfers_available: bool,
-    /// The agent's socket is gone while the call goes on (a call action finishes).
+    /// The agent's socket is gone while the call goes on (a call action finishes, or a
+    /// recovery reconnects).
     agent_gone: bool,
+    recovery: recovery::Recovery,
+    /// The conversation as heard (re-seeding, the post-call record).
+    history: crate::agent::history::History,
+    /// Bumped when the agent connection the machine expects changes.
+    agent_generation: u64,
+    /// How the call ends if the current failure is not recovered.
+    failure_reason: Option<EndReason>,
+    /// The next `--agent-fallback` entry to try.
+    fallback_index: usize,
+    /// The vendor refused to resume: re-seed instead.
+    resume_refused: bool,
+    /// The newest agent message (the response timeout's reference).
+    last_agent_msg_at: Instant,
+    /// When the agent session rolls over.
+    rollover_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for CallMachine {
@@ -225,6 +243,14 @@ impl CallMachine {
             action_record: None,
             transfers_available: false,
             agent_gone: false,
+            recovery: recovery::Recovery::default(),
+            history: crate::agent::history::History::default(),
+            agent_generation: 0,
+            failure_reason: None,
+            fallback_index: 0,
+            resume_refused: false,
+            last_agent_msg_at: now,
+            rollover_at: None,
             cfg,
         }
     }
@@ -346,6 +372,16 @@ impl CallMachine {
         self.timers.set(Timer::Tools, self.tools.next_deadline());
         self.timers.set(Timer::Dtmf, self.dtmf.deadline);
         self.timers.set(Timer::Action, self.actions.deadline());
+        self.timers
+            .set(Timer::Recovery, self.recovery.next_deadline());
+        self.timers
+            .set(Timer::AgentSilent, self.response_deadline());
+        self.timers.set(Timer::Rollover, self.rollover_at);
+    }
+
+    /// The conversation heard so far.
+    pub fn history(&self) -> &crate::agent::history::History {
+        &self.history
     }
 
     /// The relay's drain deadline passed at `now`: with a notice configured and a stream to
@@ -410,6 +446,8 @@ impl CallMachine {
     }
 }
 
+#[cfg(test)]
+mod continuity_tests;
 #[cfg(test)]
 mod control_tests;
 #[cfg(test)]

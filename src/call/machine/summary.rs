@@ -62,6 +62,18 @@ impl CallMachine {
                     target: a.target.clone(),
                     transfer_result: None,
                 }),
+            recoveries: self
+                .recovery
+                .records()
+                .iter()
+                .map(|r| crate::obs::calls::RecoverySummary {
+                    cause: r.cause.as_str(),
+                    result: r.result.map(|x| x.as_str()),
+                    attempts: r.attempts,
+                    at_ms: r.at_ms,
+                    gap_ms: r.gap_ms,
+                })
+                .collect(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::carrier::{CallerEvent, Media, Start};
 use crate::obs::labels::ErrorKind;
 use serde_json::Value;
 
-const SID: &str = "MZ00000000000000000000000000000001";
+pub(super) const SID: &str = "MZ00000000000000000000000000000001";
 
 pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
     CallSettings {
@@ -34,11 +34,14 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
                 url: "ws://127.0.0.1:9/v1/ws".into(),
                 voice: None,
                 barge_in: BargeInTrigger::ReplyInterrupted,
+                rollover: None,
             }),
             openai: Some(openai::Settings {
                 api_key: Secret::new("k"),
                 url: "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime".into(),
                 voice: "alloy".into(),
+                transcription_model: None,
+                rollover: None,
             }),
         },
         early_audio_bytes: 800,
@@ -61,6 +64,12 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
             builtin_tools: true,
             dial_timeout_secs: 30,
             ..Default::default()
+        },
+        // Off here: these tests check what a failure ends as (control_tests and
+        // continuity_tests turn it on).
+        continuity: crate::call::settings::Continuity {
+            max_recoveries: 0,
+            ..crate::call::settings::Continuity::defaults()
         },
     }
 }

@@ -31,6 +31,14 @@ label_enum! {
         /// A call action's next step (the agent's quiet, the final mark's cap, the REST
         /// update's timeout).
         Action = "action",
+        /// Hold audio needs topping up.
+        Hold = "hold",
+        /// An agent reconnect attempt is due, or the recovery deadline.
+        Recovery = "recovery",
+        /// The agent may have gone silent after the caller spoke.
+        AgentSilent = "agent_silent",
+        /// The agent session's rollover time.
+        Rollover = "rollover",
     }
 }
 

@@ -20,6 +20,8 @@ pub const MAX_TOOL_RESULTS_WAITING: usize = 16;
 struct Pending {
     id: String,
     deadline: Instant,
+    /// Tool name and arguments (JSON text), for the call's history.
+    call: (String, String),
 }
 
 /// What to do with a tool call the agent asked for.
@@ -81,21 +83,43 @@ impl Tools {
 
     /// Tool call `id` went to the webhook at `now`.
     pub fn started(&mut self, id: String, now: Instant, timeout: Duration) {
+        self.started_call(id, now, timeout, String::new(), String::new());
+    }
+
+    /// As [`Tools::started`], remembering the tool's name and arguments (JSON text).
+    pub fn started_call(
+        &mut self,
+        id: String,
+        now: Instant,
+        timeout: Duration,
+        name: String,
+        arguments: String,
+    ) {
         self.pending.push(Pending {
             id,
             deadline: now + timeout,
+            call: (name, arguments),
         });
     }
 
-    /// The webhook answered for `id`; `false` if it had timed out already.
-    pub fn answered(&mut self, id: &str) -> bool {
-        match self.pending.iter().position(|t| t.id == id) {
-            Some(i) => {
-                self.pending.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+    /// The webhook answered for `id`: its tool name and arguments; `None` if it had timed
+    /// out already.
+    pub fn answered(&mut self, id: &str) -> Option<(String, String)> {
+        let i = self.pending.iter().position(|t| t.id == id)?;
+        Some(self.pending.swap_remove(i).call)
+    }
+
+    /// Whether a webhook call is in flight.
+    pub fn in_flight(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The agent session is gone: calls in flight are forgotten (their ids are returned, to
+    /// be cancelled) and held results dropped.
+    pub fn abandon(&mut self) -> Vec<String> {
+        self.held.clear();
+        self.reply_done_latest = true;
+        self.pending.drain(..).map(|p| p.id).collect()
     }
 
     /// The earliest timeout.
@@ -221,8 +245,8 @@ mod tests {
         t.started("b".into(), t0, Duration::from_millis(300));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(100)));
         assert_eq!(t.expired(t0 + Duration::from_millis(150)), ["a"]);
-        assert!(!t.answered("a"));
-        assert!(t.answered("b"));
+        assert!(t.answered("a").is_none());
+        assert!(t.answered("b").is_some());
         assert_eq!(t.next_deadline(), None);
     }
 

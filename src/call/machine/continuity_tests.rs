@@ -38,7 +38,7 @@ fn ready_msg(c: &mut Call, kind: AgentKind, at: u64) {
         AgentKind::Openai => c.agent(r#"{"type":"session.updated","session":{"audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}"#, at),
         AgentKind::Assemblyai => c.agent(r#"{"type":"session.ready","session_id":"sess_1"}"#, at),
         AgentKind::Elevenlabs => elevenlabs_ready(c, at),
-        AgentKind::Echo => {}
+        _ => {} // local dialects are ready at once
     }
 }
 

@@ -43,6 +43,7 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
                 transcription_model: None,
                 rollover: None,
             }),
+            ..AgentSettings::default()
         },
         early_audio_bytes: 800,
         agent_connect_timeout: Duration::from_secs(10),

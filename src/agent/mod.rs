@@ -208,6 +208,8 @@ dialects! {
     Openai => openai,
     /// The built-in echo agent: plays the caller's audio back after a delay. No account needed.
     Echo => echo,
+    /// The built-in scripted agent: plays clips and makes tool calls from a JSON script.
+    Scripted => scripted,
 }
 
 /// A dialect's row in the README's dialect table.
@@ -1136,6 +1138,16 @@ pub fn readme_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_lists_every_dialect_as_media_relay_dialects_prints_it() {
+        let readme = include_str!("../../README.md");
+        let table = readme_table();
+        assert!(
+            readme.contains(table.trim()),
+            "README.md's dialect table differs from `media-relay dialects`:\n{table}"
+        );
+    }
 
     #[test]
     fn tool_arguments_must_be_objects() {

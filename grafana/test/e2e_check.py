@@ -38,14 +38,16 @@ EXPECTED = {
         "relay_duplicate_streams_total", "relay_stream_tokens_total",
         "relay_outbound_calls_total", "relay_call_status_callbacks_total",
         "relay_stream_status_callbacks_total", "relay_http_connections_rejected_total",
-        "relay_drain_notices_total"],
+        "relay_drain_notices_total", "relay_call_actions_total", "relay_transfers_total",
+        "relay_agent_recoveries_total"],
     "histogram": [
         "relay_forward_latency_seconds", "relay_call_forward_latency_p99_seconds",
         "relay_inbound_jitter_seconds", "relay_agent_connect_duration_seconds",
         "relay_call_duration_seconds", "relay_turn_latency_seconds",
         "relay_agent_turn_latency_seconds", "relay_call_turn_latency_p95_seconds",
         "relay_barge_in_latency_seconds", "relay_playout_lag_seconds",
-        "relay_agent_ping_rtt_seconds"],
+        "relay_agent_ping_rtt_seconds", "relay_goodbye_cut_seconds",
+        "relay_agent_recovery_gap_seconds"],
 }
 
 # Why a histogram can stay empty in the e2e run: what produces its observations.
@@ -73,6 +75,9 @@ HISTOGRAM_SOURCES = {
     "relay_agent_connect_duration_seconds": "needs successful agent connects.",
     "relay_inbound_jitter_seconds": "needs caller media.",
     "relay_forward_latency_seconds": "needs relayed frames.",
+    "relay_goodbye_cut_seconds": "observed when a call action (end_call, transfer) runs.",
+    "relay_agent_recovery_gap_seconds":
+        "observed when agent audio follows an agent-leg recovery.",
 }
 
 

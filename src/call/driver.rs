@@ -921,6 +921,15 @@ fn finish(
     } else {
         line!(info);
     }
+    if let Some(q) = &ctx.post_call {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        q.send(
+            crate::obs::labels::PostCallType::PostCallTranscription,
+            super::post_call::transcription(&summary, m.history(), m.stream_parameters(), now_unix),
+        );
+    }
     ctx.calls.finish(legs.registry_id, summary);
     // Last, so that whoever sees this call in `relay_calls_total` also finds its other
     // counters folded and its summary at `/calls/{sid}`.
@@ -968,6 +977,7 @@ mod size_tests {
             live: Arc::new(crate::auth::tokens::LiveStreams::default()),
             calls: Arc::new(crate::obs::calls::CallRegistry::default()),
             public_host: None,
+            post_call: None,
         });
         let fut = run(
             reader,

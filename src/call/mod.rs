@@ -16,6 +16,7 @@ pub mod connect;
 pub mod driver;
 pub mod end;
 pub mod machine;
+pub mod post_call;
 pub mod settings;
 pub mod tool_webhook;
 pub mod transfer;

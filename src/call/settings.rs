@@ -65,6 +65,8 @@ pub struct CallSettings {
     pub control: CallControl,
     /// Agent-failure continuity: hold audio, recovery, the apology.
     pub continuity: Continuity,
+    /// Where post-call records go (`None`: nowhere).
+    pub post_call: Option<super::post_call::PostCallSettings>,
 }
 
 pub use super::machine::recovery::Continuity;
@@ -173,6 +175,7 @@ impl CallSettings {
                 ..CallControl::default()
             },
             continuity: Continuity::defaults(),
+            post_call: None,
         }
     }
 }
@@ -198,4 +201,6 @@ pub struct CallContext {
     pub calls: Arc<CallRegistry>,
     /// The relay's public host, for the URLs a transfer's markup carries (transfers need it).
     pub public_host: Option<String>,
+    /// Post-call records go here (`--post-call-webhook-url`).
+    pub post_call: Option<super::post_call::PostCallQueue>,
 }

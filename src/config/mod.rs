@@ -154,6 +154,15 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_TOOL_WEBHOOK_SECRET", hide_env_values = true)]
     pub tool_webhook_secret: Option<Secret>,
 
+    /// Post-call webhook: each call's `post_call_transcription` record is POSTed here when it
+    /// ends (see the README's Call records section).
+    #[arg(long, env = "RELAY_POST_CALL_WEBHOOK_URL")]
+    pub post_call_webhook_url: Option<String>,
+
+    /// Key of the post-call webhook's `Relay-Signature` (HMAC-SHA256, `t=…,v0=…`).
+    #[arg(long, env = "RELAY_POST_CALL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub post_call_webhook_secret: Option<Secret>,
+
     /// How long the tool webhook may take, in ms; the agent then gets an error result.
     #[arg(long, env = "RELAY_TOOL_TIMEOUT_MS", default_value_t = 8000)]
     pub tool_timeout_ms: u64,
@@ -604,7 +613,26 @@ impl ServeArgs {
             }
         };
         let continuity = self.continuity()?;
+        let post_call = match c.post_call_webhook_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => {
+                let url: hyper::Uri = u.parse().map_err(|e| {
+                    ConfigError(format!("RELAY_POST_CALL_WEBHOOK_URL is not a URL: {e}"))
+                })?;
+                if !matches!(url.scheme_str(), Some("http") | Some("https")) || url.host().is_none()
+                {
+                    return Err(ConfigError(
+                        "RELAY_POST_CALL_WEBHOOK_URL must be an http:// or https:// URL".into(),
+                    ));
+                }
+                Some(crate::call::post_call::PostCallSettings {
+                    url,
+                    secret: nonempty(&c.post_call_webhook_secret),
+                })
+            }
+        };
         Ok(CallSettings {
+            post_call,
             control,
             continuity,
             drain_notice,

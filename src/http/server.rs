@@ -111,6 +111,9 @@ impl Relay {
             &metrics,
         );
         let callback_metrics = CallbackMetrics::new(&metrics);
+        let post_call = call.post_call.clone().map(|p| {
+            crate::call::post_call::PostCallQueue::start(p, http.clone(), metrics.clone())
+        });
         let listener = listen(http_settings.listen, http_settings.listen_backlog)?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
@@ -123,6 +126,7 @@ impl Relay {
                 live: Arc::new(LiveStreams::default()),
                 calls: Arc::new(crate::obs::calls::CallRegistry::default()),
                 public_host: control.public_host.clone(),
+                post_call,
             }),
             http: http_settings,
             control,

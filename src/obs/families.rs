@@ -174,6 +174,9 @@ families! {
     /// `relay_agent_recovery_gap_seconds{agent}`.
     AGENT_RECOVERY_GAP = "relay_agent_recovery_gap_seconds", Histogram, Some(Unit::Seconds),
         "The gap the caller heard across an agent recovery: last agent audio before the failure to the first after it, by agent.";
+    /// `relay_post_call_webhooks_total{type,result}`.
+    POST_CALL_WEBHOOKS = "relay_post_call_webhooks_total", Counter, None,
+        "Post-call webhook records by type and result (delivered, retried, failed, dropped).";
     /// `relay_drain_notices_total`.
     DRAIN_NOTICES = "relay_drain_notices_total", Counter, None,
         "Calls that heard the drain notice before the drain deadline closed them.";

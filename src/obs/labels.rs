@@ -254,6 +254,29 @@ label_enum! {
 }
 
 label_enum! {
+    /// A post-call record: the `type` label of `relay_post_call_webhooks_total`.
+    pub enum PostCallType {
+        /// The call's transcript and figures, when it ends.
+        PostCallTranscription = "post_call_transcription",
+    }
+}
+
+label_enum! {
+    /// What became of a post-call record: the `result` label of
+    /// `relay_post_call_webhooks_total`.
+    pub enum PostCallResult {
+        /// The receiver answered 2xx.
+        Delivered = "delivered",
+        /// An attempt failed and another follows.
+        Retried = "retried",
+        /// Every attempt failed.
+        Failed = "failed",
+        /// The queue was full.
+        Dropped = "dropped",
+    }
+}
+
+label_enum! {
     /// How a recovery ended: the `result` label of `relay_agent_recoveries_total`.
     pub enum RecoveryResult {
         /// A new session took over.

@@ -16,8 +16,8 @@
 use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
     ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
-    HttpRejectReason, Leg, Outcome, RecoveryResult, TokenResult, ToolResult, TransferResult,
-    UpgradeResult,
+    HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecoveryResult, TokenResult,
+    ToolResult, TransferResult, UpgradeResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -212,6 +212,7 @@ pub struct Metrics {
     /// `relay_call_actions_total`, by action, source, result.
     actions: Vec<Counter>,
     transfers: Vec<Counter>,
+    post_call: Vec<Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -436,6 +437,16 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            post_call: PostCallType::ALL
+                .iter()
+                .flat_map(|t| PostCallResult::ALL.iter().map(move |r| (t, r)))
+                .map(|(t, r)| {
+                    counter(
+                        fam::POST_CALL_WEBHOOKS,
+                        &[("type", s(t.as_str())), ("result", s(r.as_str()))],
+                    )
+                })
+                .collect(),
             transfers: labelled(
                 fam::TRANSFERS,
                 "result",
@@ -525,6 +536,11 @@ impl Metrics {
         let i =
             (a.index() * ActionSource::COUNT + source.index()) * ActionResult::COUNT + r.index();
         self.actions[i].increment(1);
+    }
+
+    /// Counts one post-call record's outcome: `relay_post_call_webhooks_total{type,result}`.
+    pub fn post_call_webhook(&self, t: PostCallType, r: PostCallResult) {
+        self.post_call[t.index() * PostCallResult::COUNT + r.index()].increment(1);
     }
 
     /// Counts one transfer's end: `relay_transfers_total{result}`.

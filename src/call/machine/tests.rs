@@ -72,6 +72,7 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
             max_recoveries: 0,
             ..crate::call::settings::Continuity::defaults()
         },
+        post_call: None,
     }
 }
 

@@ -7,6 +7,19 @@
 //! loadtest --soak  --calls 200 --duration-secs 1800 [--call-secs 120] [--sample-secs 10] (--spawn [--pin] | --target …)
 //! loadtest --churn --calls 200 --total-calls 100000 [--call-secs 1] (--spawn [--pin] | --target …)
 //! loadtest floor-server --listen ADDR
+//! loadtest agent-server --dialect elevenlabs|assemblyai|openai --listen ADDR
+//! ```
+//!
+//! Load shape options: `--pacing per-call|lockstep` (each call on its own timer, or every
+//! call's frame in one burst per 20 ms tick of one clock), `--agent-process
+//! in-process|separate` (the mock agent on the harness's runtime, or as its own
+//! single-threaded `agent-server` process), `--agent-ping-ms N` (ElevenLabs pings on a 1 s
+//! timer per conversation instead of every 250 frames) and `--pin none|relay`. The shape of
+//! issue 19 (an outside tester's media gateway):
+//!
+//! ```text
+//! loadtest --spawn --calls 150 --pacing lockstep --agent-process separate --agent-ping-ms 1000 \
+//!          --pin none --repeat 3 --duration-secs 20
 //! ```
 //!
 //! Soak and churn runs are described in `loadtest::soak`.
@@ -20,8 +33,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use loadtest::bench_agent::{BenchAgent, BenchDialect};
-use loadtest::harness::{self, LoadConfig, LoadResult, Progress};
+use loadtest::bench::agent_process::{self, AgentProcess};
+use loadtest::bench_agent::{BenchAgent, BenchDialect, PingSchedule};
+use loadtest::harness::{self, AgentSide, LoadConfig, LoadResult, Pacing, Progress, RunOptions};
 use loadtest::pin::Pinning;
 use loadtest::report::{self, Capacity, CapacityStep, Report};
 use loadtest::{fixtures, procs, soak};
@@ -50,6 +64,44 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// Run the bench mock agent as a process of its own, on one thread (like a Node `ws`
+    /// server): the dialect's HTTP and WebSocket endpoints on --listen, driven by the harness
+    /// over stdin/stdout (`loadtest --agent-process separate` starts it). Prints `listening on
+    /// ADDR` on stdout once bound.
+    AgentServer {
+        /// Agent dialect to speak.
+        #[arg(long, value_enum, default_value = "elevenlabs")]
+        dialect: AgentArg,
+        /// Address to listen on (port 0 = any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PacingArg {
+    /// Each call has its own 20 ms timer (calls spread over the period, or all on one phase
+    /// with --aligned) and sends its own frames.
+    PerCall,
+    /// One 20 ms ticker sends every call's frame in one burst per tick, as a media gateway
+    /// batching its calls does.
+    Lockstep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AgentProcessArg {
+    /// The mock agent runs in the harness process, on its runtime.
+    InProcess,
+    /// The mock agent runs as `loadtest agent-server`, a process of its own with one thread.
+    Separate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PinArg {
+    /// No pinning: the relay (or floor), the harness and a separate agent share every CPU.
+    None,
+    /// The process under test on one CPU, the harness (and a separate agent) on the others.
+    Relay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,9 +229,29 @@ struct RunArgs {
     #[arg(long, default_value_t = 500)]
     think_ms: u64,
     /// Send every call's frame on the same tick (worst-case bursts) instead of spreading the
-    /// calls over the 20 ms period.
+    /// calls over the 20 ms period (per-call pacing: each call keeps its own timer).
     #[arg(long)]
     aligned: bool,
+    /// How caller frames are clocked: `per-call` (each call's own timer) or `lockstep` (one
+    /// 20 ms ticker sends every call's frame in one burst per tick). The floor runs get the
+    /// same pacing.
+    #[arg(long, value_enum, default_value = "per-call")]
+    pacing: PacingArg,
+    /// Where the mock agent runs: `in-process` (the harness's runtime) or `separate` (its own
+    /// single-threaded `loadtest agent-server` process; with --target it listens on
+    /// --mock-agent-listen). The separate agent measures no barge-in latency.
+    #[arg(long, value_enum, default_value = "in-process")]
+    agent_process: AgentProcessArg,
+    /// ElevenLabs mock: send a `ping` every N ms on a timer of its own per conversation
+    /// (1000 = the real service's keepalive); 0 = every 250 caller frames, in line with the
+    /// audio (the default).
+    #[arg(long, default_value_t = 0)]
+    agent_ping_ms: u64,
+    /// Count context switches and system calls of the relay (and floor) over each steady
+    /// window with `perf stat` (needs perf and permission for the syscall tracepoints); it
+    /// makes every system call of the process a little dearer, so measure ratios without it.
+    #[arg(long)]
+    perf_stat: bool,
     /// Skip the floor. By default the same caller load is also run against the
     /// fastwebsockets echo floor (child process) and relay ÷ floor CPU per frame is reported.
     #[arg(long)]
@@ -198,11 +270,13 @@ struct RunArgs {
     /// SLO for --find-capacity: relay-added one-way p99 limit, µs.
     #[arg(long, default_value_t = 2000.0)]
     slo_p99_us: f64,
-    /// Give the relay (and the floor) one CPU of its own and run the harness on the other
-    /// CPUs, so the two do not compete for a core (Linux, ≥ 2 CPUs). Without it, at high call
-    /// counts the percentiles measure the harness and relay queueing behind each other.
-    #[arg(long, requires = "spawn")]
-    pin: bool,
+    /// CPU placement: `relay` (`--pin` alone) gives the relay (and the floor) one CPU of its
+    /// own and runs the harness (and a separate agent) on the other CPUs, so they do not
+    /// compete for a core (Linux, ≥ 2 CPUs; needs --spawn); `none` (the default) pins
+    /// nothing, every process shares every CPU. Unpinned, at high call counts the
+    /// percentiles measure the harness and relay queueing behind each other.
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "none", default_missing_value = "relay")]
+    pin: PinArg,
     /// Measure relay and floor this many times (alternately, or together with
     /// --side-by-side) and report the median relay ÷ floor ratio beside every pair (pairs
     /// measured one after the other moved by ±0.2 on this machine). The tables show the first pair, whose RSS starts from an idle process.
@@ -242,7 +316,10 @@ fn main() -> anyhow::Result<()> {
     // Pin before the runtime exists: its worker threads inherit the mask and the pool is sized
     // for the harness CPUs.
     let pin = match (&cli.cmd, cli.run.pin) {
-        (None, true) => {
+        (None, PinArg::Relay) => {
+            if !cli.run.spawn {
+                bail!("--pin relay needs --spawn");
+            }
             let p = Pinning::plan()?;
             p.apply_to_harness()?;
             eprintln!("pinned: {}", p.describe());
@@ -250,10 +327,18 @@ fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let Some(Cmd::AgentServer { dialect, listen }) = &cli.cmd {
+        // One thread, like a Node event loop.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(agent_process::serve(listen, dialect.dialect()));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.cmd {
+        Some(Cmd::AgentServer { .. }) => unreachable!("handled above"),
         Some(Cmd::FloorServer { listen }) => rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             println!("listening on {}", listener.local_addr()?);
@@ -304,29 +389,88 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         ),
     };
 
+    let separate = a.agent_process == AgentProcessArg::Separate;
+    if separate && (a.soak || a.churn) {
+        bail!("--soak and --churn run with the in-process agent");
+    }
+    if a.pacing == PacingArg::Lockstep && (a.soak || a.churn) {
+        bail!("--soak and --churn run with per-call pacing");
+    }
+    let opts = RunOptions {
+        pacing: match a.pacing {
+            PacingArg::PerCall => Pacing::PerCall,
+            PacingArg::Lockstep => Pacing::Lockstep,
+        },
+        agent_ping: if a.agent_ping_ms > 0 {
+            PingSchedule::IntervalMs(a.agent_ping_ms)
+        } else {
+            PingSchedule::default()
+        },
+        perf_stat: a.perf_stat,
+    };
+    // The separate agent process (inherits this process's CPU affinity: the harness CPUs
+    // when pinned).
+    let agent_proc = if separate && (a.spawn || a.mock_agent_listen.is_some()) {
+        let exe = std::env::current_exe().context("locating the loadtest binary")?;
+        let listen = a.mock_agent_listen.as_deref().unwrap_or("127.0.0.1:0");
+        let p = AgentProcess::spawn(&exe, a.agent.dialect(), listen).await?;
+        eprintln!(
+            "mock {} agent: separate process (pid {}) on {}",
+            p.dialect().as_str(),
+            p.pid(),
+            p.addr()
+        );
+        Some(p)
+    } else {
+        None
+    };
+
     // Agent side and relay.
     let (agent, relay, url, pid) = if a.spawn {
-        let agent = BenchAgent::start_dialect("127.0.0.1:0", a.agent.dialect()).await?;
+        let agent = match &agent_proc {
+            Some(_) => None,
+            None => Some(BenchAgent::start_dialect("127.0.0.1:0", a.agent.dialect()).await?),
+        };
+        let relay_agent = match (&agent, &agent_proc) {
+            (Some(ag), _) => ag.relay_agent(),
+            (None, Some(p)) => p.relay_agent(),
+            (None, None) => unreachable!("one agent exists with --spawn"),
+        };
         let bin = match &a.relay_bin {
             Some(b) => b.clone(),
             None => procs::relay_binary("release", a.build_relay)?,
         };
-        let relay =
-            procs::spawn_relay_with(&bin, &agent.relay_agent(), &a.relay_log, pin.as_ref()).await?;
+        let relay = procs::spawn_relay_with(&bin, &relay_agent, &a.relay_log, pin.as_ref()).await?;
         eprintln!(
             "relay {} (pid {}) on {}, mock {} agent on {}, relay log {}",
             bin.display(),
             relay.proc.pid(),
             relay.addr,
-            agent.dialect().as_str(),
-            agent.addr(),
+            a.agent.dialect().as_str(),
+            agent
+                .as_ref()
+                .map(|x| x.addr())
+                .or(agent_proc.as_ref().map(AgentProcess::addr))
+                .map_or("-".into(), |x| x.to_string()),
             relay.log.display()
         );
         let url = relay.media_url();
         let pid = relay.proc.pid();
-        (Some(agent), Some(relay), url, Some(pid))
+        (agent, Some(relay), url, Some(pid))
     } else {
+        if let Some(p) = &agent_proc {
+            let ra = p.relay_agent();
+            let env: Vec<String> = ra.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!(
+                "mock {} agent process on {}: run the relay with {} {}",
+                p.dialect().as_str(),
+                p.addr(),
+                env.join(" "),
+                ra.args().join(" ")
+            );
+        }
         let agent = match &a.mock_agent_listen {
+            Some(_) if agent_proc.is_some() => None,
             Some(l) => {
                 let ag = BenchAgent::start_dialect(l, a.agent.dialect()).await?;
                 let ra = ag.relay_agent();
@@ -409,6 +553,26 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let side = match (&agent, &agent_proc) {
+        (Some(ag), _) => AgentSide::InProcess(ag),
+        (None, Some(p)) => AgentSide::Process(p),
+        (None, None) => AgentSide::None,
+    };
+    let shape = format!(
+        "pacing {}{}; agent {}{}; {}",
+        opts.pacing.as_str(),
+        if a.aligned && opts.pacing == Pacing::PerCall {
+            " (aligned)"
+        } else {
+            ""
+        },
+        side.describe(),
+        match opts.agent_ping {
+            PingSchedule::IntervalMs(ms) => format!(", pings every {ms} ms"),
+            PingSchedule::EveryFrames(n) => format!(", pings every {n} caller frames"),
+        },
+        if pin.is_some() { "pinned" } else { "unpinned" }
+    );
     let base = LoadConfig {
         url: url.clone(),
         floor: false,
@@ -435,9 +599,19 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         }),
         capacity: None,
         pinning: pin.as_ref().map(Pinning::describe),
+        shape: Some(shape),
         notes: {
             let mut n = notes();
             n.push(format!("Agent dialect: {}.", a.agent.dialect().as_str()));
+            if separate {
+                n.push(
+                    "The mock agent ran as a separate process (`loadtest agent-server`, one \
+                     thread); its receive and send times are on the harness's clock (the run's \
+                     epoch handed over as a CLOCK_MONOTONIC reading). Barge-in latency is not \
+                     measured with it."
+                        .into(),
+                );
+            }
             n
         },
     };
@@ -453,7 +627,7 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
                 calls,
                 ..base.clone()
             };
-            let r = harness::run_load(cfg, agent.as_ref(), Some(&Bar(pb.clone()))).await?;
+            let r = harness::run_load_with(cfg, &opts, side, Some(&Bar(pb.clone()))).await?;
             pb.finish_and_clear();
             let p99 = [&r.caller_to_agent, &r.agent_to_caller]
                 .iter()
@@ -517,11 +691,12 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
             }
             let pb = progress_bar("relay");
             let bar = Bar(pb.clone());
-            let relay_run = harness::run_load(base.clone(), agent.as_ref(), Some(&bar));
+            let relay_run = harness::run_load_with(base.clone(), &opts, side, Some(&bar));
             let (r, f) = match &floor {
                 Some((proc, url)) if a.side_by_side => {
                     // Both under the same load at the same time: machine noise hits both.
-                    let floor_run = run_floor(&base, url, proc.pid(), a.calls, &caller, false);
+                    let floor_run =
+                        run_floor(&base, &opts, url, proc.pid(), a.calls, &caller, false);
                     let (r, f) = tokio::join!(relay_run, floor_run);
                     (r?, Some(f?))
                 }
@@ -530,7 +705,10 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     (
                         r,
-                        Some(run_floor(&base, url, proc.pid(), a.calls, &caller, true).await?),
+                        Some(
+                            run_floor(&base, &opts, url, proc.pid(), a.calls, &caller, true)
+                                .await?,
+                        ),
                     )
                 }
                 None => (relay_run.await?, None),
@@ -541,14 +719,25 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         drop(floor);
     }
     drop(relay);
+    drop(agent_proc);
 
     if !a.no_floor && a.find_capacity {
         let exe = std::env::current_exe().context("locating the loadtest binary")?;
         let (floor_proc, floor_url) = procs::spawn_floor(&exe, pin.as_ref())?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let calls = rep.relay.as_ref().map_or(a.calls, |r| r.calls);
-        rep.floor =
-            Some(run_floor(&base, &floor_url, floor_proc.pid(), calls, &caller, true).await?);
+        rep.floor = Some(
+            run_floor(
+                &base,
+                &opts,
+                &floor_url,
+                floor_proc.pid(),
+                calls,
+                &caller,
+                true,
+            )
+            .await?,
+        );
         drop(floor_proc);
     }
     rep.compute_ratio();
@@ -569,6 +758,7 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
 /// `url`, sampling process `pid`; with a progress bar unless another run draws one.
 async fn run_floor(
     base: &LoadConfig,
+    opts: &RunOptions,
     url: &str,
     pid: u32,
     calls: usize,
@@ -586,10 +776,10 @@ async fn run_floor(
         ..base.clone()
     };
     if !show_progress {
-        return harness::run_load(cfg, None, None).await;
+        return harness::run_load_with(cfg, opts, AgentSide::None, None).await;
     }
     let pb = progress_bar("floor");
-    let r = harness::run_load(cfg, None, Some(&Bar(pb.clone()))).await;
+    let r = harness::run_load_with(cfg, opts, AgentSide::None, Some(&Bar(pb.clone()))).await;
     pb.finish_and_clear();
     r
 }
@@ -607,9 +797,14 @@ fn notes() -> Vec<String> {
          received in the window (each one read + one write by the relay); for the floor, frames \
          echoed. RSS per call = (VmRSS at window end − VmRSS before the first call) ÷ calls."
             .into(),
-        "Caller load: one 160-byte frame per call per 20 ms on a shared grid (calls spread over \
-         the period by index mod 20 ms unless --aligned); Twilio playback is emulated, so the \
-         relay's marks are echoed when 'played'."
+        "Caller load: one 160-byte frame per call per 20 ms on a shared grid (per-call pacing: \
+         each call's own timer, calls spread over the period by index mod 20 ms unless \
+         --aligned; lockstep: one ticker sends every call's frame in one burst per tick); Twilio \
+         playback is emulated (8 bytes per ms per call), so the relay's marks are echoed when \
+         'played'."
+            .into(),
+        "Context switches per frame: voluntary + involuntary switches summed over the \
+         process's threads (/proc/<pid>/task/*/status) between the window's edges ÷ frames."
             .into(),
     ]
 }

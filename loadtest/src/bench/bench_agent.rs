@@ -160,8 +160,28 @@ pub enum AgentMode {
     Conversation(ConversationScript),
 }
 
+/// When the ElevenLabs mock sends its keepalive `ping`s (the relay must answer each with a
+/// `pong`). Other dialects have no agent pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingSchedule {
+    /// After every this many caller frames of a conversation (250 = every 5 s of audio), in
+    /// line with the echo that follows the frame: the default.
+    EveryFrames(u64),
+    /// On a timer of its own per conversation, every this many milliseconds (1000: as the
+    /// real service and the outside test of issue 19 do), independent of the audio, so a
+    /// ping is a message of its own for the relay to read.
+    IntervalMs(u64),
+}
+
+impl Default for PingSchedule {
+    fn default() -> Self {
+        PingSchedule::EveryFrames(PING_EVERY_FRAMES)
+    }
+}
+
 /// Per-call counters kept by the agent side (what the mock received from the relay).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AgentCallStats {
     /// `user_audio_chunk` messages received.
     pub frames: u64,
@@ -186,10 +206,17 @@ pub struct AgentCallStats {
     /// Messages the mock could not make sense of (bad JSON, bad base64, binary frames), and
     /// dialect rule violations (OpenAI: a truncate past the audio sent for the item).
     pub protocol_errors: u64,
+    /// `ping`s sent (ElevenLabs).
+    #[serde(default)]
+    pub pings: u64,
+    /// `pong`s received that answered the ping awaiting one (ElevenLabs).
+    #[serde(default)]
+    pub pongs: u64,
 }
 
 impl AgentCallStats {
-    fn add(&mut self, o: &AgentCallStats) {
+    /// Adds `o`'s counters to these.
+    pub fn add(&mut self, o: &AgentCallStats) {
         self.frames += o.frames;
         self.unique += o.unique;
         self.duplicates += o.duplicates;
@@ -201,6 +228,8 @@ impl AgentCallStats {
         self.interruptions += o.interruptions;
         self.truncates += o.truncates;
         self.protocol_errors += o.protocol_errors;
+        self.pings += o.pings;
+        self.pongs += o.pongs;
     }
 }
 
@@ -242,6 +271,8 @@ pub struct AgentRun {
     pub conversations_done: AtomicUsize,
     /// Conversations that never identified themselves (no/invalid `lt_call`).
     pub unidentified: AtomicUsize,
+    /// When the ElevenLabs mock pings (see [`AgentRun::with_ping`]).
+    pub ping: PingSchedule,
 }
 
 impl AgentRun {
@@ -263,7 +294,14 @@ impl AgentRun {
             frames_rx: AtomicU64::new(0),
             conversations_done: AtomicUsize::new(0),
             unidentified: AtomicUsize::new(0),
+            ping: PingSchedule::default(),
         }
+    }
+
+    /// The same run with the ElevenLabs mock pinging on `ping` instead of every 250 frames.
+    pub fn with_ping(mut self, ping: PingSchedule) -> Self {
+        self.ping = ping;
+        self
     }
 
     /// Nanoseconds since the epoch.
@@ -344,42 +382,50 @@ impl BenchAgent {
     /// loadtest`, AssemblyAI `ws://ADDR/v1/ws` (`--assemblyai-url`), OpenAI
     /// `ws://ADDR/v1/realtime?model=gpt-realtime` (`--openai-realtime-url`).
     pub fn ws_url(&self) -> String {
-        match self.dialect {
-            BenchDialect::ElevenLabs => {
-                format!(
-                    "ws://{}{CONVERSATION_PATH}?agent_id={BENCH_AGENT_ID}",
-                    self.addr
-                )
-            }
-            BenchDialect::AssemblyAi => {
-                format!(
-                    "ws://{}{}",
-                    self.addr,
-                    crate::peers::assemblyai_sim::WS_PATH
-                )
-            }
-            BenchDialect::OpenAi => format!(
-                "ws://{}{}?model={BENCH_OPENAI_MODEL}",
-                self.addr,
-                crate::peers::openai_sim::WS_PATH
-            ),
-        }
+        agent_ws_url(self.addr, self.dialect)
     }
 
     /// How to point a relay at this agent (see [`crate::bench::procs::spawn_relay_with`]).
     pub fn relay_agent(&self) -> RelayAgent {
-        match self.dialect {
-            BenchDialect::ElevenLabs => RelayAgent::ElevenLabs {
-                api_base: self.api_base(),
-            },
-            BenchDialect::AssemblyAi => RelayAgent::AssemblyAi { url: self.ws_url() },
-            BenchDialect::OpenAi => RelayAgent::OpenAi { url: self.ws_url() },
-        }
+        relay_agent_for(self.addr, self.dialect)
     }
 
     /// Installs the state of the next run (conversations opened afterwards use it).
     pub fn set_run(&self, run: Arc<AgentRun>) {
         *self.run.write().unwrap_or_else(|p| p.into_inner()) = Some(run);
+    }
+}
+
+/// The agent WebSocket URL of a bench agent of `dialect` on `addr` (see
+/// [`BenchAgent::ws_url`]).
+pub fn agent_ws_url(addr: SocketAddr, dialect: BenchDialect) -> String {
+    match dialect {
+        BenchDialect::ElevenLabs => {
+            format!("ws://{addr}{CONVERSATION_PATH}?agent_id={BENCH_AGENT_ID}")
+        }
+        BenchDialect::AssemblyAi => {
+            format!("ws://{addr}{}", crate::peers::assemblyai_sim::WS_PATH)
+        }
+        BenchDialect::OpenAi => format!(
+            "ws://{addr}{}?model={BENCH_OPENAI_MODEL}",
+            crate::peers::openai_sim::WS_PATH
+        ),
+    }
+}
+
+/// How to point a relay at a bench agent of `dialect` on `addr` (see
+/// [`BenchAgent::relay_agent`]).
+pub fn relay_agent_for(addr: SocketAddr, dialect: BenchDialect) -> RelayAgent {
+    match dialect {
+        BenchDialect::ElevenLabs => RelayAgent::ElevenLabs {
+            api_base: format!("http://{addr}"),
+        },
+        BenchDialect::AssemblyAi => RelayAgent::AssemblyAi {
+            url: agent_ws_url(addr, dialect),
+        },
+        BenchDialect::OpenAi => RelayAgent::OpenAi {
+            url: agent_ws_url(addr, dialect),
+        },
     }
 }
 
@@ -712,14 +758,44 @@ impl PingClock {
             .to_string()
     }
 
-    /// A `pong` arrived at `now_ns`: its RTT is reported with the next ping.
-    fn pong(&mut self, v: &Value, now_ns: u64) {
+    /// A `pong` arrived at `now_ns`: its RTT is reported with the next ping. True if it
+    /// answered the ping awaiting one.
+    fn pong(&mut self, v: &Value, now_ns: u64) -> bool {
         let id = v.get("event_id").and_then(Value::as_i64);
         if let Some((pending, sent)) = self.pending {
             if id == Some(pending) {
                 self.last_rtt_ms = Some(now_ns.saturating_sub(sent) / 1_000_000);
                 self.pending = None;
+                return true;
             }
+        }
+        false
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends a `ping` every `every` (the first one `every` after the conversation opened) until
+/// `stop` resolves (its sender is dropped) or the connection fails.
+async fn ping_loop(
+    run: Arc<AgentRun>,
+    writer: WsWriter,
+    pings: Arc<Mutex<PingClock>>,
+    every: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut stop => break,
+        }
+        let ping = lock(&pings).ping(run.now_ns());
+        if writer.send_text(ping).await.is_err() {
+            break;
         }
     }
 }
@@ -781,8 +857,28 @@ async fn conversation(
     let mut reply_task: Option<JoinHandle<()>> = None;
     let mut buf = Vec::with_capacity(256);
     let prefix = dialect.audio_prefix();
-    let mut pings = PingClock::default();
+    let pings = Arc::new(Mutex::new(PingClock::default()));
     let mut frames_in_call: u64 = 0;
+    // Timed pings (ElevenLabs): a task of their own, stopped (never aborted: it may be
+    // mid-write) when the conversation ends.
+    let (ping_stop, ping_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ping_task = match (dialect, run.ping) {
+        (BenchDialect::ElevenLabs, PingSchedule::IntervalMs(ms)) if ms > 0 => {
+            Some(tokio::spawn(ping_loop(
+                run.clone(),
+                writer.clone(),
+                pings.clone(),
+                Duration::from_millis(ms),
+                ping_stopped,
+            )))
+        }
+        _ => None,
+    };
+    let every_frames = match run.ping {
+        PingSchedule::EveryFrames(n) if dialect == BenchDialect::ElevenLabs => n,
+        _ => 0,
+    };
+    let mut pongs: u64 = 0;
     loop {
         let text = match reader.next().await {
             Ok(WsMessage::Text(t)) => t,
@@ -824,7 +920,9 @@ async fn conversation(
                     continue;
                 }
                 (BenchDialect::ElevenLabs, Some("pong")) => {
-                    pings.pong(&v, now);
+                    if lock(&pings).pong(&v, now) {
+                        pongs += 1;
+                    }
                     continue;
                 }
                 // tool results, …: nothing to do for load runs.
@@ -839,8 +937,9 @@ async fn conversation(
         drop(b64);
         run.frames_rx.fetch_add(1, Ordering::Relaxed);
         frames_in_call += 1;
-        if dialect == BenchDialect::ElevenLabs && frames_in_call.is_multiple_of(PING_EVERY_FRAMES) {
-            let _ = writer.send_text(pings.ping(now)).await;
+        if every_frames > 0 && frames_in_call.is_multiple_of(every_frames) {
+            let ping = lock(&pings).ping(now);
+            let _ = writer.send_text(ping).await;
         }
         let Some(tag) = check.check(&run, &buf, now) else {
             continue;
@@ -909,7 +1008,13 @@ async fn conversation(
     if let Some(t) = reply_task {
         let _ = t.await;
     }
+    drop(ping_stop);
+    if let Some(t) = ping_task {
+        let _ = t.await;
+    }
     writer.release().await;
+    check.stats.pings = lock(&pings).next_id as u64;
+    check.stats.pongs = pongs;
     *slot.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(check.stats);
     run.conversations_done.fetch_add(1, Ordering::Relaxed);
 }

@@ -27,6 +27,18 @@
 //!   *call setup*: WebSocket open at the caller → the session's init message at the mock
 //!   (`conversation_initiation_client_data`, or `session.update` for AssemblyAI and OpenAI).
 //!
+//! **Pacing** ([`Pacing`], [`RunOptions`]): by default (`per-call`) every call has a timer of
+//! its own on that grid and its task sends its frame when the timer fires. With `lockstep`,
+//! one ticker task on the 20 ms grid (phase 0) sends every call's frame in one burst per tick,
+//! one after another from one task, the way a media gateway that batches its calls does; the
+//! calls' tasks then only echo marks and end the call. Either way every frame sent in the
+//! steady window is counted by its phase within the 20 ms period (1 ms buckets,
+//! [`LoadResult::send_phase_ms`]), and lockstep ticks are summarised as [`Bursts`].
+//!
+//! **Agent placement** ([`AgentSide`]): the mock agent runs in this process on the harness's
+//! runtime ([`BenchAgent`]), or as a process of its own ([`AgentProcess`], `loadtest
+//! agent-server`, single-threaded) whose results are copied back into the run.
+//!
 //! The mock agent speaks the dialect it was started with ([`BenchAgent::start_dialect`]); each
 //! call carries its index as custom parameter `lt_call` and, for AssemblyAI and OpenAI, also
 //! as `prompt` = `lt_call=<index>` (see [`bench_agent::call_prompt`]).
@@ -44,12 +56,16 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TInstant, MissedTickBehavior};
 
+use crate::bench::agent_process::AgentProcess;
 use crate::bench::bench_agent::{
     self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent, BenchDialect,
+    PingSchedule,
 };
 use crate::bench::procstat::{self, ProcSample};
 use crate::bench::tag::{self, FramePlan, FrameTag};
-use crate::peers::twilio_sim::{parse_server_message, StartParams, TwilioClient, TwilioInbound};
+use crate::peers::twilio_sim::{
+    parse_server_message, StartParams, TwilioClient, TwilioInbound, TwilioSender,
+};
 use crate::MULAW_FRAME_BYTES;
 
 /// 20 ms frame period.
@@ -83,6 +99,118 @@ pub struct LoadConfig {
     /// Process to sample for CPU/RSS (the relay or the floor server), if any.
     pub monitor_pid: Option<u32>,
 }
+
+/// How the callers' frame sends are clocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pacing {
+    /// Each call has its own 20 ms timer on the shared grid, at its phase (index mod 20 ms,
+    /// or 0 for all with `aligned`), and its own task sends its frame.
+    #[default]
+    PerCall,
+    /// One ticker on the grid (phase 0) sends every active call's frame per tick, one after
+    /// another from one task: N frames in one burst every 20 ms.
+    Lockstep,
+}
+
+impl Pacing {
+    /// `per-call` or `lockstep`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pacing::PerCall => "per-call",
+            Pacing::Lockstep => "lockstep",
+        }
+    }
+}
+
+/// Options of a run beyond [`LoadConfig`] (see [`run_load_with`]); the defaults are what
+/// [`run_load`] does.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// How caller frames are clocked.
+    pub pacing: Pacing,
+    /// When the ElevenLabs mock agent pings.
+    pub agent_ping: PingSchedule,
+    /// Count context switches and system calls of the monitored process over the steady
+    /// window with `perf stat` (see [`PerfStat`]). It adds a little cost to every system
+    /// call of that process, so keep ratio runs without it.
+    pub perf_stat: bool,
+}
+
+/// Where the mock agent of a run is.
+#[derive(Clone, Copy)]
+pub enum AgentSide<'a> {
+    /// No mock agent (the floor, or a relay whose agent is elsewhere).
+    None,
+    /// In this process, on the harness's runtime.
+    InProcess(&'a BenchAgent),
+    /// A process of its own (`loadtest agent-server`).
+    Process(&'a AgentProcess),
+}
+
+impl AgentSide<'_> {
+    fn dialect(&self) -> Option<BenchDialect> {
+        match self {
+            AgentSide::None => None,
+            AgentSide::InProcess(a) => Some(a.dialect()),
+            AgentSide::Process(p) => Some(p.dialect()),
+        }
+    }
+
+    /// `in-process`, `separate process` or `none`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AgentSide::None => "none",
+            AgentSide::InProcess(_) => "in-process",
+            AgentSide::Process(_) => "separate process",
+        }
+    }
+}
+
+/// Lockstep ticks in the steady window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bursts {
+    /// Ticks whose scheduled time lay in the steady window.
+    pub ticks: u64,
+    /// Frames sent on those ticks.
+    pub frames: u64,
+    /// Fewest frames sent on one tick.
+    pub frames_per_tick_min: u64,
+    /// Most frames sent on one tick.
+    pub frames_per_tick_max: u64,
+    /// Time from a tick's first send to its last (the burst's length).
+    pub span: Option<Percentiles>,
+    /// Time from a tick's scheduled instant to its first send.
+    pub late: Option<Percentiles>,
+}
+
+/// Counters of `perf stat -e …` over the steady window of the monitored process.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerfStat {
+    /// The command run.
+    pub command: String,
+    /// Event → count.
+    pub counts: BTreeMap<String, f64>,
+    /// Event → count ÷ frames relayed in the window.
+    pub per_frame: BTreeMap<String, f64>,
+    /// Frames relayed in the window (the denominator).
+    pub frames: u64,
+}
+
+/// Events counted by [`RunOptions::perf_stat`].
+pub const PERF_EVENTS: &[&str] = &[
+    "context-switches",
+    "cpu-migrations",
+    "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_read",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_writev",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_pwait",
+    "syscalls:sys_enter_futex",
+];
 
 /// Latency percentiles of one series, microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +373,11 @@ pub struct Resources {
     pub rss_kib_per_call: f64,
     /// Calls one fully busy core would carry at this cost (calls ÷ cores).
     pub calls_per_core: f64,
+    /// Voluntary context switches (all threads, `/proc/<pid>/task/*/status`) in the window
+    /// ÷ frames.
+    pub voluntary_switches_per_frame: f64,
+    /// Involuntary (preempted) context switches in the window ÷ frames.
+    pub nonvoluntary_switches_per_frame: f64,
 }
 
 /// Everything measured in one run.
@@ -290,9 +423,39 @@ pub struct LoadResult {
     /// window — on a small machine it competes with the relay for CPU, which shows in the
     /// latency tail.
     pub harness_cores: f64,
+    /// How the callers' sends were clocked.
+    pub pacing: Pacing,
+    /// Where the mock agent ran: `in-process`, `separate process` or `none`.
+    pub agent_placement: String,
+    /// Cores the separate agent process kept busy in the steady window.
+    pub agent_process_cores: Option<f64>,
+    /// Frames sent in the steady window by their phase in the 20 ms period on the harness
+    /// clock: element `k` counts sends at `k..k+1` ms past a grid point.
+    pub send_phase_ms: Vec<u64>,
+    /// Lockstep pacing: the ticks of the steady window.
+    pub bursts: Option<Bursts>,
+    /// `perf stat` counters of the monitored process, if asked for.
+    pub perf: Option<PerfStat>,
 }
 
 impl LoadResult {
+    /// The largest share (0..1) of the window's frames sent within `width_ms` consecutive
+    /// 1 ms phases of the 20 ms period (wrapping around): ~1 when every call sends on one
+    /// clock, ~`width_ms`/20 when the calls are spread over the period.
+    pub fn send_phase_concentration(&self, width_ms: usize) -> f64 {
+        let h = &self.send_phase_ms;
+        let total: u64 = h.iter().sum();
+        if total == 0 || h.is_empty() {
+            return 0.0;
+        }
+        let w = width_ms.clamp(1, h.len());
+        let best = (0..h.len())
+            .map(|k| (0..w).map(|j| h[(k + j) % h.len()]).sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        best as f64 / total as f64
+    }
+
     /// Total frames lost in either direction (unknown directions count as 0).
     pub fn lost(&self) -> u64 {
         self.lost_caller_to_agent.unwrap_or(0) + self.lost_to_caller
@@ -329,8 +492,12 @@ pub(crate) struct CallerRun {
     pub(crate) active: AtomicUsize,
     pub(crate) open_ns: Vec<AtomicU64>,
     pub(crate) agent: Option<Arc<AgentRun>>,
-    /// The in-process mock agent's dialect, if there is one.
+    /// The mock agent's dialect, if there is one.
     pub(crate) dialect: Option<BenchDialect>,
+    /// Lockstep pacing: the calls the one ticker sends for (`None`: per-call timers).
+    pub(crate) lockstep: Option<Lockstep>,
+    /// Frames sent in the window by 1 ms phase of the 20 ms period.
+    pub(crate) send_phase: Vec<AtomicU64>,
 }
 
 impl CallerRun {
@@ -357,7 +524,23 @@ impl CallerRun {
             open_ns: (0..cfg.calls).map(|_| AtomicU64::new(0)).collect(),
             agent,
             dialect,
+            lockstep: None,
+            send_phase: (0..PHASE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             cfg,
+        }
+    }
+
+    /// The same state with lockstep pacing: the run must also start [`lockstep_ticker`].
+    pub(crate) fn with_lockstep(mut self) -> Self {
+        self.lockstep = Some(Lockstep::new());
+        self
+    }
+
+    /// Counts a frame sent at `ns` by its phase, if it is in the window.
+    fn note_send(&self, ns: u64) {
+        if self.in_window(ns) {
+            let k = ((ns % FRAME_PERIOD.as_nanos() as u64) / 1_000_000) as usize;
+            self.send_phase[k.min(PHASE_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -369,6 +552,195 @@ impl CallerRun {
     }
     fn tinstant(&self, ns: u64) -> TInstant {
         TInstant::from_std(self.epoch + Duration::from_nanos(ns))
+    }
+}
+
+/// 1 ms phase buckets of the 20 ms period.
+const PHASE_BUCKETS: usize = 20;
+
+/// One call as the lockstep ticker sees it.
+pub(crate) struct LockstepCall {
+    index: u32,
+    tx: TwilioSender,
+    sent: Arc<Mutex<Vec<u64>>>,
+    stop_ns: u64,
+    /// Next sequence number (only the ticker touches it).
+    seq: AtomicU64,
+    frames_sent: AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicBool,
+    /// Woken once when the call is done (stop time reached, or a send failed).
+    notify: tokio::sync::Notify,
+}
+
+impl LockstepCall {
+    fn finish(&self, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+struct LockstepRegistry {
+    calls: Vec<Arc<LockstepCall>>,
+    /// The ticker has stopped: calls registering now are done at once.
+    closed: bool,
+}
+
+/// Lockstep pacing's shared state: the registered calls and the burst statistics.
+pub(crate) struct Lockstep {
+    registry: Mutex<LockstepRegistry>,
+    ticks: AtomicU64,
+    frames: AtomicU64,
+    min_frames: AtomicU64,
+    max_frames: AtomicU64,
+    span: Mutex<Histogram<u64>>,
+    late: Mutex<Histogram<u64>>,
+}
+
+impl Lockstep {
+    fn new() -> Self {
+        Lockstep {
+            registry: Mutex::new(LockstepRegistry::default()),
+            ticks: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            min_frames: AtomicU64::new(u64::MAX),
+            max_frames: AtomicU64::new(0),
+            span: Mutex::new(new_histogram()),
+            late: Mutex::new(new_histogram()),
+        }
+    }
+
+    fn register(
+        &self,
+        index: u32,
+        tx: TwilioSender,
+        sent: Arc<Mutex<Vec<u64>>>,
+        stop_ns: u64,
+    ) -> Arc<LockstepCall> {
+        let c = Arc::new(LockstepCall {
+            index,
+            tx,
+            sent,
+            stop_ns,
+            seq: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
+            done: std::sync::atomic::AtomicBool::new(false),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        });
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if reg.closed {
+            c.finish(false);
+        } else {
+            reg.calls.push(c.clone());
+        }
+        c
+    }
+
+    fn summary(&self) -> Bursts {
+        let ticks = self.ticks.load(Ordering::Relaxed);
+        let h = |m: &Mutex<Histogram<u64>>| {
+            Percentiles::of(&m.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        Bursts {
+            ticks,
+            frames: self.frames.load(Ordering::Relaxed),
+            frames_per_tick_min: if ticks > 0 {
+                self.min_frames.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            frames_per_tick_max: self.max_frames.load(Ordering::Relaxed),
+            span: h(&self.span),
+            late: h(&self.late),
+        }
+    }
+}
+
+/// The lockstep clock: one 20 ms ticker (grid phase 0, missed ticks sent late in a burst,
+/// as per-call timers do) that sends every registered call's next frame per tick, one after
+/// another from this one task, until the run's stop time. The burst runs unconstrained by
+/// tokio's cooperative budget, so it is not cut into slices by forced yields.
+pub(crate) async fn lockstep_ticker(s: Arc<CallerRun>) {
+    let Some(ls) = s.lockstep.as_ref() else {
+        return;
+    };
+    let period = FRAME_PERIOD.as_nanos() as u64;
+    let mut due = (s.now_ns() / period + 1) * period;
+    let mut ticker = tokio::time::interval_at(s.tinstant(due), FRAME_PERIOD);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut batch: Vec<Arc<LockstepCall>> = Vec::new();
+    loop {
+        ticker.tick().await;
+        let tick_due = due;
+        due += period;
+        let stopping = s.now_ns() >= s.stop_ns;
+        batch.clear();
+        {
+            let mut reg = ls.registry.lock().unwrap_or_else(|p| p.into_inner());
+            reg.calls.retain(|c| !c.is_done());
+            batch.extend(reg.calls.iter().cloned());
+            if stopping {
+                reg.closed = true;
+                reg.calls.clear();
+            }
+        }
+        if stopping {
+            for c in &batch {
+                c.finish(false);
+            }
+            return;
+        }
+        let (n, first, last) = tokio::task::unconstrained(async {
+            let (mut n, mut first, mut last) = (0u64, None::<u64>, 0u64);
+            for c in &batch {
+                if c.is_done() {
+                    continue;
+                }
+                let now = s.now_ns();
+                if now >= c.stop_ns {
+                    c.finish(false);
+                    continue;
+                }
+                let seq = c.seq.fetch_add(1, Ordering::Relaxed) as u32;
+                let frame = s.cfg.plan.frame(FrameTag {
+                    call: c.index,
+                    seq,
+                    sent_ns: now,
+                });
+                c.sent.lock().unwrap_or_else(|p| p.into_inner()).push(now);
+                if c.tx.send_media(&frame).await.is_err() {
+                    c.finish(true);
+                    continue;
+                }
+                c.frames_sent.fetch_add(1, Ordering::Relaxed);
+                s.frames_tx.fetch_add(1, Ordering::Relaxed);
+                s.note_send(now);
+                n += 1;
+                first.get_or_insert(now);
+                last = now;
+            }
+            (n, first, last)
+        })
+        .await;
+        if s.in_window(tick_due) {
+            ls.ticks.fetch_add(1, Ordering::Relaxed);
+            ls.frames.fetch_add(n, Ordering::Relaxed);
+            ls.min_frames.fetch_min(n, Ordering::Relaxed);
+            ls.max_frames.fetch_max(n, Ordering::Relaxed);
+            if let Some(f) = first {
+                record(&ls.span, last - f);
+                record(&ls.late, f.saturating_sub(tick_due));
+            }
+        }
     }
 }
 
@@ -386,10 +758,23 @@ pub trait Progress: Send + Sync {
     fn tick(&self, elapsed_s: f64, total_s: f64, active: usize, media_rx: u64);
 }
 
-/// Runs one load run. `agent` is the in-process mock (if any); its run state is replaced.
+/// Runs one load run with the default [`RunOptions`] (per-call pacing). `agent` is the
+/// in-process mock (if any); its run state is replaced.
 pub async fn run_load(
     cfg: LoadConfig,
     agent: Option<&BenchAgent>,
+    progress: Option<&dyn Progress>,
+) -> anyhow::Result<LoadResult> {
+    let side = agent.map_or(AgentSide::None, AgentSide::InProcess);
+    run_load_with(cfg, &RunOptions::default(), side, progress).await
+}
+
+/// Runs one load run shaped by `opts`, with the mock agent at `agent` (its run state is
+/// replaced).
+pub async fn run_load_with(
+    cfg: LoadConfig,
+    opts: &RunOptions,
+    agent: AgentSide<'_>,
     progress: Option<&dyn Progress>,
 ) -> anyhow::Result<LoadResult> {
     let ticks = procstat::clock_ticks();
@@ -404,25 +789,53 @@ pub async fn run_load(
     let window_end = window_start + cfg.duration.as_nanos() as u64;
     let stop_ns = window_end + 200_000_000;
     let total_s = (stop_ns as f64) / 1e9 + 1.0;
-    let agent_run = agent.map(|a| {
-        let run = Arc::new(AgentRun::new(
-            epoch,
-            cfg.plan.clone(),
-            cfg.mode.clone(),
-            (window_start, window_end),
-            cfg.calls,
-        ));
-        a.set_run(run.clone());
-        run
-    });
-    let shared = Arc::new(CallerRun::new(
+    let agent_run = match agent {
+        AgentSide::None => None,
+        _ => Some(Arc::new(
+            AgentRun::new(
+                epoch,
+                cfg.plan.clone(),
+                cfg.mode.clone(),
+                (window_start, window_end),
+                cfg.calls,
+            )
+            .with_ping(opts.agent_ping),
+        )),
+    };
+    match (agent, &agent_run) {
+        (AgentSide::InProcess(a), Some(run)) => a.set_run(run.clone()),
+        // The separate agent gets the same run; `agent_run` is then its local mirror.
+        (AgentSide::Process(p), Some(run)) => p.start_run(run).await?,
+        _ => {}
+    }
+    let agent_pid = match agent {
+        AgentSide::Process(p) => Some(p.pid()),
+        _ => None,
+    };
+    let mut caller_run = CallerRun::new(
         epoch,
         cfg.clone(),
         (window_start, window_end),
         stop_ns,
         agent_run.clone(),
-        agent.map(BenchAgent::dialect),
-    ));
+        agent.dialect(),
+    );
+    if opts.pacing == Pacing::Lockstep {
+        caller_run = caller_run.with_lockstep();
+    }
+    let shared = Arc::new(caller_run);
+    let ticker = (opts.pacing == Pacing::Lockstep).then(|| {
+        let shared = shared.clone();
+        tokio::spawn(lockstep_ticker(shared))
+    });
+    let perf = match (opts.perf_stat, cfg.monitor_pid) {
+        (true, Some(pid)) => Some(tokio::spawn(perf_stat_window(
+            pid,
+            shared.tinstant(window_start),
+            cfg.duration,
+        ))),
+        _ => None,
+    };
 
     let mut handles = Vec::with_capacity(cfg.calls);
     for i in 0..cfg.calls {
@@ -440,6 +853,7 @@ pub async fn run_load(
     };
     let mut samples: Vec<(ProcSample, u64)> = Vec::new();
     let mut own: Vec<ProcSample> = Vec::new();
+    let mut agent_samples: Vec<ProcSample> = Vec::new();
     for edge in [window_start, window_end] {
         loop {
             let now = shared.now_ns();
@@ -457,8 +871,14 @@ pub async fn run_load(
             let wait = Duration::from_nanos((edge - now).min(250_000_000));
             tokio::time::sleep(wait).await;
         }
+        if let (AgentSide::Process(p), Some(run)) = (agent, &agent_run) {
+            p.refresh(run).await?;
+        }
         let frames = frames_now(&shared);
         own.push(procstat::sample(std::process::id(), ticks).unwrap_or_default());
+        if let Some(pid) = agent_pid {
+            agent_samples.push(procstat::sample(pid, ticks).unwrap_or_default());
+        }
         if let Some(pid) = cfg.monitor_pid {
             samples.push((procstat::sample(pid, ticks)?, frames));
         } else {
@@ -485,12 +905,23 @@ pub async fn run_load(
     if let Some(a) = &agent_run {
         let expect = caller.connected as usize;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while a.conversations_done.load(Ordering::Relaxed) + a.unidentified.load(Ordering::Relaxed)
-            < expect
-            && Instant::now() < deadline
-        {
+        loop {
+            if let AgentSide::Process(p) = agent {
+                p.refresh(a).await?;
+            }
+            let done = a.conversations_done.load(Ordering::Relaxed)
+                + a.unidentified.load(Ordering::Relaxed);
+            if done >= expect || Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let AgentSide::Process(p) = agent {
+            p.collect(a).await?;
+        }
+    }
+    if let Some(t) = ticker {
+        let _ = t.await;
     }
 
     let resources = match (cfg.monitor_pid, idle) {
@@ -526,6 +957,15 @@ pub async fn run_load(
                 } else {
                     0.0
                 },
+                voluntary_switches_per_frame: per_frame(
+                    s1.voluntary_switches.saturating_sub(s0.voluntary_switches),
+                    frames,
+                ),
+                nonvoluntary_switches_per_frame: per_frame(
+                    s1.nonvoluntary_switches
+                        .saturating_sub(s0.nonvoluntary_switches),
+                    frames,
+                ),
             })
         }
         _ => None,
@@ -588,9 +1028,97 @@ pub async fn run_load(
         turn: h(&shared.turn),
         barge_in: h(&shared.barge_in),
         call_setup: Percentiles::of(&setup),
-        resources,
         harness_cores: (own[1].cpu_s() - own[0].cpu_s()) / cfg.duration.as_secs_f64().max(1e-9),
+        pacing: opts.pacing,
+        agent_placement: agent.describe().to_owned(),
+        agent_process_cores: (agent_samples.len() == 2).then(|| {
+            (agent_samples[1].cpu_s() - agent_samples[0].cpu_s())
+                / cfg.duration.as_secs_f64().max(1e-9)
+        }),
+        send_phase_ms: shared
+            .send_phase
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect(),
+        bursts: shared.lockstep.as_ref().map(Lockstep::summary),
+        perf: match perf {
+            Some(t) => match t.await {
+                Ok(Ok((command, counts))) => {
+                    let frames = resources.as_ref().map_or(0, |r| r.frames);
+                    Some(PerfStat {
+                        per_frame: counts
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v / frames.max(1) as f64))
+                            .collect(),
+                        command,
+                        counts,
+                        frames,
+                    })
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("perf stat failed: {e:#}");
+                    None
+                }
+                Err(_) => None,
+            },
+            None => None,
+        },
+        resources,
     })
+}
+
+fn per_frame(n: u64, frames: u64) -> f64 {
+    if frames > 0 {
+        n as f64 / frames as f64
+    } else {
+        0.0
+    }
+}
+
+/// Runs `perf stat -x, -e <PERF_EVENTS> -p <pid> -- sleep <window>` from `start`, and
+/// returns the command line and the counts (events perf could not count are left out).
+async fn perf_stat_window(
+    pid: u32,
+    start: TInstant,
+    window: Duration,
+) -> anyhow::Result<(String, BTreeMap<String, f64>)> {
+    tokio::time::sleep_until(start).await;
+    let events = PERF_EVENTS.join(",");
+    let secs = format!("{:.3}", window.as_secs_f64());
+    let args = [
+        "stat",
+        "-x",
+        ",",
+        "-e",
+        &events,
+        "-p",
+        &pid.to_string(),
+        "--",
+        "sleep",
+        &secs,
+    ]
+    .map(str::to_owned);
+    let out = tokio::process::Command::new("perf")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        // CSV: value,unit,event,run time,percentage,...
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() >= 3 {
+            if let Ok(v) = f[0].trim().parse::<f64>() {
+                counts.insert(f[2].trim().to_owned(), v);
+            }
+        }
+    }
+    if counts.is_empty() {
+        anyhow::bail!("perf stat printed no counts: {}", text.trim());
+    }
+    Ok((format!("perf {}", args.join(" ")), counts))
 }
 
 /// From the receiver to the sender: marks to echo after playback, or a `clear`.
@@ -665,6 +1193,11 @@ pub(crate) async fn call_span(
         s.active.fetch_sub(1, Ordering::Relaxed);
         return stats;
     }
+    // Lockstep: the one ticker sends this call's frames from now on.
+    let lockstep = s
+        .lockstep
+        .as_ref()
+        .map(|ls| ls.register(i as u32, tx.clone(), sent.clone(), stop_ns));
     // Shared 20 ms grid: first grid point after now, plus this call's phase.
     let phase_ns = if s.cfg.aligned {
         0
@@ -684,7 +1217,20 @@ pub(crate) async fn call_span(
     loop {
         let due = marks.front().map(|m| m.1);
         tokio::select! {
-            _ = ticker.tick(), if sending => {
+            _ = async {
+                match &lockstep {
+                    Some(c) => c.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            }, if sending => {
+                // The ticker is done with this call: its stop time came, or a send failed.
+                if lockstep.as_ref().is_some_and(|c| c.failed.load(Ordering::Relaxed)) {
+                    failed = true;
+                    break;
+                }
+                sending = false;
+            }
+            _ = ticker.tick(), if sending && lockstep.is_none() => {
                 let now = s.now_ns();
                 if now >= stop_ns {
                     sending = false;
@@ -698,6 +1244,7 @@ pub(crate) async fn call_span(
                 }
                 stats.frames_sent += 1;
                 s.frames_tx.fetch_add(1, Ordering::Relaxed);
+                s.note_send(now);
                 seq += 1;
             }
             ev = play_rx.recv() => match ev {
@@ -719,6 +1266,10 @@ pub(crate) async fn call_span(
             }
             _ = tokio::time::sleep_until(linger_end), if !sending => break,
         }
+    }
+    if let Some(c) = &lockstep {
+        c.finish(false);
+        stats.frames_sent += c.frames_sent.load(Ordering::Relaxed);
     }
     if failed {
         stats.closed_early += 1;

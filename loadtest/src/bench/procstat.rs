@@ -1,4 +1,5 @@
-//! CPU time and RSS of a process from `/proc/<pid>/stat` and `/proc/<pid>/status` (Linux).
+//! CPU time, RSS and context switches of a process from `/proc/<pid>/stat`,
+//! `/proc/<pid>/status` and `/proc/<pid>/task/*/status` (Linux).
 
 use anyhow::{anyhow, Context};
 
@@ -11,6 +12,13 @@ pub struct ProcSample {
     pub system_s: f64,
     /// Resident set size, KiB (`VmRSS`).
     pub rss_kib: u64,
+    /// Voluntary context switches (the thread blocked: waited for I/O, a lock, a timer),
+    /// summed over the process's live threads (`/proc/<pid>/status` counts the main thread
+    /// only, so every `/proc/<pid>/task/<tid>/status` is read; threads that have exited are
+    /// not counted).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches (the thread was preempted), summed the same way.
+    pub nonvoluntary_switches: u64,
 }
 
 impl ProcSample {
@@ -56,11 +64,37 @@ pub fn sample(pid: u32, ticks: f64) -> anyhow::Result<ProcSample> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let (voluntary_switches, nonvoluntary_switches) = context_switches(pid);
     Ok(ProcSample {
         user_s: utime / ticks,
         system_s: stime / ticks,
         rss_kib,
+        voluntary_switches,
+        nonvoluntary_switches,
     })
+}
+
+/// Voluntary and involuntary context switches summed over `pid`'s live threads ((0, 0) if
+/// `/proc/<pid>/task` cannot be read).
+pub fn context_switches(pid: u32) -> (u64, u64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let (mut vol, mut nonvol) = (0, 0);
+    for task in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            let n = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                vol += n(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                nonvol += n(v);
+            }
+        }
+    }
+    (vol, nonvol)
 }
 
 #[cfg(test)]
@@ -69,5 +103,8 @@ mod tests {
     fn samples_self() {
         let s = super::sample(std::process::id(), super::clock_ticks()).unwrap();
         assert!(s.rss_kib > 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (vol, _) = super::context_switches(std::process::id());
+        assert!(vol > 0);
     }
 }

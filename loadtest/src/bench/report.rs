@@ -49,6 +49,13 @@ pub struct CpuPair {
     pub ratio: f64,
     /// Worse of the relay's two one-way p99s, µs.
     pub relay_p99_us: Option<f64>,
+    /// Both runs of the pair passed every check (no loss, byte-exact, …); only the first
+    /// pair is summarised in full, so later pairs' problems show here.
+    pub clean: bool,
+    /// Relay context switches (voluntary + involuntary) per frame.
+    pub relay_switches_per_frame: f64,
+    /// Floor context switches per frame.
+    pub floor_switches_per_frame: f64,
 }
 
 /// The whole JSON document written by `--json`.
@@ -70,6 +77,8 @@ pub struct Report {
     pub floor_schedule: Option<String>,
     /// How the processes were placed on CPUs (`--pin`), if pinned.
     pub pinning: Option<String>,
+    /// The load shape: pacing, where the agent ran and how it pinged, pinned or not.
+    pub shape: Option<String>,
     /// How the numbers were measured.
     pub notes: Vec<String>,
 }
@@ -94,6 +103,9 @@ impl Report {
                     floor_cpu_us_per_frame: f,
                     ratio: r / f,
                     relay_p99_us: p99,
+                    clean: relay.clean() && floor.as_ref().is_none_or(LoadResult::clean),
+                    relay_switches_per_frame: switches(&relay),
+                    floor_switches_per_frame: floor.as_ref().map_or(0.0, switches),
                 });
             }
         }
@@ -134,6 +146,12 @@ impl Report {
     }
 }
 
+fn switches(r: &LoadResult) -> f64 {
+    r.resources.as_ref().map_or(0.0, |x| {
+        x.voluntary_switches_per_frame + x.nonvoluntary_switches_per_frame
+    })
+}
+
 fn pct_row(out: &mut String, name: &str, p: &Option<Percentiles>) {
     match p {
         Some(p) => {
@@ -159,9 +177,23 @@ pub fn summarize(r: &LoadResult) -> String {
     };
     let _ = writeln!(
         o,
-        "== {what}: {} calls, {} mode, ramp {}/s, steady window {:.0} s, {}",
-        r.calls, r.mode, r.ramp_per_sec, r.window_s, r.url
+        "== {what}: {} calls, {} mode, {} pacing, ramp {}/s, steady window {:.0} s, {}",
+        r.calls,
+        r.mode,
+        r.pacing.as_str(),
+        r.ramp_per_sec,
+        r.window_s,
+        r.url
     );
+    if !r.floor {
+        let _ = writeln!(
+            o,
+            "  mock agent: {}{}",
+            r.agent_placement,
+            r.agent_process_cores
+                .map_or(String::new(), |c| format!(", {c:.3} cores in the window"))
+        );
+    }
     let c = &r.caller;
     let _ = writeln!(
         o,
@@ -176,8 +208,9 @@ pub fn summarize(r: &LoadResult) -> String {
     if let Some(a) = &r.agent {
         let _ = writeln!(
             o,
-            "  agent side:  frames {} unique {} dup {} reorder {} cross-talk {} corrupt {} errors {}",
-            a.frames, a.unique, a.duplicates, a.reordered, a.cross_talk, a.corrupt, a.protocol_errors
+            "  agent side:  frames {} unique {} dup {} reorder {} cross-talk {} corrupt {} errors {}   pings/pongs {}/{}",
+            a.frames, a.unique, a.duplicates, a.reordered, a.cross_talk, a.corrupt, a.protocol_errors,
+            a.pings, a.pongs
         );
     }
     let _ = writeln!(
@@ -243,6 +276,38 @@ pub fn summarize(r: &LoadResult) -> String {
             res.rss_kib_per_call,
             res.calls_per_core
         );
+        let _ = writeln!(
+            o,
+            "  context switches per frame: {:.3} voluntary, {:.3} involuntary",
+            res.voluntary_switches_per_frame, res.nonvoluntary_switches_per_frame
+        );
+    }
+    if let Some(p) = &r.perf {
+        let per: Vec<String> = p
+            .per_frame
+            .iter()
+            .map(|(k, v)| format!("{} {v:.3}", k.trim_start_matches("syscalls:sys_enter_")))
+            .collect();
+        let _ = writeln!(o, "  perf stat per frame: {}", per.join(", "));
+    }
+    let conc = r.send_phase_concentration(2);
+    let _ = writeln!(
+        o,
+        "  sends: {:.0}% of the window's frames within one 2 ms phase of the 20 ms period",
+        conc * 100.0
+    );
+    if let Some(b) = &r.bursts {
+        let _ = writeln!(
+            o,
+            "  lockstep: {} ticks, {}–{} frames per tick, burst length p50 {} / max {} µs, first send p50 {} / p99 {} µs after the tick",
+            b.ticks,
+            b.frames_per_tick_min,
+            b.frames_per_tick_max,
+            b.span.as_ref().map_or("-".into(), |p| format!("{:.0}", p.p50_us)),
+            b.span.as_ref().map_or("-".into(), |p| format!("{:.0}", p.max_us)),
+            b.late.as_ref().map_or("-".into(), |p| format!("{:.0}", p.p50_us)),
+            b.late.as_ref().map_or("-".into(), |p| format!("{:.0}", p.p99_us)),
+        );
     }
     let _ = writeln!(
         o,
@@ -259,6 +324,9 @@ pub fn summarize(r: &LoadResult) -> String {
 /// Human summary of the whole report.
 pub fn summarize_report(rep: &Report) -> String {
     let mut o = String::new();
+    if let Some(sh) = &rep.shape {
+        let _ = writeln!(o, "== shape: {sh}");
+    }
     match &rep.pinning {
         Some(p) => {
             let _ = writeln!(o, "== pinned: {p}");
@@ -286,12 +354,15 @@ pub fn summarize_report(rep: &Report) -> String {
         for (k, p) in rep.pairs.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "  pair {:>2}: relay {:>6.2}  floor {:>6.2}  ratio {:.2}×  relay one-way p99 {}",
+                "  pair {:>2}: relay {:>6.2}  floor {:>6.2}  ratio {:.2}×  relay one-way p99 {}  switches/frame {:.3} / {:.3}{}",
                 k + 1,
                 p.relay_cpu_us_per_frame,
                 p.floor_cpu_us_per_frame,
                 p.ratio,
-                p.relay_p99_us.map_or("-".into(), |v| format!("{v:.0} µs"))
+                p.relay_p99_us.map_or("-".into(), |v| format!("{v:.0} µs")),
+                p.relay_switches_per_frame,
+                p.floor_switches_per_frame,
+                if p.clean { "" } else { "  PROBLEMS" }
             );
         }
     }

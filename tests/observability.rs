@@ -57,6 +57,8 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     let mock = agent_sim::start(cfg).await.unwrap();
     let mut a = elevenlabs_args(&mock.api_base(), "agent_obs", None);
     a.http.admin_token = Some(media_relay::auth::Secret::new(ADMIN));
+    // Live figures republished every 200 ms, so the test waits for them, not for time.
+    a.call.call_summary_interval_ms = 200;
     let relay = start_relay(a).await;
     let start = start_params(77, &[]);
     let call_sid = start.call_sid.clone();
@@ -68,11 +70,22 @@ async fn a_calls_summary_matches_what_the_caller_measured() {
     let began = Instant::now();
     let call = tokio::spawn(run_call(script));
 
-    // Live: listed with running figures.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
-    let (status, body) = get(relay.addr, "/calls", Some(ADMIN)).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Live: listed with running figures (polled until the call has relayed 100 frames).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let (status, body) = get(relay.addr, "/calls", Some(ADMIN)).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["calls"][0]["frames_caller_to_agent"]
+            .as_u64()
+            .unwrap_or(0)
+            > 100
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no live figures: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(v["count"], 1, "{v}");
     let live = &v["calls"][0];
     assert_eq!(live["call_sid"], call_sid.as_str());

@@ -52,7 +52,20 @@ async fn callers_hear_the_drain_notice_then_the_call_closes_with_1001() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All three calls are up and the echo is answering before the drain starts.
+    assert_eq!(
+        wait_metric_eq(relay.addr, "relay_calls_active", 3.0).await,
+        3.0
+    );
+    for c in &mut clients {
+        loop {
+            match tokio::time::timeout(T, c.recv()).await.unwrap().unwrap() {
+                Some(TwilioInbound::Media { .. }) => break,
+                Some(_) => {}
+                None => panic!("closed before the echo answered"),
+            }
+        }
+    }
     relay.shutdown();
     let mut notices_seen = 0;
     for c in &mut clients {

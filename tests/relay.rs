@@ -554,7 +554,11 @@ async fn echo_agent_plays_the_caller_back_and_endpoints_answer() {
     script.linger = Duration::from_millis(800);
     // While this call runs, a second upgrade is refused: --max-calls 1.
     let call = tokio::spawn(run_call(script));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wait_metric_eq(relay.addr, "relay_calls_active", 1.0).await,
+        1.0,
+        "the first call is admitted"
+    );
     match TwilioClient::try_connect(&relay.media_url(), &[])
         .await
         .unwrap()

@@ -122,7 +122,10 @@ env -u TWILIO_AUTH_TOKEN -u ELEVENLABS_API_KEY -u RELAY_API_TOKEN -u RELAY_TOOL_
     --header-read-timeout-ms 3000 \
     --early-audio-ms 400 \
     --max-calls 100 \
+    --max-agent-recoveries 0 \
     >"$WORK/relay.log" 2>&1 &
+# (--max-agent-recoveries 0: the connect_failed traffic expects the failed call to end at once,
+# as before agent-failure continuity; with it on, the caller would hold for the recovery.)
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 $CHECK wait-http "http://$RELAY/healthz" 20 || { tail -20 "$WORK/relay.log"; exit 1; }

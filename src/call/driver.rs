@@ -18,10 +18,10 @@ use super::connect::{self as agent_connect, AgentRead, AgentWrite, ConnectFuture
 use super::machine::{CallEvent, CallMachine};
 use super::settings::{CallContext, CLOSE_TIMEOUT};
 use super::tool_webhook::{self, ToolRequest, WebhookAnswer};
-use super::transfer::{self, TransferCall};
+use super::transfer;
 use super::EndReason;
 use crate::agent::AgentKind;
-use crate::carrier::{CallUpdate, CarrierKind, Decoded};
+use crate::carrier::{CarrierKind, Decoded};
 use crate::obs::labels::{ErrorKind, Leg};
 use crate::wire::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
 use futures_util::FutureExt;
@@ -56,11 +56,7 @@ const SCRATCH_KEEP_BYTES: usize = 4096;
 
 type ToolFuture = Pin<Box<dyn Future<Output = WebhookAnswer> + Send>>;
 
-/// A transfer's REST update of the live call.
-type UpdateFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// Longest a transfer's REST update may take (the machine gives up a little later).
-const UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
+use super::transfer::UpdateFuture;
 
 /// Runs one call on an upgraded carrier socket until it ends; never panics on input.
 /// `url_token` is a stream token the carrier carried in the upgrade URL. `shutdown` is
@@ -471,47 +467,10 @@ fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
         }
         CallEvent::CancelTool(id) => legs.tool_calls.retain(|(i, _)| *i != id),
         CallEvent::Transfer { dest, summary } => {
-            let markup = match (&ctx.public_host, &ctx.tokens) {
-                (Some(host), Some(tokens)) => transfer::update_markup(
-                    TransferCall {
-                        carrier: m.carrier_kind(),
-                        host,
-                        tokens,
-                        call_sid: m.call_sid(),
-                        agent: m.agent_kind(),
-                        params: m.stream_parameters(),
-                        timeout_secs: ctx.settings.control.dial_timeout_secs,
-                    },
-                    &dest,
-                    summary.as_deref(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                )
-                .map_err(|e| e.to_string()),
-                _ => Err("transfers need --public-host and stream tokens".to_owned()),
-            };
-            let markup = match markup {
-                Ok(x) => x,
-                Err(e) => {
-                    m.handle_call_update(Err(e), Instant::now());
-                    return;
-                }
-            };
-            let (c, carrier, call_sid) = (ctx.clone(), m.carrier_kind(), m.call_sid().to_owned());
-            legs.updating = Some(Box::pin(async move {
-                let update = carrier.control().update_call(
-                    &c.http,
-                    &c.carriers,
-                    &call_sid,
-                    CallUpdate::Markup(markup),
-                );
-                match tokio::time::timeout(UPDATE_TIMEOUT, update).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the carrier's REST API did not answer in time".to_owned()),
-                }
-            }));
+            match transfer::redirect(&ctx, m, &dest, summary.as_deref()) {
+                Ok(update) => legs.updating = Some(update),
+                Err(e) => m.handle_call_update(Err(e), Instant::now()),
+            }
         }
     }
 }

@@ -130,6 +130,61 @@ fn build(
     })
 }
 
+/// A transfer's REST update of the live call, in flight.
+pub type UpdateFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Longest a transfer's REST update may take (the machine gives up a little later).
+pub const UPDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The REST update that redirects `m`'s call to `dest` (the driver polls it and hands the
+/// result to [`crate::call::CallMachine::handle_call_update`]).
+///
+/// # Errors
+/// Why no update can be sent (no public host or signing key, markup too long).
+pub fn redirect(
+    ctx: &std::sync::Arc<crate::call::CallContext>,
+    m: &crate::call::CallMachine,
+    dest: &TransferDest,
+    summary: Option<&str>,
+) -> Result<UpdateFuture, String> {
+    let (Some(host), Some(tokens)) = (&ctx.public_host, &ctx.tokens) else {
+        return Err("transfers need --public-host and stream tokens".to_owned());
+    };
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let markup = update_markup(
+        TransferCall {
+            carrier: m.carrier_kind(),
+            host,
+            tokens,
+            call_sid: m.call_sid(),
+            agent: m.agent_kind(),
+            params: m.stream_parameters(),
+            timeout_secs: ctx.settings.control.dial_timeout_secs,
+        },
+        dest,
+        summary,
+        now_unix,
+    )
+    .map_err(|e| e.to_string())?;
+    let (c, carrier, call_sid) = (ctx.clone(), m.carrier_kind(), m.call_sid().to_owned());
+    Ok(Box::pin(async move {
+        let update = carrier.control().update_call(
+            &c.http,
+            &c.carriers,
+            &call_sid,
+            crate::carrier::CallUpdate::Markup(markup),
+        );
+        match tokio::time::timeout(UPDATE_TIMEOUT, update).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the carrier's REST API did not answer in time".to_owned()),
+        }
+    }))
+}
+
 /// A dial-result query, verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialResultQuery {

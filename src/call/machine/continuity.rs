@@ -200,12 +200,17 @@ impl CallMachine {
         if self.recovery.recovered() {
             info!(agent = self.kind.as_str(), "agent recovered");
             self.cm.recovery(RecoveryResult::Recovered);
-            if self.recovery.stop_hold() {
-                self.timers.set(Timer::Hold, None);
-                let dropped = self.out.drop_all();
-                let _ = dropped;
-                self.out.owe_clear(now);
-            }
+            self.end_hold(now);
+        }
+    }
+
+    /// Stops the hold audio, if it plays: what is queued of it is dropped (it is not agent
+    /// audio) and the carrier's buffer cleared.
+    fn end_hold(&mut self, now: Instant) {
+        if self.recovery.stop_hold() {
+            self.timers.set(Timer::Hold, None);
+            self.out.drop_all();
+            self.out.owe_clear(now);
         }
     }
 
@@ -247,12 +252,7 @@ impl CallMachine {
         );
         self.agent_gone = true;
         self.agent_generation += 1;
-        if self.recovery.stop_hold() {
-            self.timers.set(Timer::Hold, None);
-            let dropped = self.out.drop_all();
-            let _ = dropped;
-            self.out.owe_clear(now);
-        }
+        self.end_hold(now);
         let apology = self.cfg.continuity.failure_audio.clone();
         if !apology.is_empty() {
             self.out

@@ -40,13 +40,14 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// Media frames held back waiting for a missing `sequence_number` (4 × 20 ms of audio); with
-/// more held, the gap is skipped. Mark echoes and keypad events numbered among them are held
-/// too but do not count (at most 4× this many messages are held in all).
+/// more held, gaps are skipped (oldest first) until no more are held. Mark echoes and keypad
+/// events numbered among them are held too but do not count (at most 4× this many messages
+/// are held in all).
 pub const REORDER_WINDOW: usize = 4;
 
-/// Bytes held in the reordering window beyond which the gap is skipped at once (a frame is a
+/// Bytes held in the reordering window beyond which gaps are skipped at once (a frame is a
 /// few hundred bytes): at most this plus one frame (itself under the caller's message size
-/// limit) is ever held.
+/// limit) is ever held, and no more than this once the releases are taken.
 pub const REORDER_WINDOW_BYTES: usize = 16 * 1024;
 
 /// Largest Telnyx REST response body read, in bytes.
@@ -689,8 +690,10 @@ pub fn peek_sequence_number(frame: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
-/// Whether a frame is a `media` message (only those carry a `payload`).
-fn is_media(frame: &[u8]) -> bool {
+/// Whether the reordering window counts `frame` as audio: it has a `"payload"` key, as only
+/// `media` messages do (a cheap scan, no parse: another message that mentions `"payload"` in
+/// a string counts too, which only makes the window smaller for it).
+pub fn is_media(frame: &[u8]) -> bool {
     memchr::memmem::find(frame, b"\"payload\"").is_some()
 }
 
@@ -721,19 +724,15 @@ impl Session {
         self.held_bytes += frame.len();
         self.held_media += usize::from(is_media(frame));
         self.held.insert(at, (seq, frame.to_vec()));
-        if self.held_media > REORDER_WINDOW
-            || self.held.len() > 4 * REORDER_WINDOW
-            || self.held_bytes > REORDER_WINDOW_BYTES
-        {
-            // The gap before the oldest held frame is not coming back in time: skip it.
-            let first = self.held[0].0;
-            if let Some(e) = self.expected {
-                self.out_of_order += first.saturating_sub(e);
-            }
-            self.expected = Some(first);
-        }
     }
 
+    /// More is held than the window allows: the gap before the oldest held frame is not
+    /// coming back in time, and releases go on across gaps until the window fits again.
+    fn overflowing(&self) -> bool {
+        self.held_media > REORDER_WINDOW
+            || self.held.len() > 4 * REORDER_WINDOW
+            || self.held_bytes > REORDER_WINDOW_BYTES
+    }
 }
 
 impl CarrierCodec for Session {
@@ -753,8 +752,8 @@ impl CarrierCodec for Session {
                 return Ok(Decoded::Held);
             }
             if self.held.first().is_some_and(|(s, _)| *s == seq) {
-                // A skipped gap made the held frame `seq` the next one: this is its duplicate
-                // (the held copy goes out on release).
+                // The held frame `seq` is next (its release not yet taken): this is its
+                // duplicate, and the held copy goes out on release.
                 self.out_of_order += 1;
                 return Ok(Decoded::Late);
             }
@@ -769,7 +768,7 @@ impl CarrierCodec for Session {
         };
         let expected = self.expected.unwrap_or(first);
         if first != expected {
-            if !self.draining {
+            if !self.draining && !self.overflowing() {
                 return false;
             }
             self.out_of_order += first.saturating_sub(expected);

@@ -1,6 +1,6 @@
 use crate::{must_be_json, records};
 use media_relay::carrier::telnyx::{
-    decode, is_call_id, is_mulaw_8k_mono, peek_sequence_number, Session, REORDER_WINDOW,
+    decode, is_call_id, is_media, is_mulaw_8k_mono, peek_sequence_number, Session, REORDER_WINDOW,
     REORDER_WINDOW_BYTES,
 };
 use media_relay::carrier::{
@@ -141,6 +141,22 @@ fn alone(frame: &[u8]) -> Result<String, DecodeError> {
     decode(&mut f, &mut scratch).map(|ev| format!("{ev:?}"))
 }
 
+/// What is held in the reordering window.
+#[derive(Debug)]
+struct Window {
+    media: usize,
+    frames: usize,
+    bytes: usize,
+}
+
+impl Window {
+    fn overflows(&self) -> bool {
+        self.media > REORDER_WINDOW
+            || self.frames > 4 * REORDER_WINDOW
+            || self.bytes > REORDER_WINDOW_BYTES
+    }
+}
+
 /// The reordering session, and what it must have done so far given what it answered.
 struct Reorder {
     s: Session,
@@ -220,21 +236,28 @@ impl Reorder {
             }
         }
         // Between a frame and the releases it allows, one more than the window may wait.
+        let w = self.window();
         assert!(
-            self.held.len() <= REORDER_WINDOW + 1,
-            "{} frames held",
-            self.held.len()
+            w.media <= REORDER_WINDOW + 1 && w.frames <= 4 * REORDER_WINDOW + 1,
+            "{w:?} held"
         );
+    }
+
+    /// What the model holds, measured as the window measures it.
+    fn window(&self) -> Window {
+        Window {
+            media: self.held.values().filter(|f| is_media(f)).count(),
+            frames: self.held.len(),
+            bytes: self.held.values().map(Vec::len).sum(),
+        }
     }
 
     /// Takes every released frame, as the driver does after each frame.
     fn drain(&mut self) {
-        // A gap is given up on only when the window overflowed (more than `REORDER_WINDOW`
-        // frames or `REORDER_WINDOW_BYTES` held), by the first release, or once draining.
-        let held_bytes: usize = self.held.values().map(Vec::len).sum();
-        let mut may_skip =
-            self.draining || self.held.len() > REORDER_WINDOW || held_bytes > REORDER_WINDOW_BYTES;
+        // A gap is given up on only while the window overflows (more than `REORDER_WINDOW`
+        // media frames, 4× that many frames or `REORDER_WINDOW_BYTES` held), or once draining.
         while self.s.take_released(&mut self.buf) {
+            let may_skip = self.draining || self.window().overflows();
             let mut frame = std::mem::take(&mut self.buf);
             let q = peek_sequence_number(&frame).expect("released a frame without a number");
             let stored = self
@@ -251,7 +274,6 @@ impl Reorder {
                 l + 1,
                 self.held.len() + 1
             );
-            may_skip = self.draining;
             let got = self
                 .s
                 .decode_released(&mut frame, &mut self.scratch)
@@ -260,9 +282,9 @@ impl Reorder {
         }
         self.out_of_order += self.s.take_out_of_order();
         assert!(
-            self.held.len() <= REORDER_WINDOW,
-            "{} frames held after the releases, window {REORDER_WINDOW}: {:?}",
-            self.held.len(),
+            !self.window().overflows(),
+            "{:?} held after the releases, window {REORDER_WINDOW}: {:?}",
+            self.window(),
             self.held.keys().collect::<Vec<_>>()
         );
         if self.draining {
@@ -303,11 +325,11 @@ impl Reorder {
 ///   bytes; a decode error has a metric label and a message;
 /// - the session never delivers a numbered frame twice or out of `sequence_number` order, and
 ///   delivers each frame as it decodes on its own; it holds only numbered frames that are not
-///   due yet, releases exactly the bytes it held, at most `REORDER_WINDOW` once the releases
-///   are taken, never one that is due, and nothing after `release_all`; it gives up on a gap
-///   only when more than `REORDER_WINDOW` frames (or `REORDER_WINDOW_BYTES`) wait, or once
-///   `release_all` was called; frames it calls late
-///   are behind the last delivered one; `take_out_of_order` counts exactly the late frames,
+///   due yet, releases exactly the bytes it held, keeps at most `REORDER_WINDOW` media
+///   frames, 4× that many frames and `REORDER_WINDOW_BYTES` once the releases are taken,
+///   never one that is due, and nothing after `release_all`; it gives up on a gap only while
+///   more than that waits (media counted by `is_media`), or once `release_all` was called;
+///   frames it calls late are behind the last delivered one; `take_out_of_order` counts exactly the late frames,
 ///   the duplicates of held frames and the sequence numbers skipped;
 /// - `encode_media` / `encode_mark` / `encode_clear` write valid JSON with exactly the
 ///   documented keys and no stream id (whatever stream they are given, the input's text

@@ -399,3 +399,18 @@ fn a_frame_made_next_by_a_skipped_gap_is_delivered_once_even_if_it_repeats_befor
     assert_eq!(got, ["p1", "p3", "p4", "p5", "p6", "p7"]);
     assert_eq!(s.take_out_of_order(), 2, "the skipped frame 2 and the repeat of 3");
 }
+
+#[test]
+fn an_overflowing_window_skips_gaps_until_it_holds_no_more_than_the_window() {
+    let sid = r#""stream_id":"32DE0DEA-53CB-4B21-89A4-9E1819C043BC""#;
+    let mark = format!(r#"{{"event":"mark","sequence_number":"3","mark":{{"name":"m3"}},{sid}}}"#);
+    // 1 delivered; then a mark echo (3) heads the window before media 5..=8 and 10, with 2,
+    // 4 and 9 missing. The fifth held media frame overflows the window: releasing the mark
+    // alone would leave five media frames waiting, so the gaps before them are skipped too.
+    let frames = [media(1, "p1"), mark, media(5, "p5"), media(6, "p6"), media(7, "p7"), media(8, "p8"), media(10, "p10")];
+    let mut s = Session::default();
+    let (got, lost) = deliver(&mut s, &frames);
+    assert_eq!(got, ["p1", "p5", "p6", "p7", "p8"]);
+    assert_eq!(lost, 2, "frames 2 and 4 skipped");
+    assert_eq!((s.held.len(), s.held_media), (1, 1), "frame 10 waits for 9");
+}

@@ -55,6 +55,31 @@ pub fn call_tool_definitions(targets: &[String], any_number: bool) -> Vec<serde_
     v
 }
 
+/// The names of the relay's recording tools (declared when calls are recorded).
+pub const PAUSE_RECORDING_TOOL: &str = "pause_recording";
+/// See [`PAUSE_RECORDING_TOOL`].
+pub const RESUME_RECORDING_TOOL: &str = "resume_recording";
+
+/// The relay's recording tools as function definitions: `pause_recording` and
+/// `resume_recording`, no parameters (PCI: pause before the caller reads out card details).
+pub fn recording_tool_definitions() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!({
+            "type": "function",
+            "name": PAUSE_RECORDING_TOOL,
+            "description": "Pause the call recording before the caller gives payment card or other sensitive details. Both sides are silent in the recording until it is resumed.",
+            "parameters": { "type": "object", "properties": {} },
+        }),
+        json!({
+            "type": "function",
+            "name": RESUME_RECORDING_TOOL,
+            "description": "Resume the call recording once the sensitive details were given.",
+            "parameters": { "type": "object", "properties": {} },
+        }),
+    ]
+}
+
 /// The tools a dialect with declared tools offers: the call's `tools` parameter or the
 /// configured ones, then the relay's call tools (a configured tool of the same name wins).
 pub(crate) fn offered_tools(p: &CallParams, shared: &SharedSettings) -> Vec<serde_json::Value> {

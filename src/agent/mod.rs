@@ -23,7 +23,10 @@ pub mod call_tools;
 pub mod history;
 
 pub(crate) use call_tools::offered_tools;
-pub use call_tools::{call_tool_definitions, END_CALL_TOOL, TRANSFER_CALL_TOOL};
+pub use call_tools::{
+    call_tool_definitions, recording_tool_definitions, END_CALL_TOOL, PAUSE_RECORDING_TOOL,
+    RESUME_RECORDING_TOOL, TRANSFER_CALL_TOOL,
+};
 
 use crate::auth::Secret;
 use crate::obs::labels::ErrorKind;

@@ -122,6 +122,8 @@ struct Legs {
     tool_calls: Vec<(String, ToolFuture)>,
     /// A transfer's REST update in flight.
     updating: Option<UpdateFuture>,
+    /// The call's recording, when it is recorded.
+    recorder: Option<crate::call::recording::Recorder>,
     /// Set by [`finish`]; if the task ends without it (a panic), `Drop` still removes the
     /// call's registry entries so it does not stay "live" forever.
     finished: bool,
@@ -229,6 +231,7 @@ async fn drive(
         tool_calls: Vec::new(),
         agent_gen: 0,
         updating: None,
+        recorder: None,
         finished: false,
     };
     m.set_transfers_available(transfers_available(&ctx, carrier));
@@ -278,8 +281,7 @@ async fn drive(
             m.metrics_mut().fold(&ctx.metrics);
             last_fold = now;
             if now.saturating_duration_since(last_summary) >= summary_interval {
-                ctx.calls
-                    .update(registry_id, m.summary(now, started_unix_ms));
+                ctx.calls.update(registry_id, summary(&m, &legs, now));
                 last_summary = now;
             }
         }
@@ -419,10 +421,8 @@ fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
             ctx.metrics
                 .call_started(kind.index(), m.carrier_kind().index());
             // `GET /calls/{sid}` finds the call from its start on.
-            ctx.calls.update(
-                legs.registry_id,
-                m.summary(Instant::now(), legs.started_unix_ms),
-            );
+            ctx.calls
+                .update(legs.registry_id, summary(m, legs, Instant::now()));
         }
         CallEvent::ConnectAgent(kind) => {
             match ctx.settings.agents.connect_spec(kind, &m.params()) {
@@ -466,6 +466,17 @@ fn on_event(m: &mut CallMachine, legs: &mut Legs, ev: CallEvent) {
             ));
         }
         CallEvent::CancelTool(id) => legs.tool_calls.retain(|(i, _)| *i != id),
+        CallEvent::RecordingStarted => {
+            if let Some(r) = &ctx.recordings {
+                let stem = crate::call::recording::file_stem(m.call_sid(), m.stream_sid());
+                legs.recorder = Some(r.open(stem));
+            }
+        }
+        CallEvent::RecordingBlock(b) => {
+            if let Some(r) = legs.recorder.as_mut() {
+                r.push(b);
+            }
+        }
         CallEvent::Transfer { dest, summary } => {
             match transfer::redirect(&ctx, m, &dest, summary.as_deref()) {
                 Ok(update) => legs.updating = Some(update),
@@ -822,7 +833,8 @@ fn finish(
     m.metrics_mut().fold(metrics);
     let duration = started.elapsed();
     metrics.call_duration.record(duration.as_secs_f64());
-    let summary = m.summary(Instant::now(), legs.started_unix_ms);
+    let summary = summary(&m, legs, Instant::now());
+    finish_recording(&mut m, legs);
     let f = m.figures();
     let l = &summary.latency;
     metrics.call_quality(
@@ -895,6 +907,40 @@ fn finish(
     metrics.call_ended(end.outcome());
 }
 
+/// The call's figures for `/calls`, with what only the driver knows (the recording's file).
+fn summary(m: &CallMachine, legs: &Legs, now: Instant) -> crate::obs::calls::CallSummary {
+    let mut s = m.summary(now, legs.started_unix_ms);
+    if let (Some(r), Some(rec)) = (s.recording.as_mut(), legs.recorder.as_ref()) {
+        r.location = Some(rec.location().to_owned());
+        r.degraded |= rec.degraded();
+    }
+    s
+}
+
+/// Hands the recording's last blocks and its finish to the writer (never waits).
+fn finish_recording(m: &mut CallMachine, legs: &mut Legs) {
+    let Some(mut rec) = legs.recorder.take() else {
+        return;
+    };
+    // Blocks the machine queued after the loop's last look at its events.
+    while let Some(ev) = m.poll_event() {
+        if let CallEvent::RecordingBlock(b) = ev {
+            rec.push(b);
+        }
+    }
+    let (last, pauses, degraded) = m.finish_recording(Instant::now()).unwrap_or_default();
+    rec.finish(
+        last,
+        crate::call::recording::writer::FinishNote {
+            call_sid: m.call_sid().to_owned(),
+            stream_sid: m.stream_sid().to_owned(),
+            agent: m.agent_kind().as_str(),
+            pauses,
+            degraded,
+        },
+    );
+}
+
 fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
@@ -937,6 +983,7 @@ mod size_tests {
             calls: Arc::new(crate::obs::calls::CallRegistry::default()),
             public_host: None,
             post_call: None,
+            recordings: None,
         });
         let fut = run(
             reader,

@@ -17,6 +17,7 @@ pub mod driver;
 pub mod end;
 pub mod machine;
 pub mod post_call;
+pub mod recording;
 pub mod settings;
 pub mod tool_webhook;
 pub mod transfer;

@@ -8,8 +8,9 @@
 //! ([`QUEUE_CAPACITY`]; a full queue drops the record, counted); a worker posts each record
 //! with up to [`MAX_ATTEMPTS`] attempts, backoff from [`BACKOFF_START`] (×2, ±20 % jitter), at
 //! most [`MAX_IN_FLIGHT`] records at once. Every outcome is counted in
-//! `relay_post_call_webhooks_total{type,result}`. Records still in the queue when the process
-//! exits are lost (the drain waits for calls, not for this queue).
+//! `relay_post_call_webhooks_total{type,result}`. The drain waits for the queue (and the
+//! records being delivered) within its deadline ([`PostCallQueue::wait_idle`]); what is
+//! still undelivered when the process exits is lost.
 
 use crate::agent::history::History;
 use crate::auth::Secret;
@@ -64,6 +65,9 @@ struct Record {
 pub struct PostCallQueue {
     tx: mpsc::Sender<Record>,
     metrics: Arc<Metrics>,
+    /// Records queued or being delivered.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
 }
 
 impl PostCallQueue {
@@ -71,6 +75,9 @@ impl PostCallQueue {
     pub fn start(settings: PostCallSettings, http: HttpClient, metrics: Arc<Metrics>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Record>(QUEUE_CAPACITY);
         let m = metrics.clone();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idle = Arc::new(tokio::sync::Notify::new());
+        let (p, n) = (pending.clone(), idle.clone());
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
             let settings = Arc::new(settings);
@@ -79,18 +86,49 @@ impl PostCallQueue {
                     return;
                 };
                 let (settings, http, m) = (settings.clone(), http.clone(), m.clone());
+                let (p, n) = (p.clone(), n.clone());
                 tokio::spawn(async move {
                     deliver(&settings, &http, &m, r).await;
                     drop(slot);
+                    if p.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                        n.notify_waiters();
+                    }
                 });
             }
         });
-        PostCallQueue { tx, metrics }
+        PostCallQueue {
+            tx,
+            metrics,
+            pending,
+            idle,
+        }
+    }
+
+    /// Waits until every record queued so far was delivered or given up on, or `timeout`
+    /// passes; returns how many were still pending.
+    pub async fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut notified = std::pin::pin!(self.idle.notified());
+            // Registered before the check, so a notification in between is not missed.
+            notified.as_mut().enable();
+            let n = self.pending.load(std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.pending.load(std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 
     /// Queues a record of `kind` (never waits; a full queue drops it, counted).
     pub fn send(&self, kind: PostCallType, body: Vec<u8>) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.tx.try_send(Record { kind, body }).is_err() {
+            self.pending
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             warn!(
                 kind = kind.as_str(),
                 "post-call webhook queue full: record dropped"
@@ -215,6 +253,38 @@ pub fn transcription(
                 "termination_reason": summary.outcome,
             },
             "relay": summary,
+        },
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The `post_call_audio` record of a finished recording: where the WAV file is and what it
+/// holds (the seed's webhook of that name carries the audio inline; the relay points to the
+/// file, which a call of an hour makes 57.6 MB).
+pub fn audio(
+    note: &crate::call::recording::writer::FinishNote,
+    rec: &crate::call::recording::writer::Finished,
+    now_unix: u64,
+) -> Vec<u8> {
+    use serde_json::json;
+    let body = json!({
+        "type": PostCallType::PostCallAudio.as_str(),
+        "event_timestamp": now_unix,
+        "data": {
+            "call_sid": note.call_sid,
+            "stream_sid": note.stream_sid,
+            "agent": note.agent,
+            "recording": {
+                "location": rec.location,
+                "format": "wav",
+                "encoding": "mulaw",
+                "sample_rate": crate::call::recording::wav::SAMPLE_RATE,
+                "channels": ["caller", "agent"],
+                "duration_secs": rec.duration_secs,
+                "bytes": rec.bytes,
+                "degraded": rec.degraded,
+                "pauses_secs": rec.pauses,
+            },
         },
     });
     serde_json::to_vec(&body).unwrap_or_default()

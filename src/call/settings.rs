@@ -67,6 +67,8 @@ pub struct CallSettings {
     pub continuity: Continuity,
     /// Where post-call records go (`None`: nowhere).
     pub post_call: Option<super::post_call::PostCallSettings>,
+    /// Call recording (`None`: `--record off`).
+    pub recording: Option<super::recording::RecordingSettings>,
 }
 
 pub use super::machine::recovery::Continuity;
@@ -176,6 +178,7 @@ impl CallSettings {
             },
             continuity: Continuity::defaults(),
             post_call: None,
+            recording: None,
         }
     }
 }
@@ -203,4 +206,6 @@ pub struct CallContext {
     pub public_host: Option<String>,
     /// Post-call records go here (`--post-call-webhook-url`).
     pub post_call: Option<super::post_call::PostCallQueue>,
+    /// The recording writer (`--record` other than `off`).
+    pub recordings: Option<Arc<super::recording::Recordings>>,
 }

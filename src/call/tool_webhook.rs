@@ -17,6 +17,7 @@
 //! or how the agent hears it (the dialects).
 
 use super::machine::actions::CallAction;
+use super::recording::RecordingAction;
 use crate::agent::ToolOutput;
 use crate::auth::Secret;
 use crate::obs::labels::ToolResult;
@@ -96,6 +97,9 @@ pub struct WebhookAnswer {
     pub output: ToolOutput,
     /// A call action the backend asked for.
     pub action: Option<CallAction>,
+    /// A recording pause or resume the backend asked for (`"action": {"type":
+    /// "pause_recording" | "resume_recording"}`).
+    pub recording: Option<RecordingAction>,
 }
 
 impl From<(ToolResult, ToolOutput)> for WebhookAnswer {
@@ -104,6 +108,7 @@ impl From<(ToolResult, ToolOutput)> for WebhookAnswer {
             result,
             output,
             action: None,
+            recording: None,
         }
     }
 }
@@ -120,19 +125,26 @@ pub fn parse_answer(body: &[u8]) -> WebhookAnswer {
     else {
         return bad();
     };
-    let action = o.remove("action").and_then(|a| parse_action(&a));
-    match (o.remove("result"), action) {
-        (Some(result), action) => WebhookAnswer {
+    let raw_action = o.remove("action");
+    let action = raw_action.as_ref().and_then(parse_action);
+    let recording = raw_action
+        .as_ref()
+        .and_then(|a| a.get("type")?.as_str())
+        .and_then(RecordingAction::from_label);
+    match o.remove("result") {
+        Some(result) => WebhookAnswer {
             result: ToolResult::Ok,
             output: Ok(result),
             action,
+            recording,
         },
-        (None, Some(action)) => WebhookAnswer {
+        None if action.is_some() || recording.is_some() => WebhookAnswer {
             result: ToolResult::Ok,
             output: Ok(serde_json::json!({ "status": "ok" })),
-            action: Some(action),
+            action,
+            recording,
         },
-        (None, None) => bad(),
+        None => bad(),
     }
 }
 

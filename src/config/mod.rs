@@ -163,6 +163,28 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_POST_CALL_WEBHOOK_SECRET", hide_env_values = true)]
     pub post_call_webhook_secret: Option<Secret>,
 
+    /// Which calls are recorded: `off`, `all`, or `on-demand` (calls whose stream carries
+    /// `relay_record=1`: `/twiml?record=1`, `/outbound-call` with `"record": true`). One
+    /// stereo G.711 μ-law WAV per call (see the README's Call records section).
+    #[arg(long, env = "RELAY_RECORD", default_value = "off", value_parser = parse_record_mode)]
+    pub record: crate::call::recording::RecordMode,
+
+    /// Where recordings are written (`<call SID>_<stream SID>.wav`, as `.part` until
+    /// complete); created if missing.
+    #[arg(long, env = "RELAY_RECORDING_DIR", default_value = "recordings")]
+    pub recording_dir: std::path::PathBuf,
+
+    /// One-second blocks (16 KB each) the recording writer's queue holds; beyond it a
+    /// recording loses blocks (degraded, written as silence), the call never waits.
+    #[arg(long, env = "RELAY_RECORDING_QUEUE_BLOCKS", default_value_t = 4096)]
+    pub recording_queue_blocks: usize,
+
+    /// A keypad key that pauses the recording (both channels silent, PCI) and resumes it
+    /// pressed again; it is not sent to the agent, and keys pressed while paused are not
+    /// logged. Off when unset.
+    #[arg(long, env = "RELAY_RECORDING_PAUSE_DIGIT")]
+    pub recording_pause_digit: Option<char>,
+
     /// How long the tool webhook may take, in ms; the agent then gets an error result.
     #[arg(long, env = "RELAY_TOOL_TIMEOUT_MS", default_value_t = 8000)]
     pub tool_timeout_ms: u64,
@@ -353,6 +375,14 @@ pub const MAX_DRAIN_NOTICE_BYTES: usize = 80_000;
 /// `Instant + limit` can never overflow).
 const MAX_SECS: u64 = 30 * 86_400;
 
+fn parse_record_mode(s: &str) -> Result<crate::call::recording::RecordMode, String> {
+    use crate::call::recording::RecordMode;
+    RecordMode::from_label(s).ok_or_else(|| {
+        let names: Vec<&str> = RecordMode::ALL.iter().map(|m| m.as_str()).collect();
+        format!("one of {}", names.join(", "))
+    })
+}
+
 fn nonempty(s: &Option<Secret>) -> Option<Secret> {
     s.clone().filter(|k| !k.expose().trim().is_empty())
 }
@@ -370,6 +400,12 @@ impl ServeArgs {
             let names: Vec<String> = control.targets.iter().map(|(n, _)| n.clone()).collect();
             agents.shared.call_tools =
                 crate::agent::call_tool_definitions(&names, control.allow_any_number);
+            if self.call.record != crate::call::recording::RecordMode::Off {
+                agents
+                    .shared
+                    .call_tools
+                    .extend(crate::agent::recording_tool_definitions());
+            }
         }
         if let Some(host) = &h.public_host {
             if host.is_empty() || host.contains('/') || host.contains("://") {
@@ -631,7 +667,36 @@ impl ServeArgs {
                 })
             }
         };
+        let recording = match c.record {
+            crate::call::recording::RecordMode::Off => None,
+            mode => {
+                if let Some(d) = c.recording_pause_digit {
+                    if !crate::carrier::is_valid_dtmf_digit(&d.to_string()) {
+                        return Err(ConfigError(
+                            "--recording-pause-digit must be a keypad key: 0-9, *, # or A-D".into(),
+                        ));
+                    }
+                    if control.operator_digit == Some(d) {
+                        return Err(ConfigError(
+                            "--recording-pause-digit and --operator-digit must differ".into(),
+                        ));
+                    }
+                }
+                if !(1..=1_000_000).contains(&c.recording_queue_blocks) {
+                    return Err(ConfigError(
+                        "--recording-queue-blocks must be 1..=1000000".into(),
+                    ));
+                }
+                Some(crate::call::recording::RecordingSettings {
+                    mode,
+                    dir: c.recording_dir.clone(),
+                    queue_blocks: c.recording_queue_blocks,
+                    pause_digit: c.recording_pause_digit,
+                })
+            }
+        };
         Ok(CallSettings {
+            recording,
             post_call,
             control,
             continuity,

@@ -2,7 +2,8 @@
 //! `POST /telnyx/texml`): checks the carrier's signature, and answers markup that connects
 //! the call to the relay's media stream with the call's parameters (`From`, `To`, `CallSid`,
 //! the configured agent settings, the `agent` chosen by the webhook URL's `?agent=` query,
-//! and, for authenticated carriers, the per-call `relay_token`), then `<Hangup/>`.
+//! `relay_record=1` for `?record=1`, and, for authenticated carriers, the per-call
+//! `relay_token`), then `<Hangup/>`.
 
 use super::server::State;
 use super::signed_form::read_signed_form;
@@ -25,6 +26,7 @@ pub async fn answer(req: Request<Incoming>, carrier: CarrierKind, state: &Arc<St
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
     });
+    let query = req.uri().query().map(str::to_owned);
     let agent = match agent_from_query(req.uri().query(), state) {
         Ok(a) => a,
         Err(msg) => return error_json(StatusCode::BAD_REQUEST, "invalid_agent", &msg),
@@ -60,6 +62,9 @@ pub async fn answer(req: Request<Incoming>, carrier: CarrierKind, state: &Arc<St
     if let Some(a) = agent {
         params.push(("agent", a.as_str()));
     }
+    if record_from_query(query.as_deref()) {
+        params.push((crate::call::recording::RECORD_PARAMETER, "1"));
+    }
     let mut token = None;
     if let (Some(tokens), true) = (
         &state.tokens,
@@ -94,6 +99,15 @@ pub async fn answer(req: Request<Incoming>, carrier: CarrierKind, state: &Arc<St
             )
         }
     }
+}
+
+/// Whether the webhook URL asks for this call to be recorded (`?record=1`, `true` or `yes`;
+/// with `--record on-demand`). The carrier's signature covers the query.
+fn record_from_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "record" && crate::call::recording::is_yes(&v))
+    })
 }
 
 /// The `agent` query parameter of the webhook URL (an operator points each number's webhook

@@ -244,6 +244,8 @@ struct OutboundRequest {
     agent: Option<String>,
     agent_id: Option<String>,
     carrier: Option<String>,
+    /// Record this call (with `--record on-demand`; `all` records every call anyway).
+    record: Option<bool>,
 }
 
 /// A dynamic variable value: string, number or boolean (stringified as a parameter).
@@ -658,6 +660,9 @@ impl Outbound {
         }
         if let Some(a) = &r.agent_id {
             params.push(("relay_agent_id".into(), a.clone()));
+        }
+        if r.record == Some(true) {
+            params.push((crate::call::recording::RECORD_PARAMETER.into(), "1".into()));
         }
         for (name, value) in &params {
             if !parameter_fits(name, value) {

@@ -40,6 +40,9 @@ use tracing::{debug, info, warn};
 /// How long closing calls may take after the drain timeout cancelled them.
 pub const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Least time the drain gives recordings and post-call records after the calls closed.
+pub const RECORDS_FLUSH_MIN: Duration = Duration::from_secs(2);
+
 /// Shared server state.
 pub struct State {
     /// What every call shares.
@@ -114,6 +117,30 @@ impl Relay {
         let post_call = call.post_call.clone().map(|p| {
             crate::call::post_call::PostCallQueue::start(p, http.clone(), metrics.clone())
         });
+        let recordings = match &call.recording {
+            None => None,
+            Some(r) => {
+                let q = post_call.clone();
+                let on_finished: Option<crate::call::recording::writer::OnFinished> =
+                    q.map(|q| -> crate::call::recording::writer::OnFinished {
+                        Box::new(move |note, rec| {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs());
+                            q.send(
+                                crate::obs::labels::PostCallType::PostCallAudio,
+                                crate::call::post_call::audio(note, rec, now),
+                            );
+                        })
+                    });
+                Some(Arc::new(crate::call::recording::Recordings::start(
+                    r.dir.clone(),
+                    r.queue_blocks,
+                    metrics.clone(),
+                    on_finished,
+                )?))
+            }
+        };
         let listener = listen(http_settings.listen, http_settings.listen_backlog)?;
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
@@ -127,6 +154,7 @@ impl Relay {
                 calls: Arc::new(crate::obs::calls::CallRegistry::default()),
                 public_host: control.public_host.clone(),
                 post_call,
+                recordings,
             }),
             http: http_settings,
             control,
@@ -183,6 +211,7 @@ impl Relay {
         state.draining.store(true, Ordering::SeqCst);
         state.ctx.metrics.draining.set(1.0);
         let drain = state.http.drain_timeout;
+        let drain_started = std::time::Instant::now();
         info!(
             active_calls = state.active.load(Ordering::SeqCst),
             drain_timeout_secs = drain.as_secs(),
@@ -214,6 +243,32 @@ impl Relay {
                 .is_err()
             {
                 warn!("some calls did not close in time");
+            }
+        }
+        // Recordings finish on disk, then post-call records (a finished recording queues
+        // its post_call_audio) go out, within what is left of the drain deadline (at least
+        // RECORDS_FLUSH_MIN, so records of calls closed at the deadline get a chance).
+        let left = || {
+            drain
+                .saturating_sub(drain_started.elapsed())
+                .max(RECORDS_FLUSH_MIN)
+        };
+        if let Some(r) = state.ctx.recordings.clone() {
+            let timeout = left();
+            let done = tokio::task::spawn_blocking(move || r.wait_idle(timeout))
+                .await
+                .unwrap_or(false);
+            if !done {
+                warn!("drain: some recordings were not finished in time");
+            }
+        }
+        if let Some(q) = &state.ctx.post_call {
+            let pending = q.wait_idle(left()).await;
+            if pending > 0 {
+                warn!(
+                    pending,
+                    "drain: post-call records still undelivered at the deadline"
+                );
             }
         }
         stop_accepting.cancel();

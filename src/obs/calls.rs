@@ -95,6 +95,22 @@ pub struct CallSummary {
     pub action: Option<ActionSummary>,
     /// Agent-leg recoveries and rollovers, oldest first.
     pub recoveries: Vec<RecoverySummary>,
+    /// The call's recording, when it is recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingSummary>,
+}
+
+/// A call's recording in its summary.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RecordingSummary {
+    /// Where the WAV file is (written as `.part` until the call ended).
+    pub location: Option<String>,
+    /// Whether recording is paused now.
+    pub paused: bool,
+    /// Paused spans, ms since the stream's `start`: `[from, to]` (`to` null while paused).
+    pub pauses_ms: Vec<(u64, Option<u64>)>,
+    /// Whether audio was lost (the writer fell behind).
+    pub degraded: bool,
 }
 
 /// One agent recovery in a call's summary.

@@ -177,6 +177,15 @@ families! {
     /// `relay_post_call_webhooks_total{type,result}`.
     POST_CALL_WEBHOOKS = "relay_post_call_webhooks_total", Counter, None,
         "Post-call webhook records by type and result (delivered, retried, failed, dropped).";
+    /// `relay_recordings_total{result}`.
+    RECORDINGS = "relay_recordings_total", Counter, None,
+        "Call recordings finished, by result (complete, degraded, failed).";
+    /// `relay_recording_bytes_total`.
+    RECORDING_BYTES = "relay_recording_bytes_total", Counter, Some(Unit::Bytes),
+        "Audio bytes written to call recordings (both channels).";
+    /// `relay_recording_blocks_dropped_total`.
+    RECORDING_BLOCKS_DROPPED = "relay_recording_blocks_dropped_total", Counter, None,
+        "One-second recording blocks the writer's queue could not take (written as silence; the recording is degraded).";
     /// `relay_drain_notices_total`.
     DRAIN_NOTICES = "relay_drain_notices_total", Counter, None,
         "Calls that heard the drain notice before the drain deadline closed them.";

@@ -258,6 +258,8 @@ label_enum! {
     pub enum PostCallType {
         /// The call's transcript and figures, when it ends.
         PostCallTranscription = "post_call_transcription",
+        /// Where the call's recording is, once it is complete.
+        PostCallAudio = "post_call_audio",
     }
 }
 
@@ -295,6 +297,10 @@ label_enum! {
         EndCall = "end_call",
         /// Hand the caller to a person.
         Transfer = "transfer",
+        /// Pause the call's recording (PCI).
+        PauseRecording = "pause_recording",
+        /// Resume the call's recording.
+        ResumeRecording = "resume_recording",
     }
 }
 
@@ -639,5 +645,18 @@ mod tests {
             StreamEvent::Other,
         );
         assert_eq!(e, StreamEvent::Other);
+    }
+}
+
+label_enum! {
+    /// How a recording ended: the `result` label of `relay_recordings_total`.
+    pub enum RecordingResult {
+        /// Every block was written.
+        Complete = "complete",
+        /// Written, with lost blocks as silence (the writer fell behind) or agent audio
+        /// beyond the recording's bound left out.
+        Degraded = "degraded",
+        /// Not written (the directory or file could not be written).
+        Failed = "failed",
     }
 }

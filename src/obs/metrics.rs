@@ -16,8 +16,8 @@
 use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
     ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
-    HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecoveryResult, TokenResult,
-    ToolResult, TransferResult, UpgradeResult,
+    HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecordingResult, RecoveryResult,
+    TokenResult, ToolResult, TransferResult, UpgradeResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -199,6 +199,11 @@ pub struct Metrics {
     pub duplicate_streams: Counter,
     /// `relay_drain_notices_total`.
     pub drain_notices: Counter,
+    /// `relay_recording_bytes_total`.
+    pub recording_bytes: Counter,
+    /// `relay_recording_blocks_dropped_total`.
+    pub recording_blocks_dropped: Counter,
+    recordings: Vec<Counter>,
     carriers: Vec<CarrierSeries>,
     agents: Vec<AgentSeries>,
     /// `relay_errors_total{leg,kind}`: per leg (carriers, then agent, then internal), per
@@ -389,6 +394,16 @@ impl Metrics {
             streams_unauthenticated: counter(fam::STREAMS_UNAUTHENTICATED, &[]),
             duplicate_streams: counter(fam::DUPLICATE_STREAMS, &[]),
             drain_notices: counter(fam::DRAIN_NOTICES, &[]),
+            recording_bytes: counter(fam::RECORDING_BYTES, &[]),
+            recording_blocks_dropped: counter(fam::RECORDING_BLOCKS_DROPPED, &[]),
+            recordings: labelled(
+                fam::RECORDINGS,
+                "result",
+                &RecordingResult::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             carriers,
             agents,
             errors,
@@ -536,6 +551,11 @@ impl Metrics {
         let i =
             (a.index() * ActionSource::COUNT + source.index()) * ActionResult::COUNT + r.index();
         self.actions[i].increment(1);
+    }
+
+    /// Counts one finished recording: `relay_recordings_total{result}`.
+    pub fn recording(&self, r: RecordingResult) {
+        self.recordings[r.index()].increment(1);
     }
 
     /// Counts one post-call record's outcome: `relay_post_call_webhooks_total{type,result}`.

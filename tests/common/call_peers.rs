@@ -84,6 +84,8 @@ pub struct Heard {
     pub echoed: Vec<(String, Instant)>,
     /// `clear` messages received.
     pub clears: usize,
+    /// When each `clear` arrived.
+    pub clear_times: Vec<Instant>,
     /// The relay's Close frame (code) and its arrival time.
     pub closed: Option<(Option<u16>, Instant)>,
     /// The connection is over (Close, end of stream or a transport error).
@@ -94,6 +96,62 @@ pub struct Heard {
     pub errors: Vec<String>,
     /// Marks waiting for their audio to play: (name, due).
     pending: VecDeque<(String, Instant)>,
+    /// The caller's own 20 ms frames so far (sent or, when the source said so, lost).
+    pub frames: u64,
+    /// When `start` was sent (the stream's time 0).
+    pub started: Option<Instant>,
+}
+
+/// Plays `queue` (its front starting at `clock`) until `t`, into `out`.
+fn play_until(
+    queue: &mut VecDeque<u8>,
+    clock: &mut Option<Instant>,
+    t: Instant,
+    out: &mut Vec<u8>,
+) {
+    if let Some(c) = *clock {
+        let n = ((t.saturating_duration_since(c).as_micros() / 125) as usize).min(queue.len());
+        out.extend(queue.drain(..n));
+        *clock = Some(c + audio_duration(n));
+        if queue.is_empty() {
+            *clock = None;
+        }
+    }
+}
+
+impl Heard {
+    /// The agent audio as the caller heard it: each `media` plays back to back from its
+    /// arrival, and a `clear` drops what had not played yet.
+    pub fn played(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut queue: VecDeque<u8> = VecDeque::new();
+        let mut clock: Option<Instant> = None; // when the queue's front starts playing
+        let mut at = 0;
+        let mut events: Vec<(Instant, Option<usize>)> =
+            self.media.iter().map(|&(t, n)| (t, Some(n))).collect();
+        events.extend(self.clear_times.iter().map(|&t| (t, None)));
+        events.sort_by_key(|e| e.0);
+        for (t, e) in events {
+            play_until(&mut queue, &mut clock, t, &mut out);
+            match e {
+                Some(n) => {
+                    queue.extend(&self.audio[at..at + n]);
+                    at += n;
+                    clock.get_or_insert(t);
+                }
+                None => {
+                    queue.clear();
+                    clock = None;
+                }
+            }
+        }
+        let end = self
+            .stopped
+            .or(self.closed.map(|c| c.1))
+            .unwrap_or_else(Instant::now);
+        play_until(&mut queue, &mut clock, end, &mut out);
+        out
+    }
 }
 
 impl std::fmt::Debug for Heard {
@@ -162,6 +220,18 @@ impl PlayingCaller {
         start: &StartParams,
         echo_marks: bool,
     ) -> PlayingCaller {
+        Self::connect_streaming(url, headers, start, echo_marks, |_| Some([0xFF; 160])).await
+    }
+
+    /// Like [`PlayingCaller::connect`], streaming `frame(k)` as its `k`-th 20 ms frame
+    /// (`None`: the frame is numbered, and so its timestamp taken, but lost on the way).
+    pub async fn connect_streaming(
+        url: &str,
+        headers: &[(String, String)],
+        start: &StartParams,
+        echo_marks: bool,
+        frame: fn(u64) -> Option<[u8; 160]>,
+    ) -> PlayingCaller {
         let client = TwilioClient::connect(url, headers)
             .await
             .expect("the relay accepts the stream");
@@ -172,6 +242,7 @@ impl PlayingCaller {
         });
         tx.send_connected().await.unwrap();
         tx.send_start(start).await.unwrap();
+        lock(&shared.heard).started = Some(Instant::now());
 
         let s = shared.clone();
         let receiver = tokio::spawn(async move {
@@ -195,6 +266,7 @@ impl PlayingCaller {
                     }
                     Ok(Some(TwilioInbound::Clear { .. })) => {
                         h.clears += 1;
+                        h.clear_times.push(at);
                         h.play_end = Some(at);
                         for m in h.pending.iter_mut() {
                             m.1 = at;
@@ -274,9 +346,18 @@ impl PlayingCaller {
                         return;
                     }
                 }
-                if t.send_media(&[0xFF; 160]).await.is_err() {
+                let k = lock(&s.heard).frames;
+                let sent = match frame(k) {
+                    Some(audio) => t.send_media(&audio).await.is_ok(),
+                    None => {
+                        let _lost = t.encode_media(&[0xFF; 160]).await;
+                        true
+                    }
+                };
+                if !sent {
                     return;
                 }
+                s.update(|h| h.frames += 1);
             }
         });
         PlayingCaller {

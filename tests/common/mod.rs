@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fault_agent;
+pub mod post_call_receiver;
 pub mod raw;
 pub mod webhook;
 

@@ -348,10 +348,14 @@ impl Actions {
         }
         let cut_ms = end_ms.saturating_sub(played);
         match a.kind {
-            ActionKind::EndCall => Step::End {
-                reason: a.end.clone(),
-                cut_ms,
-            },
+            // Recording actions act at once and never enter the gate (`CallAction::kind`
+            // gives only end_call and transfer); were one here, it would end like end_call.
+            ActionKind::EndCall | ActionKind::PauseRecording | ActionKind::ResumeRecording => {
+                Step::End {
+                    reason: a.end.clone(),
+                    cut_ms,
+                }
+            }
             ActionKind::Transfer => {
                 a.stage = Stage::Updating {
                     deadline: now + UPDATE_TIMEOUT,

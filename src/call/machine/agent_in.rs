@@ -372,6 +372,9 @@ impl CallMachine {
         self.history.tool(&name, &arguments, &output, at_ms);
         self.cm.tool(answer.result);
         let held = self.tool_result_out(id.to_owned(), answer.output, true);
+        if let Some(r) = answer.recording {
+            self.recording_action(r, crate::obs::labels::ActionSource::Webhook, None, now);
+        }
         if let Some(action) = answer.action {
             self.request_action(action, crate::obs::labels::ActionSource::Webhook, None, now);
             self.actions.answered(now, held);

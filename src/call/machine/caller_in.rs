@@ -18,13 +18,21 @@ impl CallMachine {
                     return;
                 }
                 self.inbound_timing(now, m.chunk);
-                self.caller_audio(m.payload, now);
+                self.caller_audio(m.payload, m.timestamp_ms, now);
             }
             CallerEvent::Start(st) => self.start(st, now),
             CallerEvent::Mark { name } => self.mark_echo(name, now),
             CallerEvent::Dtmf { digit } => {
                 self.cm.event(CallEventKind::DtmfDigit);
-                debug!(digit, "dtmf");
+                if self.recording_key(digit, now) {
+                    self.sync_timers();
+                    return;
+                }
+                if self.recording_paused() {
+                    debug!("dtmf (recording paused: digit not logged)");
+                } else {
+                    debug!(digit, "dtmf");
+                }
                 if self.operator_key(digit, now) {
                     self.sync_timers();
                     return;
@@ -69,6 +77,9 @@ impl CallMachine {
         match outcome {
             MarkOutcome::Played(ms) => {
                 self.cm.event(CallEventKind::MarkPlayed);
+                if let Some(t) = self.recording.as_mut() {
+                    t.mark_played(now, self.out.played_through_ms());
+                }
                 self.cm.playout(true, crate::audio::ms_to_bytes(ms));
                 if self
                     .notice
@@ -174,6 +185,8 @@ impl CallMachine {
             "stream started"
         );
         self.events.push_back(CallEvent::Started(self.kind));
+        self.start_recording(now);
+        self.poll_recording(now);
         let Some(session) = Session::new(self.kind, &self.cfg.agents, self.params()) else {
             warn!(
                 agent = self.kind.as_str(),
@@ -220,7 +233,7 @@ impl CallMachine {
 
     /// Routes one caller frame (base64 `payload`, read at `now`): decoded straight into the
     /// agent outbox (or handed to a local agent), measured by the speech detector.
-    pub(super) fn caller_audio(&mut self, payload: &str, now: Instant) {
+    pub(super) fn caller_audio(&mut self, payload: &str, timestamp_ms: Option<u64>, now: Instant) {
         let newest = self.newest_reply();
         match &mut self.agent {
             Some(s) if !s.is_local() => {
@@ -232,6 +245,9 @@ impl CallMachine {
                     return self.empty_payload();
                 }
                 self.turns.caller_frame(self.early.last(n), now, newest);
+                if let Some(t) = self.recording.as_mut() {
+                    t.caller(now, timestamp_ms, self.early.last(n));
+                }
                 // During an agent recovery only the last part of the gap is kept.
                 let early_cap = if self.recovery.recovering() {
                     self.cfg.continuity.resume_caller_audio_bytes
@@ -252,6 +268,9 @@ impl CallMachine {
                     return self.empty_payload();
                 }
                 self.turns.caller_frame(&self.audio_scratch, now, newest);
+                if let Some(t) = self.recording.as_mut() {
+                    t.caller(now, timestamp_ms, &self.audio_scratch);
+                }
                 if let Some(s) = agent {
                     let dropped = s.on_caller_audio(now, &self.audio_scratch);
                     self.cm.frame(Direction::ToAgent, n);

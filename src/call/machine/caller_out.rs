@@ -239,6 +239,11 @@ impl CallerOut {
         (item.len < MIN_MEDIA_BYTES).then_some(item.read_at + COALESCE_HOLD)
     }
 
+    /// The agent audio of the newest [`Transmitted::Audio`] (raw μ-law, as encoded).
+    pub fn last_audio(&self) -> &[u8] {
+        &self.scratch
+    }
+
     /// Cheap: whether [`CallerOut::transmit`] would give something now.
     #[inline]
     pub fn wants_transmit(&self) -> bool {

@@ -339,7 +339,8 @@ impl CallMachine {
         arguments: Result<&serde_json::Value, &'static str>,
         now: Instant,
     ) -> bool {
-        if name != END_CALL_TOOL && name != TRANSFER_CALL_TOOL {
+        let recording = crate::call::recording::RecordingAction::from_label(name);
+        if name != END_CALL_TOOL && name != TRANSFER_CALL_TOOL && recording.is_none() {
             return false;
         }
         let Some(offers) = self.agent.as_ref().map(Session::offers_relay_tools) else {
@@ -351,6 +352,10 @@ impl CallMachine {
             (false, _) => ActionSource::ClientTool,
         };
         self.tools.calls = self.tools.calls.saturating_add(1);
+        if let Some(r) = recording {
+            self.recording_action(r, source, Some(id.to_owned()), now);
+            return true;
+        }
         let text = |k: &str| {
             arguments
                 .ok()

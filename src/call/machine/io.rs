@@ -113,6 +113,7 @@ impl CallMachine {
                 Timer::Recovery => self.recovery_timer(now),
                 Timer::AgentSilent => self.response_timer(now),
                 Timer::Rollover => self.rollover_timer(now),
+                Timer::Recording => self.poll_recording(now),
                 Timer::LocalAgent => self.poll_local_agent(now),
                 Timer::Tools => {
                     for id in self.tools.expired(now) {
@@ -182,6 +183,9 @@ impl CallMachine {
         ) {
             Transmitted::Nothing => false,
             Transmitted::Clear { flushed_tail_ms } => {
+                if let Some(t) = self.recording.as_mut() {
+                    t.clear(now);
+                }
                 if flushed_tail_ms > 0 {
                     self.cm
                         .playout(false, crate::audio::ms_to_bytes(flushed_tail_ms));
@@ -200,6 +204,9 @@ impl CallMachine {
                         .first_reply_audio(reply, now, &mut self.cm, &mut self.figures);
                 }
                 self.cm.frame(Direction::ToCaller, bytes);
+                if let Some(t) = self.recording.as_mut() {
+                    t.agent(now, self.out.last_audio());
+                }
                 if done {
                     self.written_pending[CALLER].push(read_at);
                 }

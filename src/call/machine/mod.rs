@@ -41,6 +41,7 @@ pub mod figures;
 mod io;
 pub mod outbox;
 pub mod playout;
+mod record;
 pub mod recovery;
 mod summary;
 pub mod timers;
@@ -104,6 +105,10 @@ pub enum CallEvent {
     },
     /// Stop waiting for this tool call's webhook (it timed out).
     CancelTool(String),
+    /// This call is recorded: open its recording (named by the call and stream SIDs).
+    RecordingStarted,
+    /// Hand these recorded samples to the recording writer.
+    RecordingBlock(crate::call::recording::Block),
     /// Redirect the call to a person through the carrier's REST API (the announcement was
     /// heard); answer with [`CallMachine::handle_call_update`].
     Transfer {
@@ -188,6 +193,8 @@ pub struct CallMachine {
     last_agent_msg_at: Instant,
     /// When the agent session rolls over.
     rollover_at: Option<Instant>,
+    /// The call's recording timeline, when it is recorded.
+    recording: Option<crate::call::recording::Timeline>,
 }
 
 impl std::fmt::Debug for CallMachine {
@@ -251,6 +258,7 @@ impl CallMachine {
             resume_refused: false,
             last_agent_msg_at: now,
             rollover_at: None,
+            recording: None,
             cfg,
         }
     }

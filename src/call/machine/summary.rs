@@ -74,6 +74,7 @@ impl CallMachine {
                     gap_ms: r.gap_ms,
                 })
                 .collect(),
+            recording: self.recording_summary(),
         }
     }
 }

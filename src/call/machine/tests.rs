@@ -73,6 +73,7 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
             ..crate::call::settings::Continuity::defaults()
         },
         post_call: None,
+        recording: None,
     }
 }
 

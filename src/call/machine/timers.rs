@@ -39,6 +39,8 @@ label_enum! {
         AgentSilent = "agent_silent",
         /// The agent session's rollover time.
         Rollover = "rollover",
+        /// The recording's next block is due.
+        Recording = "recording",
     }
 }
 

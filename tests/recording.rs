@@ -339,3 +339,200 @@ async fn a_recording_directory_that_cannot_be_written_fails_the_recording_not_th
     .await;
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `moto_server` (PyPI `moto[server]`, an S3-compatible server; `$MOTO_SERVER` or the one on
+/// `PATH`) on a free loopback port, killed on drop. `.ci/test` installs it when missing.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+    let child = std::process::Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {bin} ({e}): pip install 'moto[server]', or set MOTO_SERVER (.ci/test does)")
+        });
+    let m = Moto { child, port };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m
+}
+
+/// The AWS environment `object_store` reads (moto accepts any credentials).
+fn aws_env() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test-key-id");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test-secret");
+    std::env::set_var("AWS_REGION", "us-east-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_is_uploaded_to_an_s3_compatible_store_and_read_back_through_the_s3_api() {
+    use object_store::ObjectStoreExt;
+    let s3 = moto().await;
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    // Create the bucket (path style: the Host header names no bucket).
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", s3.port))
+            .await
+            .unwrap();
+        let req = format!(
+            "PUT /rec-bucket HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            s3.port
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "create the bucket: {answer}"
+    );
+    aws_env();
+    let spool = temp_dir("s3");
+    let relay = start_relay({
+        let mut a = args();
+        a.call.record = RecordMode::All;
+        a.call.recording_dir = spool.clone();
+        a.call.recording_url = Some("s3://rec-bucket/calls/2026".into());
+        a.call.recording_s3_endpoint = Some(endpoint.clone());
+        a
+    })
+    .await;
+    let caller = PlayingCaller::connect_streaming(
+        &relay.media_url(),
+        &[],
+        &start_params(24, &[]),
+        true,
+        caller_frame,
+    )
+    .await;
+    caller
+        .wait("60 caller frames", T, |h| (h.frames >= 60).then_some(()))
+        .await;
+    caller.stop().await;
+    wait_metric(
+        relay.addr,
+        "relay_recording_uploads_total{result=\"uploaded\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(
+        relay.addr,
+        "relay_recordings_total{result=\"complete\"}",
+        1.0,
+    )
+    .await;
+    let frames = caller.heard(|h| h.frames);
+
+    // Read back through the S3 API.
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name("rec-bucket")
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let p = start_params(24, &[]);
+    let key = format!("calls/2026/{}_{}.wav", p.call_sid, p.stream_sid);
+    let bytes = store
+        .get(&object_store::path::Path::from(key.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+        .bytes()
+        .await
+        .unwrap();
+    let local = spool.join("readback.wav");
+    std::fs::write(&local, &bytes).unwrap();
+    let (left, _) = read_wav(&local);
+    for k in 0..frames {
+        let want = caller_frame(k).map_or(0xFF, |f| f[0]);
+        assert!(
+            left[k as usize * 160..(k as usize + 1) * 160]
+                .iter()
+                .all(|&b| b == want),
+            "caller frame {k}"
+        );
+    }
+    std::fs::remove_file(&local).unwrap();
+    // The spool is empty once the object is stored.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_that_refuses_leaves_the_file_in_the_spool_counted_and_the_call_untouched()
+{
+    aws_env();
+    let spool = temp_dir("s3-down");
+    // Nothing listens on port 9.
+    let relay = start_relay({
+        let mut a = args();
+        a.call.record = RecordMode::All;
+        a.call.recording_dir = spool.clone();
+        a.call.recording_url = Some("s3://rec-bucket/calls".into());
+        a.call.recording_s3_endpoint = Some("http://127.0.0.1:9".into());
+        a
+    })
+    .await;
+    let caller =
+        PlayingCaller::connect(&relay.media_url(), &[], &start_params(25, &[]), true).await;
+    caller
+        .wait("the echo", T, |h| (h.audio.len() >= 1600).then_some(()))
+        .await;
+    caller.stop().await;
+    wait_metric(
+        relay.addr,
+        "relay_calls_total{outcome=\"caller_hangup\"}",
+        1.0,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metrics(relay.addr).await;
+        if metric(&m, "relay_recording_uploads_total{result=\"failed\"}") == 1.0 {
+            assert_eq!(
+                metric(&m, "relay_recording_uploads_total{result=\"retried\"}"),
+                2.0
+            );
+            assert_eq!(metric(&m, "relay_recordings_total{result=\"failed\"}"), 1.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload failure counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = start_params(25, &[]);
+    let kept = spool.join(format!("{}_{}.wav", p.call_sid, p.stream_sid));
+    let (left, _) = read_wav(&kept);
+    assert!(!left.is_empty(), "the recording stays in the spool");
+    let _ = std::fs::remove_dir_all(&spool);
+}

@@ -174,6 +174,16 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_RECORDING_DIR", default_value = "recordings")]
     pub recording_dir: std::path::PathBuf,
 
+    /// Upload finished recordings to S3-compatible storage, `s3://bucket/prefix` (the
+    /// recording directory is then the spool); credentials and region from the AWS
+    /// environment variables.
+    #[arg(long, env = "RELAY_RECORDING_URL")]
+    pub recording_url: Option<String>,
+
+    /// The S3 endpoint (MinIO, moto, …), path-style; default AWS (or `AWS_ENDPOINT_URL`).
+    #[arg(long, env = "RELAY_RECORDING_S3_ENDPOINT")]
+    pub recording_s3_endpoint: Option<String>,
+
     /// One-second blocks (16 KB each) the recording writer's queue holds; beyond it a
     /// recording loses blocks (degraded, written as silence), the call never waits.
     #[arg(long, env = "RELAY_RECORDING_QUEUE_BLOCKS", default_value_t = 4096)]
@@ -687,8 +697,19 @@ impl ServeArgs {
                         "--recording-queue-blocks must be 1..=1000000".into(),
                     ));
                 }
+                let upload = match c.recording_url.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(u) => Some(
+                        crate::call::recording::upload::S3Target::parse(
+                            u,
+                            c.recording_s3_endpoint.as_deref(),
+                        )
+                        .map_err(|e| ConfigError(format!("--recording-url: {e}")))?,
+                    ),
+                };
                 Some(crate::call::recording::RecordingSettings {
                     mode,
+                    upload,
                     dir: c.recording_dir.clone(),
                     queue_blocks: c.recording_queue_blocks,
                     pause_digit: c.recording_pause_digit,

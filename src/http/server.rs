@@ -123,7 +123,7 @@ impl Relay {
                 let q = post_call.clone();
                 let on_finished: Option<crate::call::recording::writer::OnFinished> =
                     q.map(|q| -> crate::call::recording::writer::OnFinished {
-                        Box::new(move |note, rec| {
+                        Arc::new(move |note, rec| {
                             let now = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0, |d| d.as_secs());
@@ -133,11 +133,19 @@ impl Relay {
                             );
                         })
                     });
+                let uploader = match &r.upload {
+                    None => None,
+                    Some(t) => Some(Arc::new(
+                        crate::call::recording::upload::Uploader::new(t.clone(), metrics.clone())
+                            .map_err(std::io::Error::other)?,
+                    )),
+                };
                 Some(Arc::new(crate::call::recording::Recordings::start(
                     r.dir.clone(),
                     r.queue_blocks,
                     metrics.clone(),
                     on_finished,
+                    uploader,
                 )?))
             }
         };

@@ -180,6 +180,9 @@ families! {
     /// `relay_recordings_total{result}`.
     RECORDINGS = "relay_recordings_total", Counter, None,
         "Call recordings finished, by result (complete, degraded, failed).";
+    /// `relay_recording_uploads_total{result}`.
+    RECORDING_UPLOADS = "relay_recording_uploads_total", Counter, None,
+        "Recording uploads to object storage by result (uploaded, retried, failed).";
     /// `relay_recording_bytes_total`.
     RECORDING_BYTES = "relay_recording_bytes_total", Counter, Some(Unit::Bytes),
         "Audio bytes written to call recordings (both channels).";

@@ -656,7 +656,20 @@ label_enum! {
         /// Written, with lost blocks as silence (the writer fell behind) or agent audio
         /// beyond the recording's bound left out.
         Degraded = "degraded",
-        /// Not written (the directory or file could not be written).
+        /// Not written (the directory or file could not be written), or not uploaded.
+        Failed = "failed",
+    }
+}
+
+label_enum! {
+    /// What became of a recording upload attempt: the `result` label of
+    /// `relay_recording_uploads_total`.
+    pub enum UploadResult {
+        /// The object is stored.
+        Uploaded = "uploaded",
+        /// An attempt failed and another follows.
+        Retried = "retried",
+        /// Every attempt failed: the file stays in the recording directory.
         Failed = "failed",
     }
 }

@@ -17,7 +17,7 @@ use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
     ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
     HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecordingResult, RecoveryResult,
-    TokenResult, ToolResult, TransferResult, UpgradeResult,
+    TokenResult, ToolResult, TransferResult, UpgradeResult, UploadResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -204,6 +204,7 @@ pub struct Metrics {
     /// `relay_recording_blocks_dropped_total`.
     pub recording_blocks_dropped: Counter,
     recordings: Vec<Counter>,
+    uploads: Vec<Counter>,
     carriers: Vec<CarrierSeries>,
     agents: Vec<AgentSeries>,
     /// `relay_errors_total{leg,kind}`: per leg (carriers, then agent, then internal), per
@@ -396,6 +397,14 @@ impl Metrics {
             drain_notices: counter(fam::DRAIN_NOTICES, &[]),
             recording_bytes: counter(fam::RECORDING_BYTES, &[]),
             recording_blocks_dropped: counter(fam::RECORDING_BLOCKS_DROPPED, &[]),
+            uploads: labelled(
+                fam::RECORDING_UPLOADS,
+                "result",
+                &UploadResult::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             recordings: labelled(
                 fam::RECORDINGS,
                 "result",
@@ -551,6 +560,11 @@ impl Metrics {
         let i =
             (a.index() * ActionSource::COUNT + source.index()) * ActionResult::COUNT + r.index();
         self.actions[i].increment(1);
+    }
+
+    /// Counts one recording upload attempt: `relay_recording_uploads_total{result}`.
+    pub fn recording_upload(&self, r: UploadResult) {
+        self.uploads[r.index()].increment(1);
     }
 
     /// Counts one finished recording: `relay_recordings_total{result}`.

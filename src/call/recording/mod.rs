@@ -9,6 +9,7 @@
 //! silence so the rest stays in time.
 
 pub mod timeline;
+pub mod upload;
 pub mod wav;
 pub mod writer;
 
@@ -54,8 +55,10 @@ pub fn is_yes(v: &str) -> bool {
 pub struct RecordingSettings {
     /// Which calls are recorded.
     pub mode: RecordMode,
-    /// Where recordings are written.
+    /// Where recordings are written (the spool, with `upload`).
     pub dir: PathBuf,
+    /// Object storage the finished files are uploaded to (then removed from `dir`).
+    pub upload: Option<upload::S3Target>,
     /// Blocks (1 s of both channels, 16 KB) the writer's queue holds: the writer's memory
     /// bound is this × 16 KB.
     pub queue_blocks: usize,
@@ -109,6 +112,7 @@ mod tests {
         let s = |mode| RecordingSettings {
             mode,
             dir: PathBuf::from("/tmp"),
+            upload: None,
             queue_blocks: 8,
             pause_digit: None,
         };

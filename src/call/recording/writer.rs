@@ -4,10 +4,12 @@
 //!
 //! Files are written as `<dir>/<stem>.part` (header first, rewritten with the final sizes at
 //! the end), flushed to disk and renamed to `<dir>/<stem>.wav` when the call's last block is
-//! in. A directory that cannot be written fails that recording (logged once, counted in
+//! in; with an [`Uploader`] the finished file is then uploaded (on the tokio runtime) and
+//! removed. A directory that cannot be written fails that recording (logged, counted in
 //! `relay_recordings_total{result="failed"}`); the call goes on.
 
 use super::timeline::{Block, Pause};
+use super::upload::Uploader;
 use super::wav;
 use crate::obs::labels::RecordingResult;
 use crate::obs::metrics::Metrics;
@@ -36,8 +38,8 @@ pub struct Finished {
     pub pauses: Vec<[f64; 2]>,
 }
 
-/// Called on the writer thread with each finished recording (the post-call webhook).
-pub type OnFinished = Box<dyn Fn(&FinishNote, &Finished) + Send + Sync>;
+/// Called with each finished recording, once it is where it stays (the post-call webhook).
+pub type OnFinished = Arc<dyn Fn(&FinishNote, &Finished) + Send + Sync>;
 
 /// The call's side of a finish: who it was and what the timeline knew.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +84,7 @@ pub struct Recordings {
     idle: Arc<Idle>,
     dir: PathBuf,
     metrics: Arc<Metrics>,
+    target: Option<super::upload::S3Target>,
 }
 
 impl std::fmt::Debug for Recordings {
@@ -95,12 +98,26 @@ impl std::fmt::Debug for Recordings {
 impl Recordings {
     /// Starts the writer thread for recordings in `dir` (created if missing; an error here
     /// is logged and every recording then fails, counted), with a queue of `queue_blocks`.
+    ///
+    /// With `uploader`, finished files are uploaded on the current tokio runtime.
+    ///
+    /// # Errors
+    /// The thread could not be spawned, or an uploader was given outside a tokio runtime.
     pub fn start(
         dir: PathBuf,
         queue_blocks: usize,
         metrics: Arc<Metrics>,
         on_finished: Option<OnFinished>,
+        uploader: Option<Arc<Uploader>>,
     ) -> std::io::Result<Recordings> {
+        let target = uploader.as_ref().map(|u| u.target().clone());
+        let upload = match uploader {
+            None => None,
+            Some(u) => Some((
+                u,
+                tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?,
+            )),
+        };
         if let Err(e) = std::fs::create_dir_all(&dir) {
             warn!(dir = %dir.display(), error = %e, "recording directory cannot be created");
         }
@@ -112,6 +129,7 @@ impl Recordings {
             metrics: metrics.clone(),
             idle: idle.clone(),
             on_finished,
+            upload,
             scratch: Vec::new(),
         };
         std::thread::Builder::new()
@@ -123,12 +141,18 @@ impl Recordings {
             idle,
             dir,
             metrics,
+            target,
         })
     }
 
-    /// Where a recording named `stem` ends up.
-    pub fn location(&self, stem: &str) -> PathBuf {
-        self.dir.join(format!("{stem}.wav"))
+    /// Where a recording named `stem` ends up: its `s3://` URL when uploads are on, else
+    /// its path.
+    pub fn location(&self, stem: &str) -> String {
+        let name = format!("{stem}.wav");
+        match &self.target {
+            Some(t) => t.url(&t.key(&name)),
+            None => self.dir.join(name).display().to_string(),
+        }
     }
 
     /// Opens a recording named `stem` (see [`super::file_stem`]) and returns the call's
@@ -140,7 +164,7 @@ impl Recordings {
             let mut open = self.idle.open.lock().unwrap_or_else(|e| e.into_inner());
             *open += 1;
         }
-        let location = self.location(&stem).display().to_string();
+        let location = self.location(&stem);
         let mut r = Recorder {
             id,
             tx: self.tx.clone(),
@@ -320,6 +344,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     idle: Arc<Idle>,
     on_finished: Option<OnFinished>,
+    upload: Option<(Arc<Uploader>, tokio::runtime::Handle)>,
     scratch: Vec<u8>,
 }
 
@@ -391,58 +416,87 @@ impl Writer {
         if gap > 0 {
             self.write(id, gap, None);
         }
-        let result = match self.files.remove(&id) {
+        let (done, samples) = match self.files.remove(&id) {
             Some(Open {
                 file: Some(f),
                 part,
                 samples,
             }) => match close(f, &part, samples) {
-                Ok(done) => {
-                    let finished = Finished {
-                        location: done.display().to_string(),
-                        duration_secs: samples as f64 / f64::from(wav::SAMPLE_RATE),
-                        bytes: samples * 2 + wav::HEADER_BYTES as u64,
-                        degraded: note.degraded,
-                        pauses: note
-                            .pauses
-                            .iter()
-                            .map(|p| {
-                                let s = |v: u64| v as f64 / f64::from(wav::SAMPLE_RATE);
-                                [s(p.from), s(p.to.unwrap_or(samples))]
-                            })
-                            .collect(),
-                    };
-                    info!(
-                        recording = %finished.location,
-                        duration_secs = finished.duration_secs,
-                        degraded = finished.degraded,
-                        "recording complete"
-                    );
-                    if let Some(cb) = &self.on_finished {
-                        cb(note, &finished);
-                    }
-                    if note.degraded {
-                        RecordingResult::Degraded
-                    } else {
-                        RecordingResult::Complete
-                    }
-                }
+                Ok(done) => (done, samples),
                 Err(e) => {
                     warn!(file = %part.display(), error = %e, "recording could not be finished");
-                    RecordingResult::Failed
+                    return self.done(RecordingResult::Failed);
                 }
             },
             Some(Open { part, .. }) => {
                 let _ = std::fs::remove_file(&part);
-                RecordingResult::Failed
+                return self.done(RecordingResult::Failed);
             }
             None => {
                 debug!(id, "finish of an unknown recording");
-                RecordingResult::Failed
+                return self.done(RecordingResult::Failed);
             }
         };
+        let finished = Finished {
+            location: done.display().to_string(),
+            duration_secs: samples as f64 / f64::from(wav::SAMPLE_RATE),
+            bytes: samples * 2 + wav::HEADER_BYTES as u64,
+            degraded: note.degraded,
+            pauses: note
+                .pauses
+                .iter()
+                .map(|p| {
+                    let s = |v: u64| v as f64 / f64::from(wav::SAMPLE_RATE);
+                    [s(p.from), s(p.to.unwrap_or(samples))]
+                })
+                .collect(),
+        };
+        let result = if note.degraded {
+            RecordingResult::Degraded
+        } else {
+            RecordingResult::Complete
+        };
+        let Some((uploader, rt)) = self.upload.clone() else {
+            stored(note, &finished, self.on_finished.as_ref());
+            return self.done(result);
+        };
+        let (note, idle, metrics, cb) = (
+            note.clone(),
+            self.idle.clone(),
+            self.metrics.clone(),
+            self.on_finished.clone(),
+        );
+        rt.spawn(async move {
+            let mut finished = finished;
+            let result = match uploader.upload(&done).await {
+                Ok(url) => {
+                    finished.location = url;
+                    stored(&note, &finished, cb.as_ref());
+                    result
+                }
+                Err(_) => RecordingResult::Failed,
+            };
+            metrics.recording(result);
+            idle.release();
+        });
+    }
+
+    fn done(&self, result: RecordingResult) {
         self.metrics.recording(result);
         self.idle.release();
+    }
+}
+
+/// A recording reached its place (`finished.location`): logged and reported.
+fn stored(note: &FinishNote, finished: &Finished, cb: Option<&OnFinished>) {
+    info!(
+        recording = %finished.location,
+        duration_secs = finished.duration_secs,
+        degraded = finished.degraded,
+        "recording complete"
+    );
+    if let Some(cb) = cb {
+        cb(note, finished);
     }
 }
 

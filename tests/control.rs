@@ -250,10 +250,19 @@ async fn outbound_call_sends_the_exact_twilio_request() {
     assert_eq!(req.form_values("To"), ["+15551230001"]);
     assert_eq!(req.form_values("Method"), ["POST"]);
     assert_eq!(req.form_values("From"), ["+15557654321"]);
-    assert_eq!(
-        req.form_values("StatusCallback"),
-        ["https://relay.example.com/call-status"]
-    );
+    // The status callback carries the call's to/from/agent, signed by the relay (for its
+    // call_initiation_failure record).
+    let status_url = req.form_values("StatusCallback")[0].clone();
+    let status_query = status_url
+        .strip_prefix("https://relay.example.com/call-status?")
+        .unwrap_or_else(|| panic!("{status_url}"));
+    let sq: Vec<(String, String)> = form_urlencoded::parse(status_query.as_bytes())
+        .into_owned()
+        .collect();
+    let names: Vec<&str> = sq.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["to", "from", "agent", "exp", "sig"], "{status_url}");
+    assert_eq!(sq[0].1, "+15551230001");
+    assert_eq!(sq[2].1, "echo");
     assert_eq!(req.form_values("StatusCallbackMethod"), ["POST"]);
     assert_eq!(
         req.form_values("StatusCallbackEvent"),
@@ -962,4 +971,73 @@ async fn outbound_call_placed_on_one_instance_streams_through_another() {
         ),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_call_that_never_starts_sends_a_signed_call_initiation_failure() {
+    use common::post_call_receiver::{receiver, verify, SECRET};
+    let (hook, seen) = receiver(0).await;
+    let twilio = MockTwilio::start().await;
+    let mut a = control_args(&twilio.origin());
+    a.call.post_call_webhook_url = Some(format!("http://{hook}/post-call"));
+    a.call.post_call_webhook_secret = Some(Secret::new(SECRET));
+    let relay = start_relay(a).await;
+    let r = outbound(
+        relay.addr,
+        Some(BEARER),
+        r#"{"to":"+15551230001","from":"+15557654321","agent":"echo"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = twilio.requests()[0].form_values("StatusCallback")[0].clone();
+    let path = url
+        .strip_prefix("https://relay.example.com")
+        .unwrap()
+        .to_owned();
+    let call_sid = twilio_rest::call_sid(0);
+    let form = |status: &'static str| {
+        [
+            ("AccountSid", ACCOUNT_SID),
+            ("CallSid", call_sid.as_str()),
+            ("CallStatus", status),
+            ("Direction", "outbound-api"),
+            ("SipResponseCode", "486"),
+        ]
+    };
+    // Ringing first: no record; then busy: the record. A busy callback to the plain route
+    // (no relay query, e.g. an inbound call's) makes none either.
+    for status in ["ringing", "busy"] {
+        let params = form(status);
+        let r = callback(relay.addr, &path, &params, Some(&sign(&path, &params))).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let plain = form("busy");
+    let r = callback(
+        relay.addr,
+        "/call-status",
+        &plain,
+        Some(&sign("/call-status", &plain)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_metric(
+        relay.addr,
+        r#"relay_post_call_webhooks_total{type="call_initiation_failure",result="delivered"}"#,
+        1.0,
+    )
+    .await;
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one record");
+    let (_, sig, body) = &got[0];
+    assert!(verify(sig.as_deref().unwrap(), body), "signed");
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["type"], "call_initiation_failure");
+    let d = &v["data"];
+    assert_eq!(d["call_sid"], call_sid.as_str());
+    assert_eq!(d["failure_reason"], "busy");
+    assert_eq!(d["agent"], "echo");
+    assert_eq!(d["to_number"], "+15551230001");
+    assert_eq!(d["from_number"], "+15557654321");
+    assert_eq!(d["metadata"]["type"], "twilio");
+    assert_eq!(d["metadata"]["body"]["SipResponseCode"], "486");
 }

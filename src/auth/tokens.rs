@@ -37,6 +37,11 @@ pub const OUTBOUND_URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// time and a margin.
 pub const TRANSFER_URL_TTL: Duration = Duration::from_secs(6 * 3600);
 
+/// How long an outbound call's status-callback query stays valid: a call that fails to
+/// start does so within its ring time; later callbacks are still taken, only without the
+/// failure record.
+pub const STATUS_URL_TTL: Duration = Duration::from_secs(3600);
+
 /// What a relay-signed URL is for: each signs under its own domain and TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UrlPurpose {
@@ -46,6 +51,9 @@ pub enum UrlPurpose {
     DialResult,
     /// A transfer's whisper ([`TRANSFER_URL_TTL`]).
     Whisper,
+    /// An outbound call's status callback, carrying what its `call_initiation_failure`
+    /// record needs ([`STATUS_URL_TTL`]).
+    CallStatus,
 }
 
 impl UrlPurpose {
@@ -54,6 +62,7 @@ impl UrlPurpose {
             UrlPurpose::OutboundMarkup => "outbound-url",
             UrlPurpose::DialResult => "dial-result-url",
             UrlPurpose::Whisper => "whisper-url",
+            UrlPurpose::CallStatus => "call-status-url",
         }
     }
 
@@ -61,6 +70,7 @@ impl UrlPurpose {
         match self {
             UrlPurpose::OutboundMarkup => OUTBOUND_URL_TTL,
             UrlPurpose::DialResult | UrlPurpose::Whisper => TRANSFER_URL_TTL,
+            UrlPurpose::CallStatus => STATUS_URL_TTL,
         }
     }
 }

@@ -290,6 +290,36 @@ pub fn audio(
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The `call_initiation_failure` record of an outbound call that never started, in the
+/// seed's shape (`failure_reason`, `metadata {type, body}` with the carrier's callback
+/// fields), plus what the relay placed it with (`to`, `from`, `agent`).
+pub fn initiation_failure(
+    carrier: &str,
+    status: &str,
+    call: &[(String, String)],
+    fields: &[(String, String)],
+    now_unix: u64,
+) -> Vec<u8> {
+    use serde_json::json;
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let placed = |k: &str| call.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let body: serde_json::Map<String, serde_json::Value> =
+        fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let record = json!({
+        "type": PostCallType::CallInitiationFailure.as_str(),
+        "event_timestamp": now_unix,
+        "data": {
+            "call_sid": get("CallSid"),
+            "agent": placed("agent"),
+            "failure_reason": status,
+            "to_number": placed("to"),
+            "from_number": placed("from"),
+            "metadata": { "type": carrier, "body": body },
+        },
+    });
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,10 @@ pub async fn status(
     };
     let get = |k: &str| clip(form.get(k).unwrap_or(""));
     match kind {
-        CallbackKind::Call => log_call_status(&form, carrier, &state.callback_metrics, get),
+        CallbackKind::Call => {
+            let status = log_call_status(&form, carrier, &state.callback_metrics, get);
+            initiation_failure(&form, carrier, status, state);
+        }
         CallbackKind::Stream => {
             let event = bounded(
                 StreamEvent::ALL,
@@ -123,12 +126,53 @@ pub async fn status(
     Response::new(Full::new(Bytes::new()))
 }
 
+/// An outbound call that never started (`busy`, `no-answer`, `failed`, `canceled`) whose
+/// status callback URL carries the relay's signed query (placed by `/outbound-call`): its
+/// `call_initiation_failure` post-call record, from whichever instance Twilio reached.
+fn initiation_failure(form: &SignedForm, carrier: CarrierKind, status: CallStatus, state: &State) {
+    if !matches!(
+        status,
+        CallStatus::Busy | CallStatus::NoAnswer | CallStatus::Failed | CallStatus::Canceled
+    ) {
+        return;
+    }
+    let (Some(q), Some(tokens)) = (&state.ctx.post_call, &state.tokens) else {
+        return;
+    };
+    let signed = match tokens.verify_query_for(
+        crate::auth::tokens::UrlPurpose::CallStatus,
+        &form.query,
+        super::unix_now(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            // Not an outbound call of ours (or its query expired): no record.
+            tracing::debug!(reason = %e, "status callback without a valid relay query");
+            return;
+        }
+    };
+    let call: Vec<(String, String)> = form_urlencoded::parse(signed.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != "exp")
+        .collect();
+    q.send(
+        crate::obs::labels::PostCallType::CallInitiationFailure,
+        crate::call::post_call::initiation_failure(
+            carrier.as_str(),
+            status.as_str(),
+            &call,
+            &form.fields,
+            super::unix_now(),
+        ),
+    );
+}
+
 fn log_call_status<'a>(
     form: &'a SignedForm,
     carrier: CarrierKind,
     m: &CallbackMetrics,
     get: impl Fn(&str) -> &'a str,
-) {
+) -> CallStatus {
     let status = bounded(
         CallStatus::ALL,
         CallStatus::as_str,
@@ -153,6 +197,7 @@ fn log_call_status<'a>(
             "call status callback"
         );
     });
+    status
 }
 
 /// At most [`MAX_LOGGED_FIELD_CHARS`] characters of `s`.

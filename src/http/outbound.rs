@@ -22,7 +22,7 @@ use super::server::State;
 use super::signed_form::read_signed_form;
 use super::{error_json, json_response, read_body, unix_now, xml_response, BodyError, Resp};
 use crate::agent::{is_agent_id, is_variable_name, AgentKind};
-use crate::auth::tokens::StreamTokens;
+use crate::auth::tokens::{StreamTokens, UrlPurpose};
 use crate::auth::BearerToken;
 use crate::call::settings::is_e164;
 use crate::carrier::{
@@ -477,7 +477,7 @@ impl Outbound {
         let call = self.validate(request, state)?;
         let url = self.markup_url(host, call.carrier, &call.params)?;
         let routes = call.carrier.routes();
-        let status_callback = format!("https://{host}{}", routes.call_status);
+        let status_callback = self.status_callback_url(host, routes, &call)?;
         let sid = call
             .carrier
             .control()
@@ -676,6 +676,31 @@ impl Outbound {
             agent: r.agent,
             params,
         })
+    }
+
+    /// The status callback URL: the carrier's call-status route with the call's `to`,
+    /// `from` and `agent` in a query the relay signs ([`UrlPurpose::CallStatus`]), so that
+    /// any instance can send the call's `call_initiation_failure` record.
+    fn status_callback_url(
+        &self,
+        host: &str,
+        routes: &crate::carrier::Routes,
+        call: &ValidCall,
+    ) -> Result<String, ApiError> {
+        let Some(tokens) = &self.tokens else {
+            return Err(ApiError::new(
+                OutboundResult::NotConfigured,
+                "stream tokens are not configured",
+            ));
+        };
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("to", &call.to)
+            .append_pair("from", &call.from);
+        if let Some(a) = &call.agent {
+            q.append_pair("agent", a);
+        }
+        let signed = tokens.sign_query_for(UrlPurpose::CallStatus, &q.finish(), unix_now());
+        Ok(format!("https://{host}{}?{signed}", routes.call_status))
     }
 
     /// The signed markup URL carrying the call's parameters (see the module docs).

@@ -260,6 +260,8 @@ label_enum! {
         PostCallTranscription = "post_call_transcription",
         /// Where the call's recording is, once it is complete.
         PostCallAudio = "post_call_audio",
+        /// An outbound call that never started (busy, no answer, failed, canceled).
+        CallInitiationFailure = "call_initiation_failure",
     }
 }
 

@@ -162,10 +162,20 @@ fn url_params(twilio: &MockTwilio, i: usize) -> Vec<(String, String)> {
 /// What Twilio does when the callee answers: POST the call's `Url` with the call's form
 /// (`CallSid` among the usual voice parameters), signed over the URL and the form.
 async fn fetch_twiml(addr: SocketAddr, url: &str, call_sid: &str) -> Answer {
+    fetch_twiml_with(addr, url, call_sid, &[]).await
+}
+
+/// [`fetch_twiml`] with more form fields (e.g. `AnsweredBy` after machine detection).
+async fn fetch_twiml_with(
+    addr: SocketAddr,
+    url: &str,
+    call_sid: &str,
+    extra: &[(&str, &str)],
+) -> Answer {
     let path_and_query = url
         .strip_prefix("https://relay.example.com")
         .expect("the relay's public origin");
-    let params = [
+    let mut params = vec![
         ("AccountSid", ACCOUNT_SID),
         ("CallSid", call_sid),
         ("CallStatus", "in-progress"),
@@ -173,6 +183,7 @@ async fn fetch_twiml(addr: SocketAddr, url: &str, call_sid: &str) -> Answer {
         ("From", "+15557654321"),
         ("To", "+15551230001"),
     ];
+    params.extend_from_slice(extra);
     let sig = sign(path_and_query, &params);
     callback(addr, path_and_query, &params, Some(&sig)).await
 }
@@ -1040,4 +1051,85 @@ async fn an_outbound_call_that_never_starts_sends_a_signed_call_initiation_failu
     assert_eq!(d["from_number"], "+15557654321");
     assert_eq!(d["metadata"]["type"], "twilio");
     assert_eq!(d["metadata"]["body"]["SipResponseCode"], "486");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answering_machine_detection_is_asked_for_and_every_verdict_is_answered() {
+    let twilio = MockTwilio::start().await;
+    let mut a = control_args(&twilio.origin());
+    a.carriers.twilio.twilio_phone_number = Some("+15557654321".into());
+    let relay = start_relay(a.clone()).await;
+    let body = r#"{"to":"+15551230001","machine_detection":"DetectMessageEnd","machine_detection_timeout":30,"voicemail_message":"Hi, this is Acme about your order. Please call us back."}"#;
+    let r = outbound(relay.addr, Some(BEARER), body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let req = &twilio.requests()[0];
+    assert_eq!(req.form_values("MachineDetection"), ["DetectMessageEnd"]);
+    assert_eq!(req.form_values("MachineDetectionTimeout"), ["30"]);
+    let url = req.form_values("Url")[0].clone();
+    let sid = twilio_rest::call_sid(0);
+    for (answered_by, param) in [
+        ("human", Some("human")),
+        ("machine_start", Some("machine_start")),
+        ("machine_end_beep", Some("machine_end_beep")),
+        ("machine_end_silence", Some("machine_end_silence")),
+        ("machine_end_other", Some("machine_end_other")),
+        ("unknown", Some("unknown")),
+        ("something-new", Some("other")),
+        ("fax", None),
+    ] {
+        let t = fetch_twiml_with(relay.addr, &url, &sid, &[("AnsweredBy", answered_by)]).await;
+        assert_eq!(t.status, 200, "{answered_by}: {}", t.body);
+        match param {
+            Some(p) => {
+                assert!(
+                    t.body.contains("<Connect><Stream"),
+                    "{answered_by}: {}",
+                    t.body
+                );
+                assert_eq!(
+                    twiml_parameter(&t.body, "relay_answered_by").as_deref(),
+                    Some(p),
+                    "{answered_by}"
+                );
+                assert_eq!(
+                    twiml_parameter(&t.body, "relay_voicemail_message").as_deref(),
+                    Some("Hi, this is Acme about your order. Please call us back.")
+                );
+            }
+            None => assert!(
+                !t.body.contains("<Stream") && t.body.ends_with("<Response><Hangup/></Response>"),
+                "{answered_by}: {}",
+                t.body
+            ),
+        }
+    }
+    // Without detection the fetch carries no verdict.
+    let t = fetch_twiml(relay.addr, &url, &sid).await;
+    assert_eq!(twiml_parameter(&t.body, "relay_answered_by"), None);
+    let m = metrics(relay.addr).await;
+    for v in ["human", "machine_start", "machine_end_beep", "fax", "other"] {
+        assert_eq!(
+            metric(&m, &format!("relay_amd_total{{answered_by=\"{v}\"}}")),
+            1.0,
+            "{v}"
+        );
+    }
+    // --amd-hangup-on-machine-start: machine_start hangs up too.
+    a.call.amd_hangup_on_machine_start = true;
+    let relay2 = start_relay(a).await;
+    let t = fetch_twiml_with(relay2.addr, &url, &sid, &[("AnsweredBy", "machine_start")]).await;
+    assert!(
+        t.body.ends_with("<Response><Hangup/></Response>"),
+        "{}",
+        t.body
+    );
+    // A bad mode or timeout is refused.
+    for bad in [
+        r#"{"to":"+15551230001","machine_detection":"Yes"}"#,
+        r#"{"to":"+15551230001","machine_detection":"Enable","machine_detection_timeout":120}"#,
+    ] {
+        outbound(relay.addr, Some(BEARER), bad)
+            .await
+            .assert_error(400, "invalid_machine_detection");
+    }
 }

@@ -520,8 +520,8 @@ pub fn encode_pong(event_id: u64, out: &mut Vec<u8>) {
     let _ = write!(out, "{{\"type\":\"pong\",\"event_id\":{event_id}}}");
 }
 
-/// Builds `conversation_initiation_client_data` from a call's parameters: `prompt` →
-/// `agent.prompt.prompt`, `first_message` → `agent.first_message`, `language` →
+/// Builds `conversation_initiation_client_data` from a call's parameters: `prompt` (with the
+/// relay's notes, [`CallParams::instructions`]) → `agent.prompt.prompt`, `first_message` → `agent.first_message`, `language` →
 /// `agent.language`, `voice_id` → `tts.voice_id` under `conversation_config_override`; every
 /// variable becomes a string dynamic variable (the relay's own `relay_*` parameters and
 /// `agent` never reach here, see [`CallParams::from_custom_parameters`]).
@@ -529,8 +529,12 @@ pub fn encode_initiation(p: &CallParams, out: &mut Vec<u8>) {
     use serde_json::{json, Map, Value};
     let mut agent = Map::new();
     let mut tts = Map::new();
-    if let Some(v) = &p.prompt {
-        agent.insert("prompt".into(), json!({ "prompt": v }));
+    // A prompt override only when the call sets a prompt (else the agent's own prompt
+    // stays); it then carries the relay's notes too (voicemail, a failed transfer).
+    if p.prompt.is_some() {
+        if let Some(v) = p.instructions() {
+            agent.insert("prompt".into(), json!({ "prompt": v }));
+        }
     }
     if let Some(v) = &p.first_message {
         agent.insert("first_message".into(), Value::String(v.clone()));

@@ -914,6 +914,10 @@ pub struct CallParams {
     /// `transfer_failed`: the call came back from a transfer that failed with this
     /// `DialCallStatus` (`busy`, `no-answer`, `failed`, `canceled`). Also a variable.
     pub transfer_failed: Option<String>,
+    /// `relay_answered_by`: the carrier's answering-machine verdict of an outbound call
+    /// (Twilio `AnsweredBy`). Also the variable `answered_by`. When a machine's greeting
+    /// ended, `relay_voicemail_message` (if given) becomes the `first_message`.
+    pub answered_by: Option<String>,
 }
 
 /// Parameter names that carry agent settings rather than variables (the agent overrides the
@@ -936,6 +940,7 @@ impl CallParams {
     /// Sorts a stream's custom parameters into settings and variables.
     pub fn from_custom_parameters(params: &[(String, String)]) -> CallParams {
         let mut p = CallParams::default();
+        let mut voicemail = None;
         for (k, v) in params {
             match k.as_str() {
                 "prompt" => p.prompt = Some(v.clone()),
@@ -955,11 +960,30 @@ impl CallParams {
                     p.transfer_failed = Some(v.clone());
                     p.variables.push((k.clone(), v.clone()));
                 }
+                "relay_answered_by" => {
+                    p.answered_by = Some(v.clone());
+                    p.variables.push(("answered_by".into(), v.clone()));
+                }
+                "relay_voicemail_message" => voicemail = Some(v.clone()),
                 _ if k.starts_with("relay_") => {}
                 _ => p.variables.push((k.clone(), v.clone())),
             }
         }
+        if p.reached_voicemail() {
+            if let Some(m) = voicemail.filter(|m| !m.trim().is_empty()) {
+                p.first_message = Some(m);
+            }
+        }
         p
+    }
+
+    /// Whether the call reached an answering machine whose greeting ended (leave the
+    /// message now).
+    pub fn reached_voicemail(&self) -> bool {
+        self.answered_by
+            .as_deref()
+            .and_then(crate::obs::labels::AnsweredBy::from_label)
+            .is_some_and(crate::obs::labels::AnsweredBy::leave_message)
     }
 }
 
@@ -967,20 +991,29 @@ impl CallParams {
     /// The system prompt for dialects that take one (`prompt`), with a note for the agent
     /// when the call came back from a failed transfer.
     pub fn instructions(&self) -> Option<String> {
-        match (&self.prompt, &self.transfer_failed) {
-            (p, None) => p.clone(),
-            (p, Some(status)) => {
-                let note = format!(
-                    "The caller was just transferred to a person, but the transfer did not go through ({status}). Tell the caller, and offer to take a message or help further."
-                );
-                Some(match p {
-                    Some(p) => format!("{p}\n\n{note}"),
-                    None => note,
-                })
-            }
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(status) = &self.transfer_failed {
+            notes.push(format!(
+                "The caller was just transferred to a person, but the transfer did not go through ({status}). Tell the caller, and offer to take a message or help further."
+            ));
         }
+        if self.reached_voicemail() {
+            notes.push(VOICEMAIL_NOTE.to_owned());
+        }
+        if notes.is_empty() {
+            return self.prompt.clone();
+        }
+        let note = notes.join("\n\n");
+        Some(match &self.prompt {
+            Some(p) => format!("{p}\n\n{note}"),
+            None => note,
+        })
     }
 }
+
+/// What an agent is told when an outbound call reached voicemail (with the prompt, for the
+/// dialects that take instructions; ElevenLabs gets `answered_by` as a variable).
+pub const VOICEMAIL_NOTE: &str = "This call reached an answering machine: you are leaving a voicemail, and no one will answer. Say your message once, briefly, then stop; the relay hangs up after it.";
 
 /// True for an ElevenLabs agent id the relay accepts in a parameter: `[A-Za-z0-9_-]{1,64}`.
 /// The one home of that rule.

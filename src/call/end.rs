@@ -54,6 +54,8 @@ pub enum EndReason {
     Transferred,
     /// A transfer could not be placed and there was no agent to go back to.
     TransferFailed,
+    /// An outbound call reached voicemail and the message was heard to its end.
+    VoicemailLeft,
 }
 
 impl EndReason {
@@ -80,6 +82,7 @@ impl EndReason {
             EndReason::AgentEndCall => Outcome::AgentEndCall,
             EndReason::Transferred => Outcome::Transferred,
             EndReason::TransferFailed => Outcome::TransferFailed,
+            EndReason::VoicemailLeft => Outcome::VoicemailLeft,
         }
     }
 
@@ -173,6 +176,7 @@ mod tests {
             EndReason::AgentEndCall,
             EndReason::Transferred,
             EndReason::TransferFailed,
+            EndReason::VoicemailLeft,
         ];
         let outcomes: std::collections::HashSet<Outcome> =
             all.iter().map(EndReason::outcome).collect();

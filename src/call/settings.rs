@@ -69,6 +69,9 @@ pub struct CallSettings {
     pub post_call: Option<super::post_call::PostCallSettings>,
     /// Call recording (`None`: `--record off`).
     pub recording: Option<super::recording::RecordingSettings>,
+    /// What the relay plays to an outbound call that reached voicemail
+    /// (`--voicemail-audio-file`, μ-law 8 kHz); `None`: the agent leaves the message.
+    pub voicemail_audio: Option<Arc<[u8]>>,
 }
 
 pub use super::machine::recovery::Continuity;
@@ -179,6 +182,7 @@ impl CallSettings {
             continuity: Continuity::defaults(),
             post_call: None,
             recording: None,
+            voicemail_audio: None,
         }
     }
 }

@@ -209,6 +209,23 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_DRAIN_NOTICE_FILE")]
     pub drain_notice_file: Option<std::path::PathBuf>,
 
+    /// The message the relay plays to an outbound call that reached voicemail (answering
+    /// machine detection, `/outbound-call`'s `machine_detection`), then hangs up once it was
+    /// heard: a WAV of G.711 μ-law 8000 Hz mono or headerless μ-law, at most 30 s. Unset:
+    /// the agent leaves the message (its `voicemail_message`, or its own words).
+    #[arg(long, env = "RELAY_VOICEMAIL_AUDIO_FILE")]
+    pub voicemail_audio_file: Option<std::path::PathBuf>,
+
+    /// Hang up at once when answering-machine detection says `machine_start` (a machine
+    /// answered, its greeting still playing; with `machine_detection: "Enable"`), instead
+    /// of streaming the call to the agent. `fax` always hangs up.
+    #[arg(
+        long,
+        env = "RELAY_AMD_HANGUP_ON_MACHINE_START",
+        default_value_t = false
+    )]
+    pub amd_hangup_on_machine_start: bool,
+
     /// Caller audio kept while the agent connects, in ms of audio (8 bytes per ms, however
     /// the caller frames it); overflow drops the oldest and counts it.
     #[arg(long, env = "RELAY_EARLY_AUDIO_MS", default_value_t = 5000)]
@@ -537,6 +554,7 @@ impl ServeArgs {
                 api_token: api_token.map(|t| BearerToken::new(t.expose())),
                 outbound_calls_per_minute: h.outbound_calls_per_minute,
                 default_carrier: h.outbound_carrier,
+                amd_hangup_on_machine_start: self.call.amd_hangup_on_machine_start,
             },
             call,
             carriers,
@@ -716,7 +734,28 @@ impl ServeArgs {
                 })
             }
         };
+        let voicemail_audio = match &c.voicemail_audio_file {
+            None => None,
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| {
+                    ConfigError(format!(
+                        "cannot read --voicemail-audio-file {}: {e}",
+                        p.display()
+                    ))
+                })?;
+                let audio = crate::audio::mulaw_from_file_bytes(&bytes).map_err(|e| {
+                    ConfigError(format!("--voicemail-audio-file {}: {e}", p.display()))
+                })?;
+                if audio.is_empty() || audio.len() > MAX_DRAIN_NOTICE_BYTES * 3 {
+                    return Err(ConfigError(
+                        "--voicemail-audio-file must hold 1 byte to 30 s of μ-law audio".into(),
+                    ));
+                }
+                Some(std::sync::Arc::from(audio))
+            }
+        };
         Ok(CallSettings {
+            voicemail_audio,
             recording,
             post_call,
             control,

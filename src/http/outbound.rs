@@ -93,6 +93,9 @@ pub enum OutboundResult {
     InvalidDynamicVariable,
     /// 400: a stream parameter's name + value is 500 characters or more.
     ParameterTooLong,
+    /// 400: `machine_detection` is not `Enable` or `DetectMessageEnd`, or its timeout is
+    /// outside 3..=59 s.
+    InvalidMachineDetection,
     /// 502: the carrier answered with an error.
     CarrierError,
     /// 502: the carrier could not be reached (connect, TLS, HTTP failure or timeout).
@@ -101,7 +104,7 @@ pub enum OutboundResult {
 
 impl OutboundResult {
     /// Every result (the label set of `relay_outbound_calls_total`).
-    pub const ALL: [OutboundResult; 16] = [
+    pub const ALL: [OutboundResult; 17] = [
         OutboundResult::Placed,
         OutboundResult::NotConfigured,
         OutboundResult::Unauthorized,
@@ -116,6 +119,7 @@ impl OutboundResult {
         OutboundResult::InvalidAgentId,
         OutboundResult::InvalidDynamicVariable,
         OutboundResult::ParameterTooLong,
+        OutboundResult::InvalidMachineDetection,
         OutboundResult::CarrierError,
         OutboundResult::CarrierUnreachable,
     ];
@@ -137,6 +141,7 @@ impl OutboundResult {
             OutboundResult::InvalidAgentId => "invalid_agent_id",
             OutboundResult::InvalidDynamicVariable => "invalid_dynamic_variable",
             OutboundResult::ParameterTooLong => "parameter_too_long",
+            OutboundResult::InvalidMachineDetection => "invalid_machine_detection",
             OutboundResult::CarrierError => "carrier_error",
             OutboundResult::CarrierUnreachable => "carrier_unreachable",
         }
@@ -158,7 +163,8 @@ impl OutboundResult {
             | OutboundResult::InvalidCarrier
             | OutboundResult::InvalidAgentId
             | OutboundResult::InvalidDynamicVariable
-            | OutboundResult::ParameterTooLong => StatusCode::BAD_REQUEST,
+            | OutboundResult::ParameterTooLong
+            | OutboundResult::InvalidMachineDetection => StatusCode::BAD_REQUEST,
             OutboundResult::CarrierError | OutboundResult::CarrierUnreachable => {
                 StatusCode::BAD_GATEWAY
             }
@@ -246,6 +252,13 @@ struct OutboundRequest {
     carrier: Option<String>,
     /// Record this call (with `--record on-demand`; `all` records every call anyway).
     record: Option<bool>,
+    /// Answering-machine detection: `Enable` or `DetectMessageEnd` (synchronous: the
+    /// carrier fetches the markup once it has decided).
+    machine_detection: Option<String>,
+    /// Seconds the detection may take (Twilio: 3 to 59).
+    machine_detection_timeout: Option<u32>,
+    /// What the agent says when the call reached voicemail (its `first_message` then).
+    voicemail_message: Option<String>,
 }
 
 /// A dynamic variable value: string, number or boolean (stringified as a parameter).
@@ -275,6 +288,8 @@ struct ValidCall {
     agent: Option<String>,
     /// Stream parameters before the token pair.
     params: Vec<(String, String)>,
+    /// `MachineDetection` mode and timeout (s).
+    machine_detection: Option<(&'static str, Option<u32>)>,
 }
 
 impl Outbound {
@@ -382,6 +397,29 @@ impl Outbound {
             .into_owned()
             .filter(|(k, _)| k != "exp")
             .collect();
+        if let Some(answered) = form.get("AnsweredBy") {
+            // Synchronous detection: the verdict comes with this fetch, so the stream (on
+            // whichever instance) carries it as a parameter.
+            let verdict = crate::obs::labels::bounded(
+                crate::obs::labels::AnsweredBy::ALL,
+                crate::obs::labels::AnsweredBy::as_str,
+                answered,
+                crate::obs::labels::AnsweredBy::Other,
+            );
+            state.ctx.metrics.amd(verdict);
+            use crate::obs::labels::AnsweredBy as A;
+            let hang_up = verdict == A::Fax
+                || (verdict == A::MachineStart && state.control.amd_hangup_on_machine_start);
+            if hang_up {
+                info!(
+                    call_sid,
+                    answered_by = verdict.as_str(),
+                    "outbound call answered by a machine: hanging up"
+                );
+                return xml_response(crate::carrier::dial::hangup());
+            }
+            params.push(("relay_answered_by".into(), verdict.as_str().to_owned()));
+        }
         let token = tokens.token_for_call(call_sid);
         params.push(("relay_token".into(), token.clone()));
         let refs: Vec<(&str, &str)> = params
@@ -489,7 +527,7 @@ impl Outbound {
                     from: &call.from,
                     markup_url: &url,
                     status_callback: &status_callback,
-                    machine_detection: None,
+                    machine_detection: call.machine_detection,
                 },
             )
             .await
@@ -661,6 +699,33 @@ impl Outbound {
         if let Some(a) = &r.agent_id {
             params.push(("relay_agent_id".into(), a.clone()));
         }
+        let machine_detection = match r.machine_detection.as_deref() {
+            None => None,
+            Some(m) => {
+                let mode = match m {
+                    "Enable" => "Enable",
+                    "DetectMessageEnd" => "DetectMessageEnd",
+                    _ => {
+                        return Err(ApiError::new(
+                            OutboundResult::InvalidMachineDetection,
+                            "machine_detection must be \"Enable\" or \"DetectMessageEnd\"",
+                        ))
+                    }
+                };
+                if r.machine_detection_timeout
+                    .is_some_and(|t| !(3..=59).contains(&t))
+                {
+                    return Err(ApiError::new(
+                        OutboundResult::InvalidMachineDetection,
+                        "machine_detection_timeout must be 3 to 59 seconds",
+                    ));
+                }
+                Some((mode, r.machine_detection_timeout))
+            }
+        };
+        if let Some(m) = r.voicemail_message.filter(|m| !m.trim().is_empty()) {
+            params.push(("relay_voicemail_message".into(), m));
+        }
         if r.record == Some(true) {
             params.push((crate::call::recording::RECORD_PARAMETER.into(), "1".into()));
         }
@@ -675,6 +740,7 @@ impl Outbound {
             carrier,
             agent: r.agent,
             params,
+            machine_detection,
         })
     }
 

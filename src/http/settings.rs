@@ -57,6 +57,8 @@ pub struct ControlSettings {
     pub outbound_calls_per_minute: u32,
     /// The carrier `/outbound-call` uses when the request names none.
     pub default_carrier: CarrierKind,
+    /// Answer `machine_start` with `<Hangup/>` (`--amd-hangup-on-machine-start`).
+    pub amd_hangup_on_machine_start: bool,
 }
 
 /// Everything [`crate::Relay::bind`] needs.

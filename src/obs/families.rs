@@ -177,6 +177,9 @@ families! {
     /// `relay_post_call_webhooks_total{type,result}`.
     POST_CALL_WEBHOOKS = "relay_post_call_webhooks_total", Counter, None,
         "Post-call webhook records by type and result (delivered, retried, failed, dropped).";
+    /// `relay_amd_total{answered_by}`.
+    AMD = "relay_amd_total", Counter, None,
+        "Answering-machine verdicts of outbound calls (Twilio AnsweredBy), counted when the carrier fetched the call's markup.";
     /// `relay_recordings_total{result}`.
     RECORDINGS = "relay_recordings_total", Counter, None,
         "Call recordings finished, by result (complete, degraded, failed).";

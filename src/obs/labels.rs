@@ -228,6 +228,8 @@ label_enum! {
         Transferred = "transferred",
         /// A transfer the call depended on (no agent to go back to) could not be placed.
         TransferFailed = "transfer_failed",
+        /// An outbound call reached voicemail; the message was left and heard to its end.
+        VoicemailLeft = "voicemail_left",
     }
 }
 
@@ -323,6 +325,8 @@ label_enum! {
         Agent = "agent",
         /// The relay, after recovery from an agent failure was exhausted.
         Recovery = "recovery",
+        /// Answering-machine detection: the voicemail message was left.
+        Amd = "amd",
     }
 }
 
@@ -673,5 +677,41 @@ label_enum! {
         Retried = "retried",
         /// Every attempt failed: the file stays in the recording directory.
         Failed = "failed",
+    }
+}
+
+label_enum! {
+    /// Twilio's answering-machine verdict, `AnsweredBy`
+    /// (<https://www.twilio.com/docs/voice/answering-machine-detection>): the `answered_by`
+    /// label of `relay_amd_total`.
+    pub enum AnsweredBy {
+        /// A person.
+        Human = "human",
+        /// A machine, detected at the start of its greeting (`Enable`).
+        MachineStart = "machine_start",
+        /// A machine, its greeting ended with a beep (`DetectMessageEnd`).
+        MachineEndBeep = "machine_end_beep",
+        /// A machine, its greeting ended in silence.
+        MachineEndSilence = "machine_end_silence",
+        /// A machine, its greeting ended otherwise.
+        MachineEndOther = "machine_end_other",
+        /// A fax machine.
+        Fax = "fax",
+        /// Undecided.
+        Unknown = "unknown",
+        /// Any other value.
+        Other = "other",
+    }
+}
+
+impl AnsweredBy {
+    /// Whether the greeting of a machine has ended: leave the voicemail message now.
+    pub fn leave_message(self) -> bool {
+        matches!(
+            self,
+            AnsweredBy::MachineEndBeep
+                | AnsweredBy::MachineEndSilence
+                | AnsweredBy::MachineEndOther
+        )
     }
 }

@@ -15,9 +15,9 @@
 
 use super::families::{self as fam, Family, FamilyKind};
 use super::labels::{
-    ActionKind, ActionResult, ActionSource, CallEventKind, Direction, DropReason, ErrorKind,
-    HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecordingResult, RecoveryResult,
-    TokenResult, ToolResult, TransferResult, UpgradeResult, UploadResult,
+    ActionKind, ActionResult, ActionSource, AnsweredBy, CallEventKind, Direction, DropReason,
+    ErrorKind, HttpRejectReason, Leg, Outcome, PostCallResult, PostCallType, RecordingResult,
+    RecoveryResult, TokenResult, ToolResult, TransferResult, UpgradeResult, UploadResult,
 };
 use super::latency::FrameHistogram;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -205,6 +205,7 @@ pub struct Metrics {
     pub recording_blocks_dropped: Counter,
     recordings: Vec<Counter>,
     uploads: Vec<Counter>,
+    amd: Vec<Counter>,
     carriers: Vec<CarrierSeries>,
     agents: Vec<AgentSeries>,
     /// `relay_errors_total{leg,kind}`: per leg (carriers, then agent, then internal), per
@@ -397,6 +398,14 @@ impl Metrics {
             drain_notices: counter(fam::DRAIN_NOTICES, &[]),
             recording_bytes: counter(fam::RECORDING_BYTES, &[]),
             recording_blocks_dropped: counter(fam::RECORDING_BLOCKS_DROPPED, &[]),
+            amd: labelled(
+                fam::AMD,
+                "answered_by",
+                &AnsweredBy::ALL
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             uploads: labelled(
                 fam::RECORDING_UPLOADS,
                 "result",
@@ -560,6 +569,11 @@ impl Metrics {
         let i =
             (a.index() * ActionSource::COUNT + source.index()) * ActionResult::COUNT + r.index();
         self.actions[i].increment(1);
+    }
+
+    /// Counts one answering-machine verdict: `relay_amd_total{answered_by}`.
+    pub fn amd(&self, a: AnsweredBy) {
+        self.amd[a.index()].increment(1);
     }
 
     /// Counts one recording upload attempt: `relay_recording_uploads_total{result}`.

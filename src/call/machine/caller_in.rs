@@ -187,6 +187,10 @@ impl CallMachine {
         self.events.push_back(CallEvent::Started(self.kind));
         self.start_recording(now);
         self.poll_recording(now);
+        if self.voicemail_at_admission(now) {
+            self.sync_timers();
+            return;
+        }
         let Some(session) = Session::new(self.kind, &self.cfg.agents, self.params()) else {
             warn!(
                 agent = self.kind.as_str(),

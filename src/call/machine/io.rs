@@ -202,6 +202,7 @@ impl CallMachine {
                 if first_of_reply {
                     self.turns
                         .first_reply_audio(reply, now, &mut self.cm, &mut self.figures);
+                    self.voicemail_reply_started(now);
                 }
                 self.cm.frame(Direction::ToCaller, bytes);
                 if let Some(t) = self.recording.as_mut() {

@@ -30,6 +30,7 @@
 pub mod actions;
 pub mod agent_cmds;
 mod agent_in;
+mod amd;
 pub mod barge_in;
 mod caller_in;
 pub mod caller_out;
@@ -195,6 +196,8 @@ pub struct CallMachine {
     rollover_at: Option<Instant>,
     /// The call's recording timeline, when it is recorded.
     recording: Option<crate::call::recording::Timeline>,
+    /// The call reached voicemail and the agent's first reply is the message.
+    voicemail_pending: bool,
 }
 
 impl std::fmt::Debug for CallMachine {
@@ -259,6 +262,7 @@ impl CallMachine {
             last_agent_msg_at: now,
             rollover_at: None,
             recording: None,
+            voicemail_pending: false,
             cfg,
         }
     }

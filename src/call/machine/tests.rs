@@ -74,6 +74,7 @@ pub(super) fn settings(default_agent: AgentKind) -> CallSettings {
         },
         post_call: None,
         recording: None,
+        voicemail_audio: None,
     }
 }
 

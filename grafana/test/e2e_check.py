@@ -41,7 +41,8 @@ EXPECTED = {
         "relay_drain_notices_total", "relay_call_actions_total", "relay_transfers_total",
         "relay_agent_recoveries_total", "relay_post_call_webhooks_total",
         "relay_recordings_total", "relay_recording_bytes_total",
-        "relay_recording_blocks_dropped_total"],
+        "relay_recording_blocks_dropped_total", "relay_recording_uploads_total",
+        "relay_amd_total"],
     "histogram": [
         "relay_forward_latency_seconds", "relay_call_forward_latency_p99_seconds",
         "relay_inbound_jitter_seconds", "relay_agent_connect_duration_seconds",

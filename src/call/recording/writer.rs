@@ -15,7 +15,7 @@ use crate::obs::labels::RecordingResult;
 use crate::obs::metrics::Metrics;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -333,7 +333,7 @@ impl Recorder {
 }
 
 struct Open {
-    file: Option<BufWriter<File>>,
+    file: Option<File>,
     part: PathBuf,
     samples: u64,
 }
@@ -361,10 +361,11 @@ impl Writer {
 
     fn open(&mut self, id: u64, stem: &str) {
         let part = self.dir.join(format!("{stem}.part"));
-        let file = File::create(&part).and_then(|f| {
-            let mut w = BufWriter::with_capacity(64 * 1024, f);
-            w.write_all(&wav::header(0))?;
-            Ok(w)
+        // Unbuffered: each write is a whole block (16 KB a second of call), so a buffer
+        // would only add its size to every open recording.
+        let file = File::create(&part).and_then(|mut f| {
+            f.write_all(&wav::header(0))?;
+            Ok(f)
         });
         let file = match file {
             Ok(f) => Some(f),
@@ -501,9 +502,7 @@ fn stored(note: &FinishNote, finished: &Finished, cb: Option<&OnFinished>) {
 }
 
 /// Writes the final header, flushes to disk and renames `.part` to `.wav`.
-fn close(mut f: BufWriter<File>, part: &Path, samples: u64) -> std::io::Result<PathBuf> {
-    f.flush()?;
-    let mut file = f.into_inner().map_err(|e| e.into_error())?;
+fn close(mut file: File, part: &Path, samples: u64) -> std::io::Result<PathBuf> {
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&wav::header(samples))?;
     file.sync_data()?;

@@ -6,7 +6,9 @@
 //! - `GET /v1/convai/conversation/get-signed-url?agent_id=ID` → `200 {"signed_url":
 //!   "ws://127.0.0.1:PORT/v1/convai/conversation?agent_id=ID&conversation_signature=SIG"}`.
 //!   If [`MockAgentConfig::api_key`] is set, header `xi-api-key` must equal it (else 401).
-//!   An unknown `agent_id` is 404.
+//!   An unknown `agent_id` is 404. After [`MockServer::fail_signed_urls`]`(n)` the next `n`
+//!   requests answer `500` whatever they carry (an outage); every request's arrival time is
+//!   kept ([`MockServer::signed_url_requests`]).
 //! - `GET /v1/convai/conversation?agent_id=ID[&conversation_signature=SIG]`: WebSocket upgrade.
 //!   Unknown `agent_id` → 404; with an API key configured, a missing or never-issued
 //!   signature → 403; not an upgrade request → 400. Signatures stay valid for the server's
@@ -23,9 +25,9 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -33,12 +35,13 @@ use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::peers::mock_server::script::{self, ReplyScript, Speaking};
 use crate::peers::mock_server::{
-    detail_response, encode_query_value, json_response, lock, parse_query, Dialect, MockServer,
-    Outgoing, Route, SessionHandle,
+    detail_response, encode_query_value, json_response, lock, parse_query, wait_for, Dialect,
+    MockServer, Outgoing, Route, SessionHandle,
 };
 use crate::truncate;
 
@@ -127,11 +130,17 @@ impl MockAgentConfig {
     }
 }
 
-/// The ElevenLabs dialect: configuration plus the signatures issued so far.
+/// The ElevenLabs dialect: configuration plus the signatures issued so far and the
+/// signed-URL requests seen.
 pub struct ElevenLabs {
     config: MockAgentConfig,
     signatures: Mutex<HashSet<String>>,
     counter: AtomicU64,
+    /// `get-signed-url` requests still to fail with 500 (see [`MockServer::fail_signed_urls`]).
+    signed_url_failures: AtomicUsize,
+    /// Arrival time of every `get-signed-url` request.
+    signed_url_requests: Mutex<Vec<Instant>>,
+    signed_url_notify: Notify,
 }
 
 impl ElevenLabs {
@@ -177,6 +186,9 @@ pub async fn start(config: MockAgentConfig) -> anyhow::Result<MockAgent> {
         config,
         signatures: Mutex::new(HashSet::new()),
         counter: AtomicU64::new(0),
+        signed_url_failures: AtomicUsize::new(0),
+        signed_url_requests: Mutex::new(Vec::new()),
+        signed_url_notify: Notify::new(),
     })
     .await
 }
@@ -211,6 +223,45 @@ impl MockServer<ElevenLabs> {
     /// [`next_conversation`](Self::next_conversation).
     pub fn conversation(&self, index: usize) -> Option<ConversationHandle> {
         self.session(index)
+    }
+
+    /// The next `n` `get-signed-url` requests answer `500 {"detail":"internal server error"}`,
+    /// whatever key and agent they name (an outage of the REST API; `usize::MAX`: every one
+    /// from now on). Replaces a count not used up yet; 0 ends the outage.
+    pub fn fail_signed_urls(&self, n: usize) {
+        self.dialect()
+            .signed_url_failures
+            .store(n, Ordering::SeqCst);
+    }
+
+    /// Arrival times of every `get-signed-url` request so far (answered or failed), in order.
+    pub fn signed_url_requests(&self) -> Vec<Instant> {
+        lock(&self.dialect().signed_url_requests).clone()
+    }
+
+    /// Waits until at least `n` `get-signed-url` requests have arrived; returns their arrival
+    /// times.
+    pub async fn wait_signed_url_requests(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let d = self.dialect();
+        wait_for(
+            &d.signed_url_notify,
+            timeout,
+            || {
+                format!(
+                    "{n} signed-URL request(s) (have {})",
+                    lock(&d.signed_url_requests).len()
+                )
+            },
+            || {
+                let r = lock(&d.signed_url_requests);
+                (r.len() >= n).then(|| r.clone())
+            },
+        )
+        .await
     }
 }
 
@@ -324,6 +375,17 @@ impl Dialect for ElevenLabs {
         }
         match req.uri().path() {
             SIGNED_URL_PATH => {
+                lock(&self.signed_url_requests).push(Instant::now());
+                self.signed_url_notify.notify_waiters();
+                let failing = self
+                    .signed_url_failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n > 0).then(|| if n == usize::MAX { n } else { n - 1 })
+                    })
+                    .is_ok();
+                if failing {
+                    return fail(StatusCode::INTERNAL_SERVER_ERROR, "internal server error");
+                }
                 if let Some(key) = &cfg.api_key {
                     let given = req.headers().get("xi-api-key").map(|v| v.as_bytes());
                     if given != Some(key.as_bytes()) {

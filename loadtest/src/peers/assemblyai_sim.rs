@@ -10,7 +10,8 @@
 //!
 //! | message | recorded as |
 //! |---|---|
-//! | `{"type":"session.update","session":{…}}` — must be the first message | [`SessionHandle::init_message`]; later ones in [`SessionHandle::other_messages`] |
+//! | `{"type":"session.update","session":{…}}` — must be the first message (or `session.resume`) | [`SessionHandle::init_message`]; later ones in [`SessionHandle::other_messages`] |
+//! | `{"type":"session.resume","session_id":…}` as the first message (a new socket for an existing session) | [`SessionHandle::init_message`] and [`SessionHandle::resumed_session_id`]; answered per [`AssemblyAiConfig::resume_answer`] |
 //! | `{"type":"input.audio","audio":"<base64>"}` | caller audio ([`SessionHandle::user_audio`], …); before `session.ready` was sent it is also a protocol error |
 //! | `{"type":"tool.result","call_id":…,"result":"<string>"}` | [`SessionHandle::tool_results`] |
 //! | `{"type":"reply.create","instructions":…}` (the relay's keypad digits) | [`SessionHandle::text_inputs`] |
@@ -19,9 +20,11 @@
 //! Every parsed message except audio is also in [`SessionHandle::messages`], in order.
 //!
 //! Server → client: `session.ready{session_id}` after the first `session.update` (after
-//! [`AssemblyAiConfig::ready_delay`], or never with `None`); then the [`Behavior`] and the
-//! [`Step`]s. Agent audio is `{"type":"reply.audio","data":"<base64 μ-law>"}` (no reply id);
-//! replies, barge-in and tool calls are described in [`crate::peers::mock_server::script`]. Manual
+//! [`AssemblyAiConfig::ready_delay`], or never with `None`) — or, after a `session.resume`,
+//! what [`ResumeAnswer`] says (by default `session.ready` carrying the resumed session's id,
+//! timed the same way); then the [`Behavior`] and the [`Step`]s. Agent audio is
+//! `{"type":"reply.audio","data":"<base64 μ-law>"}` (no reply id); replies, barge-in and
+//! tool calls are described in [`crate::peers::mock_server::script`]. Manual
 //! commands ([`SessionHandle::send_text`], [`SessionHandle::send_tool_call`], …) work
 //! alongside the scripted behaviour.
 //!
@@ -100,6 +103,27 @@ pub enum ToolArgsField {
     Args,
 }
 
+/// How the mock answers a session's opening `session.resume` (the API keeps a dropped session
+/// for a while; a client resumes it on a new socket).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResumeAnswer {
+    /// `session.ready` carrying the resumed session's id (not the new socket's), timed like a
+    /// new session's ([`AssemblyAiConfig::ready_delay`]; never with `None`).
+    #[default]
+    Ready,
+    /// `{"type":"session.error","code":…,"message":…}` (e.g. `session_not_found`,
+    /// `session_forbidden`), and nothing else: the socket stays open, never ready.
+    Error {
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// Nothing: the test answers, e.g. with [`SessionHandle::send_session_ready`] (which
+    /// carries the resumed id), or resets the connection.
+    Ignore,
+}
+
 /// Configuration of a [`MockAssemblyAi`].
 #[derive(Debug, Clone)]
 pub struct AssemblyAiConfig {
@@ -117,11 +141,13 @@ pub struct AssemblyAiConfig {
     /// Delay between the first `session.update` and `session.ready`; `None` = never send it
     /// (send it by hand with [`SessionHandle::send_session_ready`]).
     pub ready_delay: Option<Duration>,
+    /// What a session opened with `session.resume` is answered.
+    pub resume_answer: ResumeAnswer,
 }
 
 impl AssemblyAiConfig {
     /// API key `test-key`, [`Behavior::Silent`], no steps, `arguments`, echo as received,
-    /// `session.ready` at once.
+    /// `session.ready` at once, `session.resume` answered [`ResumeAnswer::Ready`].
     pub fn new() -> Self {
         AssemblyAiConfig {
             api_key: Some("test-key".into()),
@@ -130,6 +156,7 @@ impl AssemblyAiConfig {
             tool_args_field: ToolArgsField::Arguments,
             echo_chunk_bytes: 0,
             ready_delay: Some(Duration::ZERO),
+            resume_answer: ResumeAnswer::Ready,
         }
     }
 
@@ -203,7 +230,14 @@ impl SessionHandle<AssemblyAi> {
         self.read(|s| s.x.ready_sent)
     }
 
-    /// Sends `session.ready` now (for [`AssemblyAiConfig::ready_delay`] `None`); from then on
+    /// The `session_id` of the `session.resume` that opened this socket (`None`: it opened
+    /// with `session.update`, or nothing yet).
+    pub fn resumed_session_id(&self) -> Option<String> {
+        resume_of(self)
+    }
+
+    /// Sends `session.ready` now (for [`AssemblyAiConfig::ready_delay`] `None` or
+    /// [`ResumeAnswer::Ignore`]) with this session's id, or the resumed one's; from then on
     /// `input.audio` is allowed.
     pub async fn send_session_ready(&self) {
         let msg = self.mark_ready();
@@ -221,12 +255,28 @@ impl SessionHandle<AssemblyAi> {
             s.x.ready_sent = true;
             s.x.ready_scheduled = true;
         });
-        json!({"type": "session.ready", "session_id": self.id()}).into()
+        let resumed = resume_of(self);
+        let id = resumed.as_deref().unwrap_or(self.id());
+        json!({"type": "session.ready", "session_id": id}).into()
     }
 
     fn current_reply_id(&self) -> String {
         format!("reply_{}", self.read(|s| s.x.replies))
     }
+}
+
+/// The `session_id` of the session's init message when it is a `session.resume` (an empty
+/// string if it names none).
+fn resume_of(s: &AssemblyAiSession) -> Option<String> {
+    s.read(|st| {
+        let init = st.init.as_ref()?;
+        (init.get("type").and_then(Value::as_str) == Some("session.resume")).then(|| {
+            init.get("session_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
+    })
 }
 
 fn reply_audio(audio: &[u8]) -> Outgoing {
@@ -274,13 +324,36 @@ impl Dialect for AssemblyAi {
         msg.get("type").and_then(Value::as_str) == Some("input.audio")
     }
 
+    /// `session.update`, or `session.resume` (a new socket for an existing session).
+    fn is_init(&self, msg: &Value) -> bool {
+        matches!(
+            msg.get("type").and_then(Value::as_str),
+            Some("session.update" | "session.resume")
+        )
+    }
+
     fn on_first(&self, s: &AssemblyAiSession, init: bool) -> Vec<Outgoing> {
         let mut outs = Vec::new();
-        if init && self.config.ready_delay == Some(Duration::ZERO) {
-            outs.push(s.mark_ready());
+        let resume = init.then(|| resume_of(s)).flatten();
+        if resume.as_deref() == Some("") {
+            s.protocol_error("session.resume without a string session_id".into());
         }
-        if init {
-            s.update(|st| st.x.ready_scheduled = self.config.ready_delay.is_some());
+        match (&resume, &self.config.resume_answer) {
+            (Some(_), ResumeAnswer::Error { code, message }) => {
+                s.update(|st| st.x.ready_scheduled = true);
+                outs.push(
+                    json!({"type": "session.error", "code": code, "message": message}).into(),
+                );
+            }
+            (Some(_), ResumeAnswer::Ignore) => s.update(|st| st.x.ready_scheduled = true),
+            _ => {
+                if init && self.config.ready_delay == Some(Duration::ZERO) {
+                    outs.push(s.mark_ready());
+                }
+                if init {
+                    s.update(|st| st.x.ready_scheduled = self.config.ready_delay.is_some());
+                }
+            }
         }
         if let Behavior::Garbage = self.config.behavior {
             outs.extend(script::garbage(reply_audio(
@@ -293,7 +366,9 @@ impl Dialect for AssemblyAi {
     fn start_tasks(&self, s: &AssemblyAiSession) -> Vec<JoinHandle<()>> {
         let mut tasks = script::start_common(s, &self.config.behavior, &self.config.steps);
         if let Some(delay) = self.config.ready_delay.filter(|d| !d.is_zero()) {
-            if s.read(|st| st.init.is_some()) {
+            let answers_ready =
+                resume_of(s).is_none() || self.config.resume_answer == ResumeAnswer::Ready;
+            if s.read(|st| st.init.is_some()) && answers_ready {
                 let s = s.clone();
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

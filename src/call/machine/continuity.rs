@@ -125,8 +125,13 @@ impl CallMachine {
         self.timers.set(Timer::Hold, next);
     }
 
-    /// The recovery schedule's deadline passed, or an attempt is due.
+    /// The recovery schedule's deadline passed, or an attempt (or a rollover's fresh
+    /// session) is due.
     pub(super) fn recovery_timer(&mut self, now: Instant) {
+        if self.recovery.take_fresh_due(now) && !self.recovery.recovering() {
+            self.reconnect(now);
+            return;
+        }
         if self.recovery.past_deadline(now) {
             self.recovery.give_up();
             self.recovery_exhausted(now);
@@ -181,10 +186,12 @@ impl CallMachine {
         }
     }
 
-    /// The agent's session is ready at `now`: a recovery (or rollover) is over.
+    /// The agent's session is ready at `now`: a recovery (or rollover) is over. A resume
+    /// refused earlier concerned an older session: this one may be resumed after a failure.
     pub(super) fn session_ready(&mut self, now: Instant) {
         self.phase = Phase::Ready;
         self.timers.set(Timer::Phase, None);
+        self.resume_refused = false;
         if self.recovery.recovering() {
             // Of the caller's audio during the gap, the last part goes to the new session.
             let cap = self.cfg.continuity.resume_caller_audio_bytes;
@@ -215,12 +222,21 @@ impl CallMachine {
     }
 
     /// The vendor refused to resume: the next attempt is a fresh, seeded session, at once.
+    /// During a recovery that is the recovery's next attempt; otherwise the refused resume
+    /// was a rollover's, and its fresh session is opened at the next timer turn (without hold
+    /// audio, as the rollover's; not when the connect timer runs out, with the caller in
+    /// silence meanwhile). Never from here: the driver retires the refused socket when it
+    /// sees the new generation, and a connect asked for in the same turn would go with it.
     pub(super) fn resume_refused(&mut self, now: Instant) {
         info!("the agent refused to resume the session; starting a fresh one");
         self.resume_refused = true;
         self.agent_generation += 1;
         self.agent_gone = true;
-        self.recovery.retry_now(now);
+        if self.recovery.recovering() {
+            self.recovery.retry_now(now);
+        } else {
+            self.recovery.fresh_session(now);
+        }
         self.sync_timers();
     }
 

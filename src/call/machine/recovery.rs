@@ -89,6 +89,9 @@ pub struct Recovery {
     rng: u64,
     /// Hold audio: the clip, the position in it, when it started, bytes sent.
     hold: Option<Hold>,
+    /// A fresh session to open outside a recovery (a rollover whose resume was refused), due
+    /// at this time.
+    fresh_due: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -111,6 +114,7 @@ impl Default for Recovery {
             records: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
             hold: None,
+            fresh_due: None,
         }
     }
 }
@@ -281,13 +285,30 @@ impl Recovery {
         }
     }
 
-    /// The next moment [`Recovery::poll`] or the deadline may need the machine.
+    /// A fresh session is to be opened at `now`, outside a recovery (a rollover's resume was
+    /// refused): [`Recovery::take_fresh_due`] says when, on the machine's next timer turn.
+    pub fn fresh_session(&mut self, now: Instant) {
+        self.fresh_due = Some(now);
+    }
+
+    /// Whether the fresh session of [`Recovery::fresh_session`] is due at `now` (`true` once).
+    pub fn take_fresh_due(&mut self, now: Instant) -> bool {
+        let due = self.fresh_due.is_some_and(|at| now >= at);
+        if due {
+            self.fresh_due = None;
+        }
+        due
+    }
+
+    /// The next moment [`Recovery::poll`], the deadline or a fresh session may need the
+    /// machine.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match self.state {
+        let schedule = match self.state {
             State::Waiting { at } => Some(self.deadline.map_or(at, |d| at.min(d))),
             State::Connecting => self.deadline,
             _ => None,
-        }
+        };
+        schedule.into_iter().chain(self.fresh_due).min()
     }
 
     /// Every recovery of the call so far.

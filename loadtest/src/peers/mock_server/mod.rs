@@ -27,7 +27,8 @@
 //!    answers and [`Dialect::start_tasks`] starts the scripted behaviour;
 //! 3. every later text message goes to [`Dialect::on_message`]; binary frames are protocol
 //!    errors;
-//! 4. the session ends when the client closes or the TCP stream ends; its tasks are stopped.
+//! 4. the session ends when the client closes or the TCP stream ends (or the test resets
+//!    the connection with [`SessionHandle::reset`]); its tasks are stopped.
 //!
 //! Recording is bounded: each recorded list keeps at most [`MAX_RECORDED_ITEMS`] entries and
 //! the caller audio at most [`MAX_RECORDED_AUDIO_BYTES`] bytes (a test call never gets near
@@ -39,6 +40,7 @@ pub mod script;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -194,9 +196,15 @@ pub fn encode_query_value(s: &str) -> String {
     out
 }
 
+/// The file descriptor of the TCP connection a request came on (in every request's
+/// extensions, so an upgraded session can reset its connection: [`SessionHandle::reset`]).
+/// Only the number: it is valid while the connection (or the upgraded stream) is alive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnFd(pub(crate) RawFd);
+
 /// The accept loop: serves HTTP/1.1 (with upgrades) on `listener`, answering each request
-/// with `handler`. Returns the loop's task; aborting it stops accepting (connections already
-/// accepted keep running).
+/// with `handler` (with the connection's [`ConnFd`] in its extensions). Returns the loop's
+/// task; aborting it stops accepting (connections already accepted keep running).
 pub(crate) fn spawn_http_server<F>(listener: TcpListener, handler: F) -> JoinHandle<()>
 where
     F: Fn(Request<Incoming>) -> Resp + Send + Sync + 'static,
@@ -213,9 +221,11 @@ where
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let fd = ConnFd(tcp.as_raw_fd());
             let handler = handler.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(fd);
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req)) }
                 });
@@ -387,6 +397,8 @@ impl<X> Record<X> {
 struct RequestInfo {
     uri: String,
     headers: Vec<(String, String)>,
+    /// The connection's socket (see [`ConnFd`]).
+    fd: Option<RawFd>,
 }
 
 pub(crate) struct Conn<D: Dialect> {
@@ -398,6 +410,8 @@ pub(crate) struct Conn<D: Dialect> {
     notify: Notify,
     request: RequestInfo,
     opened_at: Instant,
+    /// Signalled by [`SessionHandle::reset`]; the session's read loop resets the connection.
+    reset: Notify,
 }
 
 /// A test's handle on one session of a mock server (cheap to clone). Methods that send
@@ -725,6 +739,18 @@ impl<D: Dialect> SessionHandle<D> {
     pub fn is_closed(&self) -> bool {
         self.read(|s| s.closed.is_some())
     }
+
+    /// Resets the TCP connection (`SO_LINGER` 0, then close: the client reads a reset, no
+    /// Close frame and no FIN), as a crashed server or a middlebox would; the session ends
+    /// (recorded as closed with no code) and its tasks stop. Returns once the session has let
+    /// go of the connection, i.e. the reset is sent (waits at most a second; a no-op if the
+    /// session already ended).
+    pub async fn reset(&self) {
+        self.conn.reset.notify_one();
+        if let Err(e) = self.wait_closed(Duration::from_secs(1)).await {
+            tracing::debug!(session = %self.conn.id, "reset: {e}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -785,6 +811,7 @@ pub async fn serve<D: Dialect>(dialect: D) -> anyhow::Result<MockServer<D>> {
                         )
                     })
                     .collect(),
+                fd: req.extensions().get::<ConnFd>().map(|f| f.0),
             };
             let s = s.clone();
             accept_websocket(req, move |ws| run_session(s, ws, request))
@@ -858,6 +885,7 @@ async fn run_session<D: Dialect>(
                 notify: Notify::new(),
                 request,
                 opened_at: Instant::now(),
+                reset: Notify::new(),
             }),
         };
         sessions.push(h.clone());
@@ -868,8 +896,20 @@ async fn run_session<D: Dialect>(
     h.send_all(d.on_open(&h)).await;
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut reset = false;
     loop {
-        let msg = match reader.next().await {
+        // `next` is not cancel-safe, but it is only cancelled by a reset, after which the
+        // reader is dropped unread.
+        let next = tokio::select! {
+            m = reader.next() => Some(m),
+            _ = h.conn.reset.notified() => None,
+        };
+        let Some(next) = next else {
+            set_linger_zero(h.conn.request.fd);
+            reset = true;
+            break;
+        };
+        let msg = match next {
             Ok(m) => m,
             Err(e) => {
                 h.protocol_error(format!("WebSocket error: {e}"));
@@ -941,7 +981,39 @@ async fn run_session<D: Dialect>(
     for t in tasks {
         t.abort();
     }
+    drop(reader);
     writer.release().await;
+    if reset {
+        h.update(|s| s.closed = Some(None));
+    }
+}
+
+/// Sets `SO_LINGER` 0 on the connection's socket (through a duplicate of its descriptor), so
+/// that closing it sends a TCP reset instead of a FIN. Called only while the session still
+/// holds the upgraded stream, so `fd` is the session's own socket.
+fn set_linger_zero(fd: Option<RawFd>) {
+    let Some(fd) = fd else {
+        tracing::warn!("no socket to reset: the connection closes normally");
+        return;
+    };
+    // SAFETY: the caller (the session's read loop) holds the upgraded stream that owns `fd`,
+    // so it is open for the duration of this borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let dup = match borrowed.try_clone_to_owned() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("cannot duplicate the socket to reset it: {e}");
+            return;
+        }
+    };
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(dup));
+    // Linger 0 does not block on close (the deprecation is about positive timeouts); the
+    // option belongs to the socket, so it holds for the session's own descriptor too. Only
+    // the duplicate is closed here; the reset goes out when the session drops the stream.
+    #[allow(deprecated)]
+    if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {
+        tracing::warn!("cannot set SO_LINGER on the socket to reset it: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,11 @@ relay records every call. Reports, per setting, the median of
 - RSS per call (RSS at the window's end minus before the first call, / calls),
 - frames lost both ways (the harness checks every frame byte-exact),
 
-the ratio on/off of the CPU medians, and for the "on" runs the recordings found: finished
-.wav files (none left as .part), their total size and the seconds of audio they hold.
+the ratio on/off of the CPU medians, and for the "on" runs the recordings found once the
+relay was stopped with SIGTERM (its drain waits for the recordings): finished .wav files
+(none left as .part), their total size and the seconds of audio they hold. The script starts
+the relay itself (`loadtest --target … --mock-agent-listen … --relay-pid …`, the ElevenLabs
+dialect), pinned to CPU 1 with --pin (`taskset`).
 
     python3 loadtest/recording_bench.py                      # 200 calls, 3 pairs (~4 min)
     python3 loadtest/recording_bench.py --calls 100 --repeat 1 --window 10   # quicker
@@ -25,36 +28,77 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(a, setting, i, out):
-    """One harness run; returns its relay report and, for "on", the recording directory."""
+    """One harness run against a relay this script starts (so that it can end it with
+    SIGTERM and let the drain finish every recording). Returns the relay report, and for
+    "on" the recording directory and whether the relay exited cleanly within the drain."""
+    port, agent_port = free_port(), free_port()
     env = dict(os.environ)
+    env.pop("RELAY_RECORD", None)
+    env.update({"RUST_LOG": "warn", "RELAY_INSECURE_SKIP_TWILIO_SIGNATURE": "true"})
+    env.pop("TWILIO_AUTH_TOKEN", None)
     rec_dir = None
     if setting == "on":
         rec_dir = tempfile.mkdtemp(prefix="relay-rec-bench-")
         env["RELAY_RECORD"] = "all"
         env["RELAY_RECORDING_DIR"] = rec_dir
-    else:
-        env.pop("RELAY_RECORD", None)
-    report = os.path.join(out, f"{setting}-{i}.json")
-    cmd = [os.path.join(TARGET, "release", "loadtest"), "--spawn", "--no-floor",
-           "--mode", "conversation", "--calls", str(a.calls), "--ramp-per-sec", "50",
-           "--duration-secs", str(a.window), "--json", report]
+    relay_cmd = [os.path.join(TARGET, "release", "media-relay"), "serve",
+                 "--listen", f"127.0.0.1:{port}", "--agent", "elevenlabs",
+                 "--elevenlabs-api-base", f"http://127.0.0.1:{agent_port}",
+                 "--elevenlabs-agent-id", "loadtest", "--drain-timeout-secs", "10"]
     if a.pin:
-        cmd.append("--pin")
-    with open(os.path.join(out, f"{setting}-{i}.txt"), "w") as log:
-        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
-                       cwd=ROOT)
+        relay_cmd = ["taskset", "-c", "1"] + relay_cmd
+    relay_log = open(os.path.join(out, f"{setting}-{i}.relay.log"), "w")
+    relay = subprocess.Popen(relay_cmd, env=env, stdout=relay_log, stderr=subprocess.STDOUT,
+                             cwd=ROOT)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline or relay.poll() is not None:
+                    raise RuntimeError(f"the relay did not start (see {relay_log.name})")
+                time.sleep(0.05)
+        report = os.path.join(out, f"{setting}-{i}.json")
+        cmd = [os.path.join(TARGET, "release", "loadtest"),
+               "--target", f"ws://127.0.0.1:{port}/media",
+               "--mock-agent-listen", f"127.0.0.1:{agent_port}",
+               "--relay-pid", str(relay.pid), "--no-floor",
+               "--mode", "conversation", "--calls", str(a.calls), "--ramp-per-sec", "50",
+               "--duration-secs", str(a.window), "--json", report]
+        with open(os.path.join(out, f"{setting}-{i}.txt"), "w") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            clean = relay.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+            clean = False
+        relay_log.close()
     with open(report) as f:
-        return json.load(f)["relay"], rec_dir
+        return json.load(f)["relay"], rec_dir, clean
 
 
 def recordings(d):
@@ -72,7 +116,7 @@ def main():
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--repeat", type=int, default=3, help="pairs (off, on)")
     p.add_argument("--window", type=int, default=20, help="steady window, s")
-    p.add_argument("--pin", action="store_true", help="pin the relay to one CPU")
+    p.add_argument("--pin", action="store_true", help="pin the relay to CPU 1 (taskset)")
     p.add_argument("--out", default=os.path.join(ROOT, "loadtest", "results", "recording"))
     p.add_argument("--no-build", action="store_true")
     a = p.parse_args()
@@ -84,7 +128,7 @@ def main():
     recs = []
     for i in range(a.repeat):
         for setting in ("off", "on"):
-            r, rec_dir = run(a, setting, i, a.out)
+            r, rec_dir, clean = run(a, setting, i, a.out)
             res = r["resources"]
             lost = r["lost_caller_to_agent"] + r["lost_to_caller"]
             rows[setting].append((res["cpu_us_per_frame"], res["rss_kib_per_call"], lost,
@@ -95,7 +139,8 @@ def main():
             if rec_dir:
                 n, parts, size, secs = recordings(rec_dir)
                 recs.append((n, parts, size, secs))
-                line += f"; recordings {n} (.part {parts}), {size / 1e6:.1f} MB, {secs:.0f} s"
+                line += (f"; recordings {n} (.part {parts}), {size / 1e6:.1f} MB, {secs:.0f} s; "
+                         f"relay {'drained' if clean else 'did NOT exit cleanly'}")
                 shutil.rmtree(rec_dir, ignore_errors=True)
             print(line, flush=True)
     med = {s: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),

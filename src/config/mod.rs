@@ -184,7 +184,7 @@ pub struct CallArgs {
     #[arg(long, env = "RELAY_RECORDING_S3_ENDPOINT")]
     pub recording_s3_endpoint: Option<String>,
 
-    /// One-second blocks (16 KB each) the recording writer's queue holds; beyond it a
+    /// Half-second blocks (8 KB each) the recording writer's queue holds; beyond it a
     /// recording loses blocks (degraded, written as silence), the call never waits.
     #[arg(long, env = "RELAY_RECORDING_QUEUE_BLOCKS", default_value_t = 4096)]
     pub recording_queue_blocks: usize,

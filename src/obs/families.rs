@@ -191,7 +191,7 @@ families! {
         "Audio bytes written to call recordings (both channels).";
     /// `relay_recording_blocks_dropped_total`.
     RECORDING_BLOCKS_DROPPED = "relay_recording_blocks_dropped_total", Counter, None,
-        "One-second recording blocks the writer's queue could not take (written as silence; the recording is degraded).";
+        "Half-second recording blocks the writer's queue could not take (written as silence; the recording is degraded).";
     /// `relay_drain_notices_total`.
     DRAIN_NOTICES = "relay_drain_notices_total", Counter, None,
         "Calls that heard the drain notice before the drain deadline closed them.";

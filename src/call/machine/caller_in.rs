@@ -19,6 +19,7 @@ impl CallMachine {
                 }
                 self.inbound_timing(now, m.chunk);
                 self.caller_audio(m.payload, m.timestamp_ms, now);
+                self.record_tick(now);
             }
             CallerEvent::Start(st) => self.start(st, now),
             CallerEvent::Mark { name } => self.mark_echo(name, now),

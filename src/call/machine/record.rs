@@ -9,6 +9,10 @@ use super::*;
 use crate::call::recording::{Block, Pause, RecordingAction, Timeline};
 use crate::obs::labels::{ActionKind, ActionResult, ActionSource};
 
+/// How long after a block is due the recording's timer wakes a call whose caller frames
+/// stopped (with frames flowing, blocks go with them and the timer never fires).
+pub const RECORDING_TIMER_SLACK: Duration = Duration::from_secs(1);
+
 impl CallMachine {
     /// Starts recording at `now` if this call is to be recorded.
     pub(super) fn start_recording(&mut self, now: Instant) {
@@ -25,7 +29,9 @@ impl CallMachine {
         self.recording.is_some()
     }
 
-    /// Moves finished blocks to the driver at `now` and arms the next block's timer.
+    /// Moves finished blocks to the driver at `now`. Blocks are taken with the caller's
+    /// frames (every 20 ms anyway); the timer, [`RECORDING_TIMER_SLACK`] after the next
+    /// block is due, only wakes the call when the caller's frames stop.
     pub(super) fn poll_recording(&mut self, now: Instant) {
         let Some(t) = self.recording.as_mut() else {
             return;
@@ -33,7 +39,17 @@ impl CallMachine {
         while let Some(b) = t.poll_block(now) {
             self.events.push_back(CallEvent::RecordingBlock(b));
         }
-        self.timers.set(Timer::Recording, Some(t.next_block_at()));
+        self.timers.set(
+            Timer::Recording,
+            Some(t.next_block_at() + RECORDING_TIMER_SLACK),
+        );
+    }
+
+    /// After a caller frame at `now`: takes a block when one is due.
+    pub(super) fn record_tick(&mut self, now: Instant) {
+        if self.recording.as_ref().is_some_and(|t| now >= t.next_block_at()) {
+            self.poll_recording(now);
+        }
     }
 
     /// The call is over at `now`: the last samples and the paused spans (for the writer's

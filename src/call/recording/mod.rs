@@ -59,8 +59,8 @@ pub struct RecordingSettings {
     pub dir: PathBuf,
     /// Object storage the finished files are uploaded to (then removed from `dir`).
     pub upload: Option<upload::S3Target>,
-    /// Blocks (1 s of both channels, 16 KB) the writer's queue holds: the writer's memory
-    /// bound is this × 16 KB.
+    /// Blocks (500 ms of both channels, 8 KB) the writer's queue holds: the writer's memory
+    /// bound is this × 8 KB.
     pub queue_blocks: usize,
     /// A keypad digit that pauses recording, and resumes it pressed again (PCI); not sent
     /// to the agent.

@@ -15,8 +15,8 @@
 //! - **Pauses** (PCI): both channels are silence over a paused span, so timing stays true.
 //!
 //! Samples are committed [`COMMIT_LAG`] behind the clock (a mark echo can still move audio
-//! that recent) in blocks of [`BLOCK_SAMPLES`]. Memory per call: one lag's worth of both
-//! channels plus the agent audio sent ahead of playout, at most [`MAX_AHEAD_SAMPLES`]
+//! that recent) in blocks of [`BLOCK_SAMPLES`]. Memory per call: a lag and a block of both
+//! channels (16 KB) plus the agent audio sent ahead of playout, at most [`MAX_AHEAD_SAMPLES`]
 //! (beyond that the recording is marked degraded and the excess is not recorded).
 
 use super::wav::SILENCE;
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 /// Samples per ms.
 const PER_MS: u64 = 8;
 
-/// How far behind the playout clock samples are committed (1 s = 8000 samples).
-pub const COMMIT_LAG: u64 = 8000;
+/// How far behind the playout clock samples are committed (500 ms = 4000 samples).
+pub const COMMIT_LAG: u64 = 4000;
 
-/// Samples per block handed to the writer (1 s).
-pub const BLOCK_SAMPLES: u64 = 8000;
+/// Samples per block handed to the writer (500 ms).
+pub const BLOCK_SAMPLES: u64 = 4000;
 
 /// Agent audio kept ahead of the playout clock (60 s); more is not recorded (degraded).
 pub const MAX_AHEAD_SAMPLES: u64 = 60 * 8000;
@@ -90,8 +90,8 @@ impl Timeline {
         Timeline {
             origin,
             committed: 0,
-            left: VecDeque::with_capacity(2 * COMMIT_LAG as usize),
-            right: VecDeque::with_capacity(2 * COMMIT_LAG as usize),
+            left: VecDeque::with_capacity((COMMIT_LAG + BLOCK_SAMPLES) as usize),
+            right: VecDeque::with_capacity((COMMIT_LAG + BLOCK_SAMPLES) as usize),
             segments: VecDeque::new(),
             agent_sent: 0,
             pauses: Vec::new(),
@@ -168,10 +168,10 @@ impl Timeline {
         }
         let late = now_pos - expected;
         let at = (expected - self.committed) as usize;
-        let tail: Vec<u8> = self.right.drain(at..).collect();
+        // Silence in at `at`: appended, then rotated in front of the tail (a memmove).
         self.right
             .extend(std::iter::repeat_n(SILENCE, late as usize));
-        self.right.extend(tail);
+        self.right.make_contiguous()[at..].rotate_right(late as usize);
         for seg in self.segments.iter_mut().filter(|(o, _)| *o >= offset) {
             seg.1 += late;
         }
@@ -238,8 +238,18 @@ impl Timeline {
         let len = n as usize;
         let start = self.committed;
         let chan = |q: &mut VecDeque<u8>| {
-            let mut v: Vec<u8> = q.drain(..len.min(q.len())).collect();
+            let take = len.min(q.len());
+            let mut v = Vec::with_capacity(len);
+            let (a, b) = q.as_slices();
+            let from_a = take.min(a.len());
+            v.extend_from_slice(&a[..from_a]);
+            v.extend_from_slice(&b[..take - from_a]);
+            q.drain(..take);
             v.resize(len, SILENCE);
+            // Give back what a burst of agent audio grew (the queue keeps its working size).
+            if q.capacity() > 4 * (q.len() + len) {
+                q.shrink_to(q.len() + len);
+            }
             v
         };
         let mut left = chan(&mut self.left);
@@ -428,12 +438,12 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_whole_seconds_a_lag_behind_the_clock() {
+    fn blocks_are_half_seconds_a_lag_behind_the_clock() {
         let t0 = Instant::now();
         let mut t = Timeline::new(t0);
-        assert!(t.poll_block(at(t0, 1999)).is_none());
-        let b = t.poll_block(at(t0, 2000)).expect("due at 2 s");
-        assert_eq!((b.start, b.left.len(), b.right.len()), (0, 8000, 8000));
-        assert_eq!(t.next_block_at(), at(t0, 3000));
+        assert!(t.poll_block(at(t0, 999)).is_none());
+        let b = t.poll_block(at(t0, 1000)).expect("due at 1 s: 500 ms block + 500 ms lag");
+        assert_eq!((b.start, b.left.len(), b.right.len()), (0, 4000, 4000));
+        assert_eq!(t.next_block_at(), at(t0, 1500));
     }
 }

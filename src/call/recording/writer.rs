@@ -23,6 +23,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
+/// The writer's pause between batches: at most this much later a block is on disk; the
+/// queue must hold what the calls hand over meanwhile (200 calls: 20 blocks per 50 ms).
+pub const BATCH_PAUSE: Duration = Duration::from_millis(50);
+
 /// What a finished recording reports (to the call's record and the post-call webhook).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Finished {
@@ -349,19 +353,30 @@ struct Writer {
 }
 
 impl Writer {
+    /// Takes what is queued in batches: after each batch it sleeps [`BATCH_PAUSE`], so a
+    /// call handing over a block finds the writer not waiting on the queue and sends
+    /// without waking it (one wake-up per batch, not one per block of every call).
     fn run(mut self, rx: Receiver<Msg>) {
-        while let Ok(msg) = rx.recv() {
-            match msg {
-                Msg::Open { id, stem } => self.open(id, &stem),
-                Msg::Block { id, gap, block } => self.block(id, gap, &block),
-                Msg::Finish { id, gap, note } => self.finish(id, gap, &note),
+        while let Ok(first) = rx.recv() {
+            self.handle(first);
+            while let Ok(msg) = rx.try_recv() {
+                self.handle(msg);
             }
+            std::thread::sleep(BATCH_PAUSE);
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Open { id, stem } => self.open(id, &stem),
+            Msg::Block { id, gap, block } => self.block(id, gap, &block),
+            Msg::Finish { id, gap, note } => self.finish(id, gap, &note),
         }
     }
 
     fn open(&mut self, id: u64, stem: &str) {
         let part = self.dir.join(format!("{stem}.part"));
-        // Unbuffered: each write is a whole block (16 KB a second of call), so a buffer
+        // Unbuffered: each write is a whole block (8 KB, 500 ms of call), so a buffer
         // would only add its size to every open recording.
         let file = File::create(&part).and_then(|mut f| {
             f.write_all(&wav::header(0))?;

@@ -92,6 +92,7 @@ fn wav_in(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_call_holds_what_the_caller_sent_and_what_it_heard_without_the_flushed_audio() {
+    aws_env();
     let dir = temp_dir("heard");
     let mock = agent_sim::start(MockAgentConfig::new("agent_rec"))
         .await
@@ -197,6 +198,7 @@ async fn a_recorded_call_holds_what_the_caller_sent_and_what_it_heard_without_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_span_is_silent_on_both_channels_and_the_post_call_audio_record_says_where() {
+    aws_env();
     let dir = temp_dir("paused");
     let (addr, seen) = receiver(0).await;
     let mock = agent_sim::start(MockAgentConfig::new("agent_pause"))
@@ -311,6 +313,7 @@ async fn a_paused_span_is_silent_on_both_channels_and_the_post_call_audio_record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_directory_that_cannot_be_written_fails_the_recording_not_the_call() {
+    aws_env();
     // A regular file where the directory should be: nothing can be created under it.
     let base = temp_dir("blocked");
     std::fs::create_dir_all(&base).unwrap();
@@ -384,16 +387,22 @@ async fn moto() -> Moto {
     m
 }
 
-/// The AWS environment `object_store` reads (moto accepts any credentials).
+/// The AWS environment `object_store` reads (moto accepts any credentials). Set once, and
+/// every test of this file calls it first, so no thread reads the environment while it is
+/// written.
 fn aws_env() {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test-key-id");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test-secret");
-    std::env::set_var("AWS_REGION", "us-east-1");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test-key-id");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test-secret");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_is_uploaded_to_an_s3_compatible_store_and_read_back_through_the_s3_api() {
     use object_store::ObjectStoreExt;
+    aws_env();
     let s3 = moto().await;
     let endpoint = format!("http://127.0.0.1:{}", s3.port);
     // Create the bucket (path style: the Host header names no bucket).
@@ -415,7 +424,6 @@ async fn a_recording_is_uploaded_to_an_s3_compatible_store_and_read_back_through
         answer.starts_with("HTTP/1.1 200"),
         "create the bucket: {answer}"
     );
-    aws_env();
     let spool = temp_dir("s3");
     let relay = start_relay({
         let mut a = args();

@@ -544,3 +544,48 @@ async fn an_object_store_that_refuses_leaves_the_file_in_the_spool_counted_and_t
     assert!(!left.is_empty(), "the recording stays in the spool");
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_the_recordings_and_their_records_before_the_relay_returns() {
+    aws_env();
+    let dir = temp_dir("drain");
+    let (hook, seen) = receiver(0).await;
+    let mut relay = start_relay({
+        let mut a = args();
+        a.call.record = RecordMode::All;
+        a.call.recording_dir = dir.clone();
+        a.call.post_call_webhook_url = Some(format!("http://{hook}/post-call"));
+        a.http.drain_timeout_secs = 1;
+        a
+    })
+    .await;
+    let caller =
+        PlayingCaller::connect(&relay.media_url(), &[], &start_params(26, &[]), true).await;
+    caller
+        .wait("the echo", T, |h| (h.audio.len() >= 1600).then_some(()))
+        .await;
+    // SIGTERM with the call still up: the drain deadline (1 s) closes it; the relay returns
+    // only after its recording is on disk and both records were delivered.
+    relay.shutdown();
+    tokio::time::timeout(Duration::from_secs(20), &mut relay.done)
+        .await
+        .expect("the relay stops within the drain")
+        .unwrap();
+    let (left, _) = read_wav(&wav_in(&dir));
+    assert!(left.len() >= 8000, "{} samples", left.len());
+    let kinds: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, _, b)| {
+            let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+            v["type"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"post_call_transcription".to_owned())
+            && kinds.contains(&"post_call_audio".to_owned()),
+        "{kinds:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

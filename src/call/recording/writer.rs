@@ -242,10 +242,9 @@ impl Recorder {
             id: self.id,
             stem: self.stem.clone(),
         };
-        match self.tx.try_send(msg) {
-            Ok(()) => self.opened = true,
-            Err(_) => self.degraded = true,
-        }
+        // A full queue: the open is tried again with the first block (whose loss, if it
+        // fails again, marks the recording degraded and is logged once).
+        self.opened = self.tx.try_send(msg).is_ok();
     }
 
     /// Where the file will be.

@@ -47,7 +47,11 @@ impl CallMachine {
 
     /// After a caller frame at `now`: takes a block when one is due.
     pub(super) fn record_tick(&mut self, now: Instant) {
-        if self.recording.as_ref().is_some_and(|t| now >= t.next_block_at()) {
+        if self
+            .recording
+            .as_ref()
+            .is_some_and(|t| now >= t.next_block_at())
+        {
             self.poll_recording(now);
         }
     }

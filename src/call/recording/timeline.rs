@@ -442,7 +442,9 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Timeline::new(t0);
         assert!(t.poll_block(at(t0, 999)).is_none());
-        let b = t.poll_block(at(t0, 1000)).expect("due at 1 s: 500 ms block + 500 ms lag");
+        let b = t
+            .poll_block(at(t0, 1000))
+            .expect("due at 1 s: 500 ms block + 500 ms lag");
         assert_eq!((b.start, b.left.len(), b.right.len()), (0, 4000, 4000));
         assert_eq!(t.next_block_at(), at(t0, 1500));
     }

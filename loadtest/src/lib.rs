@@ -35,7 +35,8 @@
 //! cost floor), [`procstat`] (CPU/RSS from `/proc`), [`procs`] (spawning the relay and the
 //! floor, and the agent settings it is given), [`pin`] (CPU pinning), [`report`] (summary
 //! table, JSON, SVG) and [`soak`] (soak and churn runs: calls replaced as they end, each judged
-//! byte-exact, the relay's RSS, descriptors and tasks sampled over time).
+//! byte-exact, the relay's RSS, descriptors and tasks sampled over time) and [`faults`]
+//! (agent sockets killed during a run: the recovery benchmark of issue 17).
 //!
 //! Every module is also re-exported at the crate root (`loadtest::twilio_sim`,
 //! `loadtest::harness`, …), the paths tests use. Bench modules may use peers; peers never use
@@ -52,7 +53,7 @@ pub mod bench;
 pub mod peers;
 mod ws;
 
-pub use bench::{bench_agent, floor, harness, pin, procs, procstat, report, soak, tag};
+pub use bench::{bench_agent, faults, floor, harness, pin, procs, procstat, report, soak, tag};
 pub use peers::{
     agent_sim, assemblyai_sim, carrier, fixtures, mock_server, openai_sim, telnyx_sim, twilio_sim,
 };

@@ -6,6 +6,7 @@
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest --soak  --calls 200 --duration-secs 1800 [--call-secs 120] [--sample-secs 10] (--spawn [--pin] | --target …)
 //! loadtest --churn --calls 200 --total-calls 100000 [--call-secs 1] (--spawn [--pin] | --target …)
+//! loadtest --spawn --no-floor --duration-secs 120 --kill-agent-sockets-per-min 10 [--kill-mode close|reset] [--kill-seed 17]
 //! loadtest floor-server --listen ADDR
 //! loadtest agent-server --dialect elevenlabs|assemblyai|openai --listen ADDR
 //! ```
@@ -22,7 +23,9 @@
 //!          --pin none --repeat 3 --duration-secs 20
 //! ```
 //!
-//! Soak and churn runs are described in `loadtest::soak`.
+//! Soak and churn runs are described in `loadtest::soak`; the recovery benchmark (agent
+//! sockets killed during the run, `--kill-agent-sockets-per-min`) in `loadtest::faults`, and
+//! `loadtest/recovery_bench.py` runs it against runs without faults.
 //!
 //! See the crate docs of `loadtest::harness` for what is measured and how.
 
@@ -35,6 +38,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use loadtest::bench::agent_process::{self, AgentProcess};
 use loadtest::bench_agent::{BenchAgent, BenchDialect, PingSchedule};
+use loadtest::faults::{FaultConfig, KillMode, RelayHttp};
 use loadtest::harness::{self, AgentSide, LoadConfig, LoadResult, Pacing, Progress, RunOptions};
 use loadtest::pin::Pinning;
 use loadtest::report::{self, Capacity, CapacityStep, Report};
@@ -291,7 +295,42 @@ struct RunArgs {
     /// Write an SVG latency plot.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Recovery benchmark (issue 17): the mock agent kills this share of the live agent
+    /// sockets per minute of the steady window (200 calls, 10, 120 s: 40 kills, spread over
+    /// the window, none in its last 5 s) without the dialect's end signal, and accepts the
+    /// relay's reconnects at once. Reports the gaps the callers heard, the relay's own
+    /// recovery figures, hold audio, calls lost, frames lost inside and outside the gaps, and
+    /// the latency of the calls no kill hit. 0: no kills, reported the same way (the
+    /// baseline). Echo mode, in-process agent. With --spawn the relay gets an admin token
+    /// for `GET /calls/{sid}`.
+    #[arg(long, value_name = "PERCENT", conflicts_with_all = ["soak", "churn", "find_capacity"])]
+    kill_agent_sockets_per_min: Option<f64>,
+    /// How a socket is killed: `close` (WebSocket Close 1011) or `reset` (TCP reset).
+    #[arg(long, value_enum, default_value = "close")]
+    kill_mode: KillModeArg,
+    /// Seed of the kill schedule (the same seed, the same kills).
+    #[arg(long, default_value_t = 17)]
+    kill_seed: u64,
+    /// Most kills of one call (the relay allows 3 recoveries per call by default).
+    #[arg(long, default_value_t = 3)]
+    kill_max_per_call: u32,
+    /// With --target and --kill-agent-sockets-per-min: the relay's admin token
+    /// (RELAY_ADMIN_TOKEN), to read each call's recoveries from `GET /calls/{sid}` on
+    /// --metrics-addr.
+    #[arg(long)]
+    relay_admin_token: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KillModeArg {
+    /// A WebSocket Close with code 1011 (internal error; no dialect's end signal).
+    Close,
+    /// A TCP reset (SO_LINGER 0, then the connection dropped).
+    Reset,
+}
+
+/// The admin token `--spawn` gives the relay in a fault run.
+const BENCH_ADMIN_TOKEN: &str = "loadtest-admin";
 
 struct Bar(ProgressBar);
 
@@ -377,6 +416,23 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
     if a.soak && a.duration_secs.is_none() {
         bail!("--soak needs --duration-secs");
     }
+    let faulty = a.kill_agent_sockets_per_min.is_some();
+    if faulty {
+        if a.mode != Mode::Echo {
+            bail!("--kill-agent-sockets-per-min runs in echo mode");
+        }
+        if a.agent_process == AgentProcessArg::Separate {
+            bail!("--kill-agent-sockets-per-min needs the in-process agent");
+        }
+        if !a.spawn && a.mock_agent_listen.is_none() {
+            bail!("--kill-agent-sockets-per-min with --target needs --mock-agent-listen");
+        }
+        if a.kill_agent_sockets_per_min
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            bail!("--kill-agent-sockets-per-min is a percentage (0..=100)");
+        }
+    }
     let caller = Arc::new(fixtures::caller_utterance()?);
     let reply = Arc::new(fixtures::agent_reply()?);
     let (plan, mode) = match a.mode {
@@ -440,7 +496,14 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
             Some(b) => b.clone(),
             None => procs::relay_binary("release", a.build_relay)?,
         };
-        let relay = procs::spawn_relay_with(&bin, &relay_agent, &a.relay_log, pin.as_ref()).await?;
+        // A fault run reads the relay's per-call recoveries (`GET /calls/{sid}`).
+        let env: &[(&str, &str)] = if faulty {
+            &[("RELAY_ADMIN_TOKEN", BENCH_ADMIN_TOKEN)]
+        } else {
+            &[]
+        };
+        let relay =
+            procs::spawn_relay_env(&bin, &relay_agent, &a.relay_log, pin.as_ref(), env).await?;
         eprintln!(
             "relay {} (pid {}) on {}, mock {} agent on {}, relay log {}",
             bin.display(),
@@ -585,6 +648,26 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         aligned: a.aligned,
         monitor_pid: pid,
     };
+    let fault_cfg = a.kill_agent_sockets_per_min.map(|p| {
+        let mut f = FaultConfig::new(p);
+        f.mode = match a.kill_mode {
+            KillModeArg::Close => KillMode::Close,
+            KillModeArg::Reset => KillMode::Reset,
+        };
+        f.seed = a.kill_seed;
+        f.max_kills_per_call = a.kill_max_per_call;
+        f.relay = match &relay {
+            Some(r) => Some(RelayHttp {
+                addr: r.addr.clone(),
+                admin_token: Some(BENCH_ADMIN_TOKEN.to_owned()),
+            }),
+            None => a.metrics_addr.clone().map(|addr| RelayHttp {
+                addr,
+                admin_token: a.relay_admin_token.clone(),
+            }),
+        };
+        f
+    });
     let mut rep = Report {
         relay: None,
         floor: None,
@@ -603,6 +686,24 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
         notes: {
             let mut n = notes();
             n.push(format!("Agent dialect: {}.", a.agent.dialect().as_str()));
+            if let Some(f) = &fault_cfg {
+                n.push(format!(
+                    "Agent-socket faults: {} % of the live agent sockets per minute of the \
+                     steady window killed ({}, seed {}, at most {} per call, none in the \
+                     window's last {} s); the relay runs with its default recovery settings. \
+                     The gap heard = receive time of the last echo sent before the kill → of \
+                     the first sent after it; unaffected latency = frames of calls with no \
+                     kill scheduled.",
+                    f.percent_per_min,
+                    match f.mode {
+                        KillMode::Close => "WebSocket Close 1011",
+                        KillMode::Reset => "TCP reset",
+                    },
+                    f.seed,
+                    f.max_kills_per_call,
+                    f.tail.as_secs()
+                ));
+            }
             if separate {
                 n.push(
                     "The mock agent ran as a separate process (`loadtest agent-server`, one \
@@ -691,7 +792,8 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
             }
             let pb = progress_bar("relay");
             let bar = Bar(pb.clone());
-            let relay_run = harness::run_load_with(base.clone(), &opts, side, Some(&bar));
+            let relay_run =
+                harness::run_load_faults(base.clone(), &opts, side, Some(&bar), fault_cfg.as_ref());
             let (r, f) = match &floor {
                 Some((proc, url)) if a.side_by_side => {
                     // Both under the same load at the same time: machine noise hits both.

@@ -37,9 +37,17 @@
 //! variables); for AssemblyAI and OpenAI, which have no variables, in the call's `prompt`
 //! parameter, which the relay sends as `session.system_prompt` / `session.instructions` (the
 //! harness sets it, see [`call_prompt`]).
+//!
+//! In a fault run ([`crate::bench::faults`]) the mock also kills agent sockets on the
+//! harness's schedule (Close 1011 or a TCP reset) and takes the relay's reconnects in its
+//! stride: AssemblyAI's `session.resume` (naming the `sess_<call>` id the mock gave out) is
+//! answered with `session.ready`, ElevenLabs' `contextual_update` and OpenAI's
+//! `conversation.item.create` are counted, not errors, and a call's frame check carries
+//! over from one conversation to the next.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -53,11 +61,12 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::bench::faults::{AgentFaults, KillMode, KILL_CLOSE_CODE};
 use crate::bench::procs::RelayAgent;
 use crate::bench::tag::{self, FramePlan, FrameTag};
 use crate::peers::agent_sim::{CONVERSATION_PATH, SIGNED_URL_PATH};
 use crate::peers::mock_server::{
-    accept_websocket, bearer_matches, detail_response, json_response, Resp,
+    accept_websocket, bearer_matches, detail_response, json_response, ConnFd, Resp,
 };
 use crate::ws::{self, WsMessage, WsWriter};
 use crate::MULAW_FRAME_BYTES;
@@ -248,6 +257,32 @@ pub struct AgentSlot {
     pub stats: Mutex<Option<AgentCallStats>>,
     /// Frames echoed so far (echo mode; the caller-side loss reference).
     pub echoed: AtomicU64,
+    /// A fault run's frame check of the call, kept across its conversations.
+    check: tokio::sync::Mutex<Option<FrameCheck>>,
+    /// A fault run's kill state of the call.
+    pub(crate) fault: FaultSlot,
+}
+
+/// One call's kill state in a fault run ([`crate::bench::faults`]).
+#[derive(Default)]
+pub(crate) struct FaultSlot {
+    /// The call's live conversation, if any (what a kill marks).
+    conn: Mutex<Option<LiveConn>>,
+    /// The newest kill of the call, ns since the epoch (0: none).
+    pub(crate) last_kill_ns: AtomicU64,
+    /// Every kill of the call.
+    kills: Mutex<Vec<u64>>,
+    /// When each of its conversations began (the init message read).
+    conv_starts: Mutex<Vec<u64>>,
+}
+
+/// A live conversation as its killer sees it.
+#[derive(Clone)]
+struct LiveConn {
+    /// Set by the killer; the conversation acts on it at its next message.
+    killed: Arc<AtomicBool>,
+    /// Wakes the conversation at once (reset mode).
+    reset: Arc<tokio::sync::Notify>,
 }
 
 /// One load run's shared agent-side state.
@@ -269,10 +304,15 @@ pub struct AgentRun {
     pub frames_rx: AtomicU64,
     /// Conversations that ended (stats written).
     pub conversations_done: AtomicUsize,
+    /// Conversations that identified their call (a call has more than one when the relay
+    /// reconnects).
+    pub conversations_started: AtomicUsize,
     /// Conversations that never identified themselves (no/invalid `lt_call`).
     pub unidentified: AtomicUsize,
     /// When the ElevenLabs mock pings (see [`AgentRun::with_ping`]).
     pub ping: PingSchedule,
+    /// Agent-socket faults of the run, if any ([`crate::bench::faults`]).
+    pub(crate) faults: Option<Arc<AgentFaults>>,
 }
 
 impl AgentRun {
@@ -293,9 +333,66 @@ impl AgentRun {
             caller_to_agent: Mutex::new(new_histogram()),
             frames_rx: AtomicU64::new(0),
             conversations_done: AtomicUsize::new(0),
+            conversations_started: AtomicUsize::new(0),
             unidentified: AtomicUsize::new(0),
             ping: PingSchedule::default(),
+            faults: None,
         }
+    }
+
+    /// The same run with agent-socket faults (kills made by [`AgentRun::kill`]).
+    pub(crate) fn with_faults(mut self, faults: Arc<AgentFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Kills call `call`'s live agent socket (fault runs): marks it, and the conversation
+    /// closes it (see [`crate::bench::faults::KillMode`]) at once. False, and counted as
+    /// skipped, if the call has no live socket now.
+    pub(crate) fn kill(&self, call: usize) -> bool {
+        let Some(f) = &self.faults else {
+            return false;
+        };
+        let Some(slot) = self.slots.get(call) else {
+            return false;
+        };
+        let conn = lock(&slot.fault.conn).clone();
+        match conn {
+            Some(c) if !c.killed.swap(true, Ordering::Relaxed) => {
+                c.reset.notify_one();
+                true
+            }
+            _ => {
+                f.kills_skipped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Receive counts of call `call`'s frames by sequence number, over all its
+    /// conversations (fault runs; empty otherwise or while a conversation runs).
+    pub(crate) fn agent_seen(&self, call: usize) -> Vec<u8> {
+        self.slots
+            .get(call)
+            .and_then(|s| s.check.try_lock().ok())
+            .and_then(|c| c.as_ref().map(|c| c.seen.clone()))
+            .unwrap_or_default()
+    }
+
+    /// When call `call`'s agent socket was killed (fault runs).
+    pub(crate) fn kill_times(&self, call: usize) -> Vec<u64> {
+        self.slots
+            .get(call)
+            .map(|s| lock(&s.fault.kills).clone())
+            .unwrap_or_default()
+    }
+
+    /// When each conversation of call `call` began (fault runs).
+    pub(crate) fn conversation_starts(&self, call: usize) -> Vec<u64> {
+        self.slots
+            .get(call)
+            .map(|s| lock(&s.fault.conv_starts).clone())
+            .unwrap_or_default()
     }
 
     /// The same run with the ElevenLabs mock pinging on `ping` instead of every 250 frames.
@@ -460,7 +557,8 @@ fn route(
     let Some(run) = run.read().unwrap_or_else(|p| p.into_inner()).clone() else {
         return detail_response(StatusCode::SERVICE_UNAVAILABLE, "no run");
     };
-    accept_websocket(req, move |ws| conversation(run, dialect, ws))
+    let fd = req.extensions().get::<ConnFd>().map(|f| f.0);
+    accept_websocket(req, move |ws| conversation(run, dialect, ws, fd))
 }
 
 /// Reply state shared by a conversation's reader and its reply task.
@@ -483,15 +581,28 @@ struct ReplyState {
 /// Reply items whose audio byte count is kept for truncate checks.
 const TRACKED_ITEMS: usize = 4;
 
-/// Frame-level bookkeeping for one conversation.
+/// Frame-level bookkeeping for one conversation (in a fault run: for one call, over its
+/// conversations).
 struct FrameCheck {
     call: u32,
     seen: Vec<u8>,
     max_seq: Option<u32>,
     stats: AgentCallStats,
+    /// Conversations that ended with this check.
+    conversations: u32,
 }
 
 impl FrameCheck {
+    fn new(call: usize) -> Self {
+        FrameCheck {
+            call: call as u32,
+            seen: Vec::with_capacity(2048),
+            max_seq: None,
+            stats: AgentCallStats::default(),
+            conversations: 0,
+        }
+    }
+
     /// Checks one received frame; returns its tag if it is this call's.
     fn check(&mut self, run: &AgentRun, frame: &[u8], now_ns: u64) -> Option<FrameTag> {
         self.stats.frames += 1;
@@ -527,6 +638,13 @@ impl FrameCheck {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .record(lat);
+            if let Some(f) = run
+                .faults
+                .as_ref()
+                .filter(|f| !f.is_affected(tag.call as usize))
+            {
+                let _ = lock(&f.c2a_unaffected).record(lat);
+            }
         }
         Some(tag)
     }
@@ -800,11 +918,59 @@ async fn ping_loop(
     }
 }
 
-/// Runs one conversation until the relay closes it.
+/// The identity of a session-opening message: `(call index, resumed)`. AssemblyAI's
+/// `session.resume` (a reconnect) names the session by the id the mock gave it
+/// (`sess_<call>`).
+fn opening_call(dialect: BenchDialect, v: &Value) -> Option<(usize, bool)> {
+    let kind = v.get("type").and_then(Value::as_str);
+    if kind == Some(dialect.init_type()) {
+        return call_index(dialect, v).map(|i| (i, false));
+    }
+    if dialect == BenchDialect::AssemblyAi && kind == Some("session.resume") {
+        return v
+            .get("session_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_prefix("sess_"))
+            .and_then(|n| n.parse().ok())
+            .map(|i| (i, true));
+    }
+    None
+}
+
+/// Sets `SO_LINGER` 0 on the connection's socket (through a duplicate of its descriptor),
+/// so that dropping the stream sends a TCP reset. Called only by the conversation that
+/// holds the stream owning `fd`.
+fn set_linger_zero(fd: Option<RawFd>) {
+    let Some(fd) = fd else {
+        tracing::warn!("no socket to reset: the connection closes normally");
+        return;
+    };
+    // SAFETY: the caller holds the upgraded stream that owns `fd`, so it is open for the
+    // duration of this borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(dup) = borrowed.try_clone_to_owned() else {
+        tracing::warn!("cannot duplicate the socket to reset it");
+        return;
+    };
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(dup));
+    // Linger 0 does not block on close; the option belongs to the socket, so it holds for
+    // the conversation's own descriptor too.
+    #[allow(deprecated)]
+    if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {
+        tracing::warn!("cannot set SO_LINGER on the socket to reset it: {e}");
+    }
+}
+
+/// How long a killed socket (close mode) is read for the relay's close.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+
+/// Runs one conversation until the relay closes it (or, in a fault run, until it is
+/// killed: see [`crate::bench::faults`]).
 async fn conversation(
     run: Arc<AgentRun>,
     dialect: BenchDialect,
     ws: fastwebsockets::WebSocket<ws::Stream>,
+    fd: Option<RawFd>,
 ) {
     let (mut reader, writer) = ws::split(ws);
     if dialect == BenchDialect::OpenAi {
@@ -812,16 +978,12 @@ async fn conversation(
         let _ = writer.send_text(created.to_owned()).await;
     }
     // First message: the init message carrying the call index.
-    let (call, init) = loop {
+    let (call, resumed, init) = loop {
         match reader.next().await {
             Ok(WsMessage::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                let idx = (v.get("type").and_then(Value::as_str) == Some(dialect.init_type()))
-                    .then(|| call_index(dialect, &v))
-                    .flatten()
-                    .filter(|&i| i < run.slots.len());
-                match idx {
-                    Some(i) => break (i, v),
+                match opening_call(dialect, &v).filter(|&(i, _)| i < run.slots.len()) {
+                    Some((i, resumed)) => break (i, resumed, v),
                     None => {
                         run.unidentified.fetch_add(1, Ordering::Relaxed);
                         writer.release().await;
@@ -838,16 +1000,46 @@ async fn conversation(
         }
     };
     let slot = &run.slots[call];
-    slot.init_ns.store(run.now_ns(), Ordering::Relaxed);
+    let faults = run.faults.clone();
+    run.conversations_started.fetch_add(1, Ordering::Relaxed);
+    // A fault run keeps the call's frame check across its conversations (the relay's
+    // reconnects): the lock also orders a new conversation after a killed one.
+    let mut kept = match &faults {
+        Some(_) => Some(slot.check.lock().await),
+        None => None,
+    };
+    let mut check = kept
+        .as_mut()
+        .and_then(|k| k.take())
+        .unwrap_or_else(|| FrameCheck::new(call));
+    if let Some(f) = &faults {
+        if check.conversations > 0 {
+            f.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if resumed {
+            f.resumes.fetch_add(1, Ordering::Relaxed);
+        }
+        // Call setup is the first conversation's.
+        let _ =
+            slot.init_ns
+                .compare_exchange(0, run.now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+    } else {
+        slot.init_ns.store(run.now_ns(), Ordering::Relaxed);
+    }
     let _ = writer.send_text(ready_message(dialect, call, &init)).await;
     drop(init);
+    // The socket can be killed from now on.
+    let live = faults.as_ref().map(|_| {
+        let l = LiveConn {
+            killed: Arc::new(AtomicBool::new(false)),
+            reset: Arc::new(tokio::sync::Notify::new()),
+        };
+        lock(&slot.fault.conv_starts).push(run.now_ns());
+        *lock(&slot.fault.conn) = Some(l.clone());
+        l
+    });
+    let reset_mode = faults.as_ref().is_some_and(|f| f.mode == KillMode::Reset);
 
-    let mut check = FrameCheck {
-        call: call as u32,
-        seen: Vec::with_capacity(2048),
-        max_seq: None,
-        stats: AgentCallStats::default(),
-    };
     let reply_state = Arc::new(tokio::sync::Mutex::new(ReplyState {
         next_id: 1,
         ..ReplyState::default()
@@ -879,10 +1071,44 @@ async fn conversation(
         _ => 0,
     };
     let mut pongs: u64 = 0;
+    let mut killed = false;
     loop {
-        let text = match reader.next().await {
-            Ok(WsMessage::Text(t)) => t,
-            Ok(WsMessage::Binary(_)) => {
+        let next = match &live {
+            // A reset may cut a read short: the connection is dropped right after.
+            Some(l) if reset_mode => tokio::select! {
+                biased;
+                _ = l.reset.notified() => None,
+                m = reader.next() => Some(m),
+            },
+            _ => Some(reader.next().await),
+        };
+        if live
+            .as_ref()
+            .is_some_and(|l| l.killed.load(Ordering::Relaxed))
+        {
+            // Killed (the killer only marks the socket): this task is the only one that
+            // echoes, so every echo so far carries an agent time before the kill's, and
+            // none follows it.
+            killed = true;
+            let now = run.now_ns();
+            slot.fault.last_kill_ns.store(now, Ordering::Relaxed);
+            lock(&slot.fault.kills).push(now);
+            if let Some(f) = &faults {
+                f.kills_done.fetch_add(1, Ordering::Relaxed);
+                if let Some(Ok(WsMessage::Text(_))) = &next {
+                    f.drained_frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if !reset_mode {
+                let _ = writer
+                    .send_close(KILL_CLOSE_CODE, "bench: agent socket killed")
+                    .await;
+            }
+            break;
+        }
+        let text = match next {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
                 check.stats.protocol_errors += 1;
                 continue;
             }
@@ -925,8 +1151,19 @@ async fn conversation(
                     }
                     continue;
                 }
-                // tool results, …: nothing to do for load runs.
-                _ => continue,
+                // Tool results, a reconnect's seed (ElevenLabs `contextual_update`, OpenAI
+                // `conversation.item.create`), …: nothing to do for load runs.
+                _ => {
+                    if let Some(f) = &faults {
+                        let n = match kind {
+                            Some("contextual_update") => &f.context_updates,
+                            Some("conversation.item.create") => &f.item_creates,
+                            _ => &f.other_control,
+                        };
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
             }
         };
         buf.clear();
@@ -1012,10 +1249,44 @@ async fn conversation(
     if let Some(t) = ping_task {
         let _ = t.await;
     }
+    check.stats.pings += lock(&pings).next_id as u64;
+    check.stats.pongs += pongs;
+    if let Some(l) = &live {
+        // No more kills of this socket.
+        let mut conn = lock(&slot.fault.conn);
+        if conn
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.killed, &l.killed))
+        {
+            *conn = None;
+        }
+    }
+    match kept.as_mut() {
+        Some(k) => {
+            check.conversations += 1;
+            *slot.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(check.stats.clone());
+            **k = Some(check);
+        }
+        None => *slot.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(check.stats),
+    }
+    // The next conversation of the call may start now.
+    drop(kept);
+    if killed && reset_mode {
+        set_linger_zero(fd);
+        drop(reader);
+    } else if killed {
+        // Close 1011 was sent: read (without checking or echoing) until the relay closes.
+        let drained = faults.as_ref().map(|f| &f.drained_frames);
+        let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+            while let Ok(WsMessage::Text(_)) = reader.next().await {
+                if let Some(d) = drained {
+                    d.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    }
     writer.release().await;
-    check.stats.pings = lock(&pings).next_id as u64;
-    check.stats.pongs = pongs;
-    *slot.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(check.stats);
     run.conversations_done.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -42,6 +42,10 @@
 //! The mock agent speaks the dialect it was started with ([`BenchAgent::start_dialect`]); each
 //! call carries its index as custom parameter `lt_call` and, for AssemblyAI and OpenAI, also
 //! as `prompt` = `lt_call=<index>` (see [`bench_agent::call_prompt`]).
+//!
+//! **Agent-socket faults** ([`run_load_faults`], [`crate::bench::faults`]): the mock kills a
+//! share of the live agent sockets during the window; the callers count the relay's hold
+//! audio apart, time each gap, and keep the calls no kill hit apart for their latency.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,6 +65,7 @@ use crate::bench::bench_agent::{
     self, new_histogram, AgentCallStats, AgentMode, AgentRun, BenchAgent, BenchDialect,
     PingSchedule,
 };
+use crate::bench::faults::{self, AgentFaults, CallerFaults, FaultConfig, FaultReport, GapTrack};
 use crate::bench::procstat::{self, ProcSample};
 use crate::bench::tag::{self, FramePlan, FrameTag};
 use crate::peers::twilio_sim::{
@@ -436,6 +441,9 @@ pub struct LoadResult {
     pub bursts: Option<Bursts>,
     /// `perf stat` counters of the monitored process, if asked for.
     pub perf: Option<PerfStat>,
+    /// Agent-socket faults and recoveries (a fault run only, see [`run_load_faults`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultReport>,
 }
 
 impl LoadResult {
@@ -498,6 +506,8 @@ pub(crate) struct CallerRun {
     pub(crate) lockstep: Option<Lockstep>,
     /// Frames sent in the window by 1 ms phase of the 20 ms period.
     pub(crate) send_phase: Vec<AtomicU64>,
+    /// A fault run's caller-side state.
+    pub(crate) faults: Option<Arc<CallerFaults>>,
 }
 
 impl CallerRun {
@@ -526,6 +536,7 @@ impl CallerRun {
             dialect,
             lockstep: None,
             send_phase: (0..PHASE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            faults: None,
             cfg,
         }
     }
@@ -777,6 +788,27 @@ pub async fn run_load_with(
     agent: AgentSide<'_>,
     progress: Option<&dyn Progress>,
 ) -> anyhow::Result<LoadResult> {
+    run_load_faults(cfg, opts, agent, progress, None).await
+}
+
+/// [`run_load_with`], and with `faults` the bench agent kills agent sockets during the
+/// steady window ([`crate::bench::faults`]; echo mode with the in-process agent only): the
+/// result's [`LoadResult::faults`] reports the recoveries.
+pub async fn run_load_faults(
+    cfg: LoadConfig,
+    opts: &RunOptions,
+    agent: AgentSide<'_>,
+    progress: Option<&dyn Progress>,
+    faults: Option<&FaultConfig>,
+) -> anyhow::Result<LoadResult> {
+    if faults.is_some() {
+        if !matches!(agent, AgentSide::InProcess(_)) {
+            anyhow::bail!("agent-socket faults need the in-process mock agent");
+        }
+        if cfg.plan.turns.is_some() || cfg.floor {
+            anyhow::bail!("agent-socket faults run in echo mode against a relay");
+        }
+    }
     let ticks = procstat::clock_ticks();
     let idle = match cfg.monitor_pid {
         Some(pid) => Some(procstat::sample(pid, ticks)?),
@@ -789,18 +821,37 @@ pub async fn run_load_with(
     let window_end = window_start + cfg.duration.as_nanos() as u64;
     let stop_ns = window_end + 200_000_000;
     let total_s = (stop_ns as f64) / 1e9 + 1.0;
+    // Fault runs: the kills, and which calls they hit.
+    let kills = faults.map_or_else(Vec::new, |f| {
+        faults::schedule(f, cfg.calls, (window_start, window_end))
+    });
+    let mut affected = vec![false; cfg.calls];
+    for k in &kills {
+        affected[k.call] = true;
+    }
+    let agent_faults = faults.map(|f| Arc::new(AgentFaults::new(f.mode, affected.clone())));
+    let caller_faults = faults.map(|_| Arc::new(CallerFaults::new(affected, &kills)));
+    let mut relay_errors = Vec::new();
+    let relay_before = match faults.and_then(|f| f.relay.as_ref()) {
+        Some(r) => Some(faults::scrape(r, &mut relay_errors).await),
+        None => None,
+    };
     let agent_run = match agent {
         AgentSide::None => None,
-        _ => Some(Arc::new(
-            AgentRun::new(
+        _ => {
+            let mut run = AgentRun::new(
                 epoch,
                 cfg.plan.clone(),
                 cfg.mode.clone(),
                 (window_start, window_end),
                 cfg.calls,
             )
-            .with_ping(opts.agent_ping),
-        )),
+            .with_ping(opts.agent_ping);
+            if let Some(f) = &agent_faults {
+                run = run.with_faults(f.clone());
+            }
+            Some(Arc::new(run))
+        }
     };
     match (agent, &agent_run) {
         (AgentSide::InProcess(a), Some(run)) => a.set_run(run.clone()),
@@ -823,7 +874,12 @@ pub async fn run_load_with(
     if opts.pacing == Pacing::Lockstep {
         caller_run = caller_run.with_lockstep();
     }
+    caller_run.faults = caller_faults.clone();
     let shared = Arc::new(caller_run);
+    let killer = match (&agent_run, faults) {
+        (Some(a), Some(_)) => Some(tokio::spawn(faults::kill_loop(a.clone(), kills.clone()))),
+        _ => None,
+    };
     let ticker = (opts.pacing == Pacing::Lockstep).then(|| {
         let shared = shared.clone();
         tokio::spawn(lockstep_ticker(shared))
@@ -909,9 +965,13 @@ pub async fn run_load_with(
             if let AgentSide::Process(p) = agent {
                 p.refresh(a).await?;
             }
-            let done = a.conversations_done.load(Ordering::Relaxed)
-                + a.unidentified.load(Ordering::Relaxed);
-            if done >= expect || Instant::now() >= deadline {
+            let ended = a.conversations_done.load(Ordering::Relaxed);
+            let done = ended + a.unidentified.load(Ordering::Relaxed);
+            // In a fault run a call has several conversations (the relay reconnected its
+            // agent): wait for the last one too.
+            let all_ended =
+                faults.is_none() || ended >= a.conversations_started.load(Ordering::Relaxed);
+            if (done >= expect && all_ended) || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -923,6 +983,31 @@ pub async fn run_load_with(
     if let Some(t) = ticker {
         let _ = t.await;
     }
+    if let Some(t) = killer {
+        t.abort();
+    }
+    let fault_report = match (faults, &caller_faults, &agent_run) {
+        (Some(f), Some(cf), Some(a)) => {
+            let af = a.faults.clone().expect("a fault run's agent has faults");
+            let mut rep = faults::analyze(f, &kills, cf, a, &af, &caller);
+            if let (Some(r), Some(before)) = (f.relay.as_ref(), relay_before.as_deref()) {
+                // Let the relay fold the calls' last figures.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let mut fig = faults::relay_figures(
+                    r,
+                    before,
+                    cfg.calls,
+                    agent.dialect().map(|d| d.as_str()),
+                )
+                .await;
+                relay_errors.append(&mut fig.errors);
+                fig.errors = relay_errors;
+                rep.relay = Some(fig);
+            }
+            Some(rep)
+        }
+        _ => None,
+    };
 
     let resources = match (cfg.monitor_pid, idle) {
         (Some(pid), Some(idle)) => {
@@ -1064,6 +1149,7 @@ pub async fn run_load_with(
             None => None,
         },
         resources,
+        faults: fault_report,
     })
 }
 
@@ -1311,6 +1397,9 @@ pub(crate) async fn call_span(
         }
     };
     s.active.fetch_sub(1, Ordering::Relaxed);
+    if let Some(f) = &s.faults {
+        f.tables(i).sent = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    }
     stats.add(&r);
     stats
 }
@@ -1349,6 +1438,28 @@ async fn receive(
         if st.protocol_error_samples.len() < 3 {
             st.protocol_error_samples.push(e);
         }
+    };
+    // A fault run: the call's gaps, and what arrives in them.
+    let fault = s.faults.clone();
+    let mut gaps = GapTrack::default();
+    let hold = |gaps: &mut GapTrack, n: usize| {
+        if let Some(f) = &fault {
+            f.hold_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            f.hold_messages.fetch_add(1, Ordering::Relaxed);
+            gaps.on_hold(n);
+        }
+    };
+    // One of this call's own echoed frames, byte-exact (anything else in a gap is hold audio).
+    let own_echo = |frame: &[u8]| {
+        FrameTag::read(frame).is_some_and(|tag| {
+            tag.call == call
+                && sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(tag.seq as usize)
+                    .is_some_and(|&t| t == tag.sent_ns)
+                && s.cfg.plan.matches(frame, tag.seq, Some(tag::AGENT_TS))
+        })
     };
     loop {
         let text = match rx.recv_raw().await {
@@ -1425,11 +1536,28 @@ async fn receive(
                     turn.audio.extend_from_slice(&payload);
                     continue;
                 }
+                let gap_open = match (&fault, &s.agent) {
+                    (Some(_), Some(a)) => gaps.on_media(
+                        a.slots[call as usize]
+                            .fault
+                            .last_kill_ns
+                            .load(Ordering::Relaxed),
+                    ),
+                    _ => false,
+                };
                 if payload.len() % MULAW_FRAME_BYTES != 0 || payload.is_empty() {
+                    if gap_open {
+                        hold(&mut gaps, payload.len());
+                        continue;
+                    }
                     st.corrupt += 1;
                     continue;
                 }
                 for frame in payload.chunks(MULAW_FRAME_BYTES) {
+                    if gap_open && !own_echo(frame) {
+                        hold(&mut gaps, frame.len());
+                        continue;
+                    }
                     st.frames_received += 1;
                     let Some(tag) = FrameTag::read(frame) else {
                         st.corrupt += 1;
@@ -1449,6 +1577,20 @@ async fn receive(
                         st.corrupt += 1;
                         continue;
                     }
+                    if let Some(f) = &fault {
+                        let (closed, replayed) = gaps.on_echo(
+                            call as usize,
+                            now_ns,
+                            tag::read_agent_ts(frame),
+                            tag.sent_ns,
+                        );
+                        if let Some(g) = closed {
+                            f.gaps.lock().unwrap_or_else(|p| p.into_inner()).push(g);
+                        }
+                        if replayed {
+                            f.replayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     let idx = tag.seq as usize;
                     if idx >= seen.len() {
                         seen.resize(idx + 1, 0);
@@ -1464,10 +1606,24 @@ async fn receive(
                         _ => max_seq = Some(tag.seq),
                     }
                     if s.in_window(tag.sent_ns) {
-                        record(&s.round_trip, now_ns.saturating_sub(tag.sent_ns));
+                        let rt = now_ns.saturating_sub(tag.sent_ns);
+                        record(&s.round_trip, rt);
+                        // A fault run also keeps the calls no kill hit apart.
+                        let unaffected = fault.as_ref().filter(|f| !f.is_affected(call as usize));
+                        if let Some(f) = unaffected {
+                            record(&f.round_trip_unaffected, rt);
+                            if f.near_kill(tag.sent_ns) {
+                                record(&f.round_trip_near_kills, rt);
+                            } else {
+                                record(&f.round_trip_away, rt);
+                            }
+                        }
                         if !s.cfg.floor {
                             if let Some(a) = tag::read_agent_ts(frame) {
                                 record(&s.agent_to_caller, now_ns.saturating_sub(a));
+                                if let Some(f) = unaffected {
+                                    record(&f.a2c_unaffected, now_ns.saturating_sub(a));
+                                }
                             }
                         }
                     }
@@ -1493,6 +1649,11 @@ async fn receive(
     }
     let code = rx.ended_with().flatten().unwrap_or(0);
     *st.close_codes.entry(code).or_default() += 1;
+    if let Some(f) = &fault {
+        let mut t = f.tables(call as usize);
+        t.seen = std::mem::take(&mut seen);
+        t.gaps = std::mem::take(&mut gaps.gaps);
+    }
     if let Some(c) = &conv {
         finish_turn(&mut st, &turn, &s, c);
         // Turns whose speech ended but that got no audio at all.

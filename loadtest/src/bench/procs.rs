@@ -203,6 +203,18 @@ pub async fn spawn_relay_with(
     log_level: &str,
     pin: Option<&Pinning>,
 ) -> anyhow::Result<SpawnedRelay> {
+    spawn_relay_env(bin, agent, log_level, pin, &[]).await
+}
+
+/// [`spawn_relay_with`] with `env` added to the relay's environment (e.g.
+/// `RELAY_ADMIN_TOKEN` for `GET /calls`).
+pub async fn spawn_relay_env(
+    bin: &Path,
+    agent: &RelayAgent,
+    log_level: &str,
+    pin: Option<&Pinning>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<SpawnedRelay> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let log =
@@ -223,6 +235,7 @@ pub async fn spawn_relay_with(
         // predate the flag, which ignore it).
         .env_remove("TWILIO_AUTH_TOKEN")
         .env("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "true")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf)

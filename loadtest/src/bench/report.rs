@@ -314,10 +314,15 @@ pub fn summarize(r: &LoadResult) -> String {
         "  checks: {}",
         if r.clean() {
             "CLEAN"
+        } else if r.faults.is_some() {
+            "not clean (agent sockets were killed: see the recovery checks below)"
         } else {
             "PROBLEMS (see above)"
         }
     );
+    if let Some(f) = &r.faults {
+        o.push_str(&crate::bench::faults::summarize(f));
+    }
     o
 }
 

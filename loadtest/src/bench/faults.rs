@@ -292,6 +292,10 @@ pub(crate) struct CallerFaults {
     /// Round trip of the unaffected calls' frames sent near a kill / away from every kill.
     pub(crate) round_trip_near_kills: Mutex<Histogram<u64>>,
     pub(crate) round_trip_away: Mutex<Histogram<u64>>,
+    /// The steady window's start (ns since the epoch) and the unaffected calls' round trip
+    /// per second of it (by send time; 2 significant digits, 1 µs .. 10 s).
+    window_start_ns: u64,
+    per_second: Vec<Mutex<Histogram<u64>>>,
     pub(crate) gaps: Mutex<Vec<HeardGap>>,
     pub(crate) hold_bytes: AtomicU64,
     pub(crate) hold_messages: AtomicU64,
@@ -304,8 +308,20 @@ pub(crate) struct CallerFaults {
 pub const NEAR_KILL: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 
 impl CallerFaults {
-    pub(crate) fn new(affected: Vec<bool>, kills: &[Kill]) -> Self {
+    pub(crate) fn new(affected: Vec<bool>, kills: &[Kill], window_ns: (u64, u64)) -> Self {
         let n = affected.len();
+        let secs = window_ns
+            .1
+            .saturating_sub(window_ns.0)
+            .div_ceil(1_000_000_000) as usize;
+        let per_second = (0..secs.max(1))
+            .map(|_| {
+                Mutex::new(
+                    Histogram::new_with_bounds(1_000, 10_000_000_000, 2)
+                        .expect("valid histogram bounds"),
+                )
+            })
+            .collect();
         let (before, after) = (NEAR_KILL.0.as_nanos() as u64, NEAR_KILL.1.as_nanos() as u64);
         let mut near: Vec<(u64, u64)> = kills
             .iter()
@@ -319,6 +335,8 @@ impl CallerFaults {
             near,
             round_trip_near_kills: Mutex::new(new_histogram()),
             round_trip_away: Mutex::new(new_histogram()),
+            window_start_ns: window_ns.0,
+            per_second,
             gaps: Mutex::new(Vec::new()),
             hold_bytes: AtomicU64::new(0),
             hold_messages: AtomicU64::new(0),
@@ -329,6 +347,18 @@ impl CallerFaults {
 
     pub(crate) fn is_affected(&self, call: usize) -> bool {
         self.affected.get(call).copied().unwrap_or(false)
+    }
+
+    /// Records an unaffected call's round trip `rt_ns` of a frame sent at `sent_ns` (in the
+    /// window) by the second of the window it was sent in.
+    pub(crate) fn record_per_second(&self, sent_ns: u64, rt_ns: u64) {
+        let k = (sent_ns.saturating_sub(self.window_start_ns) / 1_000_000_000) as usize;
+        if let Some(h) = self.per_second.get(k) {
+            let _ = h
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(rt_ns.clamp(1_000, 10_000_000_000));
+        }
     }
 
     /// Whether a frame sent at `sent_ns` was sent near a scheduled kill.
@@ -601,6 +631,10 @@ pub struct FaultReport {
     pub unaffected_round_trip_near_kills: Option<Percentiles>,
     /// ... and away from every kill.
     pub unaffected_round_trip_away_from_kills: Option<Percentiles>,
+    /// The unaffected calls' round trip per second of the window, by send time: `(second,
+    /// frames, p50 µs, p99 µs)` (a trend over the run shows here, e.g. a cost that recovered
+    /// calls keep after their recovery).
+    pub unaffected_round_trip_per_second: Vec<(usize, u64, f64, f64)>,
     /// The relay's figures (`None` without its HTTP address).
     pub relay: Option<RelayFigures>,
 }
@@ -724,6 +758,16 @@ pub(crate) fn analyze(
         unaffected_round_trip: h(&caller.round_trip_unaffected),
         unaffected_round_trip_near_kills: h(&caller.round_trip_near_kills),
         unaffected_round_trip_away_from_kills: h(&caller.round_trip_away),
+        unaffected_round_trip_per_second: caller
+            .per_second
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let h = m.lock().unwrap_or_else(|p| p.into_inner());
+                let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+                (k, h.len(), q(0.5), q(0.99))
+            })
+            .collect(),
         relay: None,
     }
 }
@@ -1141,6 +1185,25 @@ pub fn summarize(f: &FaultReport) -> String {
         "  of which sent away from kills",
         &f.unaffected_round_trip_away_from_kills,
     );
+    // The per-second series in about six slices of the window: a trend shows here.
+    let ps = &f.unaffected_round_trip_per_second;
+    if ps.iter().any(|x| x.1 > 0) {
+        let step = ps.len().div_ceil(6).max(1);
+        let slices: Vec<String> = ps
+            .chunks(step)
+            .map(|c| {
+                let mut p99: Vec<f64> = c.iter().filter(|x| x.1 > 0).map(|x| x.3).collect();
+                p99.sort_by(f64::total_cmp);
+                let med = p99.get(p99.len() / 2).copied().unwrap_or(0.0);
+                format!("{}–{} s {:.0}", c[0].0, c[c.len() - 1].0 + 1, med)
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "  unaffected round trip, median of the per-second p99s (µs): {}",
+            slices.join(", ")
+        );
+    }
     let _ = writeln!(
         o,
         "  recovery checks: {}",
@@ -1225,7 +1288,11 @@ mod tests {
                 call: 3,
             },
         ];
-        let f = CallerFaults::new(vec![false; 4], &kills);
+        let f = CallerFaults::new(vec![false; 4], &kills, (0, 30_000_000_000));
+        f.record_per_second(1_500_000_000, 2_000_000);
+        f.record_per_second(99_000_000_000, 2_000_000);
+        assert_eq!(f.per_second.len(), 30);
+        assert_eq!(f.per_second[1].lock().unwrap().len(), 1);
         assert!(!f.near_kill(9_900_000_000));
         assert!(f.near_kill(9_960_000_000));
         assert!(f.near_kill(10_600_000_000), "within 500 ms of the second");

@@ -830,7 +830,13 @@ pub async fn run_load_faults(
         affected[k.call] = true;
     }
     let agent_faults = faults.map(|f| Arc::new(AgentFaults::new(f.mode, affected.clone())));
-    let caller_faults = faults.map(|_| Arc::new(CallerFaults::new(affected, &kills)));
+    let caller_faults = faults.map(|_| {
+        Arc::new(CallerFaults::new(
+            affected,
+            &kills,
+            (window_start, window_end),
+        ))
+    });
     let mut relay_errors = Vec::new();
     let relay_before = match faults.and_then(|f| f.relay.as_ref()) {
         Some(r) => Some(faults::scrape(r, &mut relay_errors).await),
@@ -1612,6 +1618,7 @@ async fn receive(
                         let unaffected = fault.as_ref().filter(|f| !f.is_affected(call as usize));
                         if let Some(f) = unaffected {
                             record(&f.round_trip_unaffected, rt);
+                            f.record_per_second(tag.sent_ns, rt);
                             if f.near_kill(tag.sent_ns) {
                                 record(&f.round_trip_near_kills, rt);
                             } else {

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use media_relay::config::{Cli, Command, LogFormat};
+use media_relay::http::settings::RuntimeLayout;
 use media_relay::Relay;
 use tracing_subscriber::EnvFilter;
 
@@ -32,10 +33,18 @@ fn main() {
         Ok(n) => tracing::debug!(limit = n, "open-files limit raised"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The per-core layout's first worker is this thread; `Relay::bind` builds the others.
+    let built = match settings.http.runtime {
+        RuntimeLayout::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.http.worker_threads)
+            .enable_all()
+            .build(),
+        RuntimeLayout::PerCore => tokio::runtime::Builder::new_current_thread()
+            .thread_name(media_relay::http::server::BLOCKING_THREAD_NAME)
+            .enable_all()
+            .build(),
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("media-relay: cannot start the runtime: {e}");

@@ -17,7 +17,9 @@ use crate::call::CallSettings;
 use crate::carrier::{
     parameter_fits, CarrierArgs, CarrierKind, CarrierSettings, SharedSettings, MAX_PARAMETER_CHARS,
 };
-use crate::http::settings::{ControlSettings, HttpLimits, HttpSettings, RelaySettings};
+use crate::http::settings::{
+    ControlSettings, HttpLimits, HttpSettings, RelaySettings, RuntimeLayout,
+};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,6 +66,21 @@ pub struct HttpArgs {
     /// /healthz, /readyz).
     #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Thread layout: `per-core` (one single-thread runtime per worker thread, each with its
+    /// own `SO_REUSEPORT` listener; a call and both of its sockets stay on the thread that
+    /// accepted it) or `multi-thread` (one work-stealing tokio runtime, one listener).
+    #[arg(
+        long,
+        env = "RELAY_RUNTIME",
+        value_enum,
+        default_value = "multi-thread"
+    )]
+    pub runtime: RuntimeLayout,
+
+    /// Worker threads; 0 = one per CPU the process may run on (its affinity mask).
+    #[arg(long, env = "RELAY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 
     /// Public host name (and port if not 443) carriers use to reach the relay, e.g.
     /// `relay.example.com`; the markup's stream URL becomes `wss://{host}/media`. Without it,
@@ -402,6 +419,9 @@ pub const MAX_DRAIN_NOTICE_BYTES: usize = 80_000;
 /// `Instant + limit` can never overflow).
 const MAX_SECS: u64 = 30 * 86_400;
 
+/// Most worker threads `--worker-threads` accepts.
+const MAX_WORKER_THREADS: usize = 1024;
+
 fn parse_record_mode(s: &str) -> Result<crate::call::recording::RecordMode, String> {
     use crate::call::recording::RecordMode;
     RecordMode::from_label(s).ok_or_else(|| {
@@ -504,6 +524,11 @@ impl ServeArgs {
                 )));
             }
         }
+        if h.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError(format!(
+                "--worker-threads must be at most {MAX_WORKER_THREADS} (0 = one per CPU)"
+            )));
+        }
         if h.drain_timeout_secs > MAX_SECS {
             return Err(ConfigError(format!(
                 "--drain-timeout-secs must be at most {MAX_SECS}"
@@ -533,6 +558,11 @@ impl ServeArgs {
         Ok(RelaySettings {
             http: HttpSettings {
                 listen: h.listen,
+                runtime: h.runtime,
+                worker_threads: match h.worker_threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                },
                 listen_backlog: h.listen_backlog,
                 max_calls: h.max_calls,
                 drain_timeout: Duration::from_secs(h.drain_timeout_secs),

@@ -11,7 +11,7 @@
 
 use super::callbacks::{self, CallbackKind, CallbackMetrics};
 use super::outbound::Outbound;
-use super::settings::{ControlSettings, HttpSettings, RelaySettings};
+use super::settings::{ControlSettings, HttpSettings, RelaySettings, RuntimeLayout};
 use super::{text, Resp};
 use crate::agent::AgentKind;
 use crate::auth::tokens::{LiveStreams, StreamTokens};
@@ -39,6 +39,10 @@ use tracing::{debug, info, warn};
 
 /// How long closing calls may take after the drain timeout cancelled them.
 pub const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The name of the per-core layout's blocking-pool threads (file and DNS work moved off a
+/// worker); its workers are `main` and `relay-worker-1` .. `relay-worker-{N-1}`.
+pub const BLOCKING_THREAD_NAME: &str = "relay-blocking";
 
 /// Least time the drain gives recordings and post-call records after the calls closed.
 pub const RECORDS_FLUSH_MIN: Duration = Duration::from_secs(2);
@@ -71,15 +75,29 @@ pub struct State {
 
 /// A bound relay, ready to [`Relay::run`].
 pub struct Relay {
+    /// The listener served by the runtime `run` is called on.
     listener: TcpListener,
+    /// Per-core layout: the other workers, each a single-thread runtime with its own
+    /// `SO_REUSEPORT` listener registered with it (none in the multi-thread layout).
+    workers: Vec<Worker>,
     state: Arc<State>,
 }
 
+/// One more worker of the per-core layout, built (and its listener registered) by
+/// [`Relay::bind`] and started on a thread of its own by [`Relay::run`].
+struct Worker {
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+}
+
 impl Relay {
-    /// Builds metrics and TLS from `settings` and binds the listener.
+    /// Builds metrics and TLS from `settings` and binds the listener: one, or in the per-core
+    /// layout one per worker thread, all `SO_REUSEPORT` on the same address (the first binds
+    /// the address as given, so port 0 picks one port for all). The per-core layout expects
+    /// to be called on a single-thread runtime, which serves the first listener.
     ///
     /// # Errors
-    /// The TLS setup or bind error.
+    /// The TLS setup, bind or runtime-building error.
     pub async fn bind(settings: RelaySettings) -> anyhow::Result<Relay> {
         let RelaySettings {
             http: http_settings,
@@ -149,7 +167,34 @@ impl Relay {
                 )?))
             }
         };
-        let listener = listen(http_settings.listen, http_settings.listen_backlog)?;
+        let (listener, workers) = match http_settings.runtime {
+            RuntimeLayout::MultiThread => (
+                TcpListener::from_std(listen(
+                    http_settings.listen,
+                    http_settings.listen_backlog,
+                    false,
+                )?)?,
+                Vec::new(),
+            ),
+            RuntimeLayout::PerCore => {
+                let first = listen(http_settings.listen, http_settings.listen_backlog, true)?;
+                let addr = first.local_addr()?;
+                let mut workers = Vec::new();
+                for _ in 1..http_settings.worker_threads.max(1) {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .thread_name(BLOCKING_THREAD_NAME)
+                        .enable_all()
+                        .build()?;
+                    let listener = {
+                        // Registers the listener with this worker's reactor.
+                        let _in_worker = runtime.enter();
+                        TcpListener::from_std(listen(addr, http_settings.listen_backlog, true)?)?
+                    };
+                    workers.push(Worker { runtime, listener });
+                }
+                (TcpListener::from_std(first)?, workers)
+            }
+        };
         let state = Arc::new(State {
             ctx: Arc::new(CallContext {
                 settings: Arc::new(call),
@@ -175,7 +220,11 @@ impl Relay {
             callback_metrics,
             pending: AtomicUsize::new(0),
         });
-        Ok(Relay { listener, state })
+        Ok(Relay {
+            listener,
+            workers,
+            state,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -191,7 +240,13 @@ impl Relay {
     /// still running then are closed with 1001. Returns when every call has ended (or the
     /// hard-stop timeout passed).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Relay { listener, state } = self;
+        let Relay {
+            listener,
+            workers,
+            state,
+        } = self;
+        let mut runtimes = vec![tokio::runtime::Handle::current()];
+        runtimes.extend(workers.iter().map(|w| w.runtime.handle().clone()));
         let upkeep_state = state.clone();
         let upkeep = tokio::spawn(async move {
             // Histogram observations wait in the exporter until upkeep: keep that short.
@@ -199,21 +254,34 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
-                upkeep_state.ctx.metrics.tasks_alive.set(
-                    tokio::runtime::Handle::current()
-                        .metrics()
-                        .num_alive_tasks() as f64,
-                );
+                let alive: usize = runtimes.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+                upkeep_state.ctx.metrics.tasks_alive.set(alive as f64);
                 upkeep_state.outbound.upkeep();
             }
         });
         info!(
             agent = state.ctx.settings.default_agent.as_str(),
             addr = ?listener.local_addr().ok(),
+            runtime = state.http.runtime.as_str(),
+            worker_threads = 1 + workers.len(),
             "media-relay listening"
         );
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(accept_loop(listener, state.clone(), stop_accepting.clone()));
+        let mut threads = Vec::new();
+        for (i, w) in workers.into_iter().enumerate() {
+            let (state, stop) = (state.clone(), stop_accepting.clone());
+            let Worker { runtime, listener } = w;
+            // The listener moves into the thread: if the thread cannot start, it is closed
+            // with it and the kernel stops handing it connections.
+            let spawned = std::thread::Builder::new()
+                .name(format!("relay-worker-{}", i + 1))
+                .spawn(move || runtime.block_on(accept_loop(listener, state, stop)));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => warn!(error = %e, worker = i + 1, "cannot start a worker thread"),
+            }
+        }
         shutdown.await;
 
         state.draining.store(true, Ordering::SeqCst);
@@ -281,25 +349,43 @@ impl Relay {
         }
         stop_accepting.cancel();
         let _ = accept.await;
+        // The workers' accept loops end with the same token; their runtimes (and what is
+        // left on them: idle HTTP connections, pooled client connections) end with their
+        // threads.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         upkeep.abort();
         info!("media-relay stopped");
     }
 }
 
-/// Binds `addr` with `SO_REUSEADDR` and listens with `backlog` (capped by the kernel at
-/// `net.core.somaxconn`), the one thing `TcpListener::bind` does not let us choose.
+/// Binds `addr` with `SO_REUSEADDR` (and `SO_REUSEPORT` with `reuse_port`: every socket of
+/// the per-core layout binds the same address, and the kernel spreads connections over
+/// them) and listens with `backlog` (capped by the kernel at `net.core.somaxconn`), the one
+/// thing `TcpListener::bind` does not let us choose. Returns a non-blocking std listener, to
+/// be registered with the runtime that will serve it.
 ///
 /// # Errors
 /// The socket, bind or listen error.
-fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {

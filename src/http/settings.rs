@@ -23,11 +23,41 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
 }
 
+/// How the relay lays out its threads (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeLayout {
+    /// One tokio multi-thread runtime with `--worker-threads` workers and one listener: a
+    /// call's task runs on whichever worker is free when it wakes, and work is stolen
+    /// between workers.
+    MultiThread,
+    /// Thread-per-core: `--worker-threads` single-thread runtimes, each on its own thread
+    /// with its own `SO_REUSEPORT` listener on the same address (the kernel spreads new
+    /// connections over them by a hash of the 4-tuple). A call's task, its carrier socket
+    /// and its agent socket (connected from that thread) stay on the thread that accepted
+    /// the call for its whole life: no wake-up crosses threads on the data path.
+    PerCore,
+}
+
+impl RuntimeLayout {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeLayout::MultiThread => "multi-thread",
+            RuntimeLayout::PerCore => "per-core",
+        }
+    }
+}
+
 /// The server's own settings.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The thread layout.
+    pub runtime: RuntimeLayout,
+    /// Worker threads (at least 1; `--worker-threads 0` is resolved to the CPUs the process
+    /// may run on before this is built).
+    pub worker_threads: usize,
     /// `listen(2)` backlog.
     pub listen_backlog: u32,
     /// Most concurrent calls; further upgrades get 503.

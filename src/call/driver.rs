@@ -242,7 +242,10 @@ async fn drive(
     // One future for both ways a call is stopped from outside: `replaced` is a child of
     // `shutdown`, so it fires for either; `shutdown.is_cancelled()` tells which.
     let stop = legs.replaced.clone();
-    let mut stopped = pin!(stop.cancelled());
+    // Polled on every turn that ends pending: only after the token woke it (see `stop`).
+    let mut stopped = pin!(super::stop::PollWhenWoken::new(
+        stop.clone().cancelled_owned()
+    ));
     let stop_reason = || {
         if shutdown.is_cancelled() {
             EndReason::Shutdown

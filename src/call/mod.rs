@@ -19,6 +19,7 @@ pub mod machine;
 pub mod post_call;
 pub mod recording;
 pub mod settings;
+pub mod stop;
 pub mod tool_webhook;
 pub mod transfer;
 

@@ -112,6 +112,23 @@ async fn per_core_layout_relays_every_call_byte_exact() {
     );
 }
 
+/// A per-core relay that is bound and dropped without running (as when a later start-up
+/// step fails) shuts its workers down without panicking (a tokio runtime dropped inside an
+/// async context would) and closes every listener: the port can be bound again without
+/// `SO_REUSEPORT`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_per_core_relay_dropped_before_it_runs_closes_its_listeners() {
+    let mut args = common::args();
+    args.http.runtime = RuntimeLayout::PerCore;
+    args.http.worker_threads = 3;
+    let relay = media_relay::Relay::bind(args.settings().unwrap())
+        .await
+        .unwrap();
+    let addr = relay.local_addr().unwrap();
+    drop(relay);
+    std::net::TcpListener::bind(addr).expect("every listener of the dropped relay is closed");
+}
+
 fn relay_command(layout: &[&str], addr: SocketAddr) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_media-relay"));
     for var in [

@@ -84,17 +84,41 @@ pub struct Relay {
 }
 
 /// One more worker of the per-core layout, built (and its listener registered) by
-/// [`Relay::bind`] and started on a thread of its own by [`Relay::run`].
+/// [`Relay::bind`] and started on a thread of its own by [`Relay::run`]. Dropped without
+/// being served (a later bind step failed, the thread could not start, the relay was never
+/// run), it closes its listener and shuts its runtime down in the background: dropping a
+/// runtime the ordinary way inside an async context panics.
 struct Worker {
-    runtime: tokio::runtime::Runtime,
-    listener: TcpListener,
+    runtime: Option<tokio::runtime::Runtime>,
+    listener: Option<TcpListener>,
+}
+
+impl Worker {
+    /// Serves the listener on this (the worker's own) thread until `stop`; the runtime ends
+    /// with the call, and with it what is left on it (idle HTTP connections, pooled client
+    /// connections).
+    fn serve(mut self, state: Arc<State>, stop: CancellationToken) {
+        if let (Some(runtime), Some(listener)) = (self.runtime.take(), self.listener.take()) {
+            runtime.block_on(accept_loop(listener, state, stop));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.listener.take());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Relay {
     /// Builds metrics and TLS from `settings` and binds the listener: one, or in the per-core
     /// layout one per worker thread, all `SO_REUSEPORT` on the same address (the first binds
-    /// the address as given, so port 0 picks one port for all). The per-core layout expects
-    /// to be called on a single-thread runtime, which serves the first listener.
+    /// the address as given, so port 0 picks one port for all). The first listener is served
+    /// by the runtime `run` is called on: in the per-core layout `main` gives it a
+    /// single-thread runtime, so that thread is the first worker.
     ///
     /// # Errors
     /// The TLS setup, bind or runtime-building error.
@@ -190,7 +214,10 @@ impl Relay {
                         let _in_worker = runtime.enter();
                         TcpListener::from_std(listen(addr, http_settings.listen_backlog, true)?)?
                     };
-                    workers.push(Worker { runtime, listener });
+                    workers.push(Worker {
+                        runtime: Some(runtime),
+                        listener: Some(listener),
+                    });
                 }
                 (TcpListener::from_std(first)?, workers)
             }
@@ -246,7 +273,11 @@ impl Relay {
             state,
         } = self;
         let mut runtimes = vec![tokio::runtime::Handle::current()];
-        runtimes.extend(workers.iter().map(|w| w.runtime.handle().clone()));
+        runtimes.extend(
+            workers
+                .iter()
+                .filter_map(|w| w.runtime.as_ref().map(|r| r.handle().clone())),
+        );
         let upkeep_state = state.clone();
         let upkeep = tokio::spawn(async move {
             // Histogram observations wait in the exporter until upkeep: keep that short.
@@ -271,12 +302,12 @@ impl Relay {
         let mut threads = Vec::new();
         for (i, w) in workers.into_iter().enumerate() {
             let (state, stop) = (state.clone(), stop_accepting.clone());
-            let Worker { runtime, listener } = w;
-            // The listener moves into the thread: if the thread cannot start, it is closed
-            // with it and the kernel stops handing it connections.
+            // The worker moves into the thread: if the thread cannot start, it is dropped
+            // here, its listener closed, and the kernel stops handing that socket
+            // connections.
             let spawned = std::thread::Builder::new()
                 .name(format!("relay-worker-{}", i + 1))
-                .spawn(move || runtime.block_on(accept_loop(listener, state, stop)));
+                .spawn(move || w.serve(state, stop));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => warn!(error = %e, worker = i + 1, "cannot start a worker thread"),
@@ -349,8 +380,7 @@ impl Relay {
         }
         stop_accepting.cancel();
         let _ = accept.await;
-        // The workers' accept loops end with the same token; their runtimes (and what is
-        // left on them: idle HTTP connections, pooled client connections) end with their
+        // The workers' accept loops end with the same token; their runtimes end with their
         // threads.
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {

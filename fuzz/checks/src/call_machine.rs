@@ -115,6 +115,9 @@ struct Harness {
     /// Kind asked for by `ConnectAgent`, and whether the socket is open.
     connect_asked: Option<AgentKind>,
     connected: bool,
+    /// The machine's agent generation at the last `ConnectAgent` (a recovery or rollover
+    /// bumps it and asks for a new connection; the driver retires the old one).
+    connect_gen: u64,
     blocked: [bool; 2],
     tools: Vec<String>,
     steps: usize,
@@ -154,7 +157,13 @@ impl Harness {
                 }
                 CallEvent::ConnectAgent(k) => {
                     assert!(self.started, "asked to connect before the start");
-                    assert!(self.connect_asked.is_none(), "asked to connect twice");
+                    let gen = self.m.agent_generation();
+                    assert!(
+                        self.connect_asked.is_none() || gen != self.connect_gen,
+                        "asked to connect twice for one agent generation"
+                    );
+                    self.connect_gen = gen;
+                    self.connected = false;
                     assert!(!k.is_local(), "asked to connect local agent {k:?}");
                     assert_eq!(k, self.m.agent_kind());
                     self.connect_asked = Some(k);
@@ -375,6 +384,7 @@ pub fn call_machine(data: &[u8]) {
         now: t0,
         connect_asked: None,
         connected: false,
+        connect_gen: 0,
         blocked: [false, false],
         tools: Vec::new(),
         steps: 0,

@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// Most rounds of timers one `handle_timeout` runs (a handler arming another deadline at
-/// `now` needs a second; more would mean handlers re-arming each other at `now`).
-const TIMEOUT_ROUNDS: usize = 4;
-
 impl CallMachine {
     pub(super) fn stall_timer(leg: Leg) -> Timer {
         match leg {
@@ -58,21 +54,8 @@ impl CallMachine {
         }
     }
 
-    /// Handles every deadline that passed by `now`, including those a handler armed at `now`
-    /// or earlier (an agent failure found by one timer schedules its first reconnect at
-    /// once): up to [`TIMEOUT_ROUNDS`] rounds, so no deadline is left due when this returns
-    /// and the driver's timer does not fire again at once.
+    /// Handles every deadline that passed by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for _ in 0..TIMEOUT_ROUNDS {
-            self.handle_due_timers(now);
-            if self.end.is_some() || self.timers.due(now).next().is_none() {
-                break;
-            }
-        }
-    }
-
-    /// One round of [`CallMachine::handle_timeout`]: the timers due at `now` when it starts.
-    fn handle_due_timers(&mut self, now: Instant) {
         if self.end.is_some() {
             return;
         }

@@ -16,15 +16,7 @@ fn free_port() -> u16 {
 }
 
 fn relay_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_media-relay"));
-    for var in [
-        "RELAY_AGENT",
-        "ELEVENLABS_AGENT_ID",
-        "ELEVENLABS_API_KEY",
-        "RELAY_LISTEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = common::relay_binary();
     c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use loadtest::agent_sim::{self, AgentBehavior, MockAgentConfig};
 use loadtest::fixtures;
-use loadtest::twilio_sim::{run_call, CallScript, StartParams};
+use loadtest::twilio_sim::{run_call, CallScript};
 use media_relay::http::settings::RuntimeLayout;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -37,7 +37,6 @@ fn thread_names(pid: &str) -> Vec<String> {
 /// them unanswered, and every call must come back byte for byte, its own audio only.
 #[tokio::test(flavor = "current_thread")]
 async fn per_core_layout_relays_every_call_byte_exact() {
-    let caller = fixtures::caller_utterance().unwrap();
     let mut cfg = MockAgentConfig::new("agent_echo");
     cfg.behavior = AgentBehavior::Echo;
     let mock = agent_sim::start(cfg).await.unwrap();
@@ -62,37 +61,7 @@ async fn per_core_layout_relays_every_call_byte_exact() {
         "{threads:?}"
     );
 
-    let mut calls = Vec::new();
-    for i in 0..40u8 {
-        let audio = Arc::new(tagged_audio(i, 40, &caller));
-        let idx = i.to_string();
-        let mut script = CallScript::new(
-            relay.media_url(),
-            start_params(300 + i as u64, &[("call_index", idx.as_str())]),
-            audio.clone(),
-        );
-        script.linger = Duration::from_millis(600);
-        calls.push(tokio::spawn(async move { (audio, run_call(script).await) }));
-    }
-    for c in calls {
-        let (audio, report) = tokio::time::timeout(Duration::from_secs(30), c)
-            .await
-            .expect("a call was not answered: one listener is not served")
-            .unwrap();
-        let report = report.unwrap();
-        assert!(
-            report.protocol_errors.is_empty(),
-            "{:?}",
-            report.protocol_errors
-        );
-        assert!(
-            report.received_audio == *audio,
-            "call {} got back audio that is not its own (len {} vs {})",
-            audio[0],
-            report.received_audio.len(),
-            audio.len()
-        );
-    }
+    tagged_calls(relay.media_url(), 40, 300).await;
     assert_eq!(mock.conversations_started(), 40);
     let m = wait_metric(relay.addr, "relay_calls_active", 0.0).await;
     assert_eq!(
@@ -130,17 +99,7 @@ async fn a_per_core_relay_dropped_before_it_runs_closes_its_listeners() {
 }
 
 fn relay_command(layout: &[&str], addr: SocketAddr) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_media-relay"));
-    for var in [
-        "RELAY_AGENT",
-        "ELEVENLABS_AGENT_ID",
-        "ELEVENLABS_API_KEY",
-        "RELAY_LISTEN",
-        "RELAY_RUNTIME",
-        "RELAY_WORKER_THREADS",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = relay_binary();
     c.args([
         "serve",
         "--listen",
@@ -161,24 +120,28 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// `n` calls at once through the built-in echo agent, each playing its own tagged speech
-/// and checking it comes back byte for byte.
-async fn echo_calls(addr: SocketAddr, n: u8) {
+/// `n` calls at once (stream SIDs from `sid_base`, `call_index` = i), each playing its own
+/// tagged speech to an echoing agent and checking it comes back byte for byte, its own audio
+/// only, within 30 s (a call the kernel handed to a listener nobody serves never answers).
+async fn tagged_calls(url: String, n: u8, sid_base: u64) {
     let caller = fixtures::caller_utterance().unwrap();
-    let url = format!("ws://{addr}/media");
     let mut calls = Vec::new();
-    for call in 0..n {
-        let audio = Arc::new(tagged_audio(call, 25, &caller));
+    for i in 0..n {
+        let audio = Arc::new(tagged_audio(i, 40, &caller));
+        let idx = i.to_string();
         let mut script = CallScript::new(
             url.clone(),
-            StartParams::for_call(500 + u64::from(call)),
+            start_params(sid_base + u64::from(i), &[("call_index", idx.as_str())]),
             audio.clone(),
         );
-        script.linger = Duration::from_millis(400);
+        script.linger = Duration::from_millis(600);
         calls.push(tokio::spawn(async move { (audio, run_call(script).await) }));
     }
     for c in calls {
-        let (audio, report) = c.await.unwrap();
+        let (audio, report) = tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("a call was not answered: one listener is not served")
+            .unwrap();
         let report = report.unwrap();
         assert!(
             report.protocol_errors.is_empty(),
@@ -187,7 +150,7 @@ async fn echo_calls(addr: SocketAddr, n: u8) {
         );
         assert!(
             report.received_audio == *audio,
-            "call {} did not get its own audio back (len {} vs {})",
+            "call {} got back audio that is not its own (len {} vs {})",
             audio[0],
             report.received_audio.len(),
             audio.len()
@@ -243,7 +206,7 @@ async fn the_binary_runs_the_threads_its_layout_names() {
         !names.iter().any(|n| n.starts_with(TOKIO_WORKER)),
         "{names:?}"
     );
-    echo_calls(addr, 24).await;
+    tagged_calls(format!("ws://{addr}/media"), 24, 500).await;
     sigterm_and_wait(child).await;
 
     let addr = free_addr();
@@ -261,23 +224,21 @@ async fn the_binary_runs_the_threads_its_layout_names() {
         "{names:?}"
     );
     assert!(!names.iter().any(|n| n.starts_with("relay-worker")));
-    echo_calls(addr, 8).await;
+    tagged_calls(format!("ws://{addr}/media"), 8, 600).await;
     sigterm_and_wait(child).await;
 }
 
 /// `--worker-threads` has an upper bound, and the layout's name is checked.
 #[test]
 fn worker_threads_and_runtime_are_validated() {
-    let out = Command::new(env!("CARGO_BIN_EXE_media-relay"))
+    let out = relay_binary()
         .args(["serve", "--worker-threads", "5000"])
-        .env_remove("RELAY_WORKER_THREADS")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
-    let out = Command::new(env!("CARGO_BIN_EXE_media-relay"))
+    let out = relay_binary()
         .args(["serve", "--runtime", "fibers"])
-        .env_remove("RELAY_RUNTIME")
         .output()
         .unwrap();
     assert!(!out.status.success());

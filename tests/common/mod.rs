@@ -73,6 +73,23 @@ pub async fn start_relay(args: ServeArgs) -> TestRelay {
     }
 }
 
+/// The `media-relay` binary with the agent, listen and thread-layout variables of this
+/// process's environment removed (the flags each test passes decide).
+pub fn relay_binary() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_media-relay"));
+    for var in [
+        "RELAY_AGENT",
+        "ELEVENLABS_AGENT_ID",
+        "ELEVENLABS_API_KEY",
+        "RELAY_LISTEN",
+        "RELAY_RUNTIME",
+        "RELAY_WORKER_THREADS",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     http_with(addr, method, path, &[], body).await

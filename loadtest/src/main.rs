@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loadtest --spawn [--agent elevenlabs|assemblyai|openai] [--calls 200] [--ramp-per-sec 50] [--duration-secs 20] [--mode echo|conversation]
-//!          [--barge-in] [--no-floor] [--side-by-side] [--repeat N] [--find-capacity] [--pin] [--json FILE] [--svg FILE]
+//!          [--barge-in] [--no-floor] [--side-by-side] [--repeat N] [--find-capacity [--capacity-step N]] [--pin] [--json FILE] [--svg FILE]
 //! loadtest --target ws://HOST:PORT/media [--mock-agent-listen ADDR] [--relay-pid PID] ...
 //! loadtest --soak  --calls 200 --duration-secs 1800 [--call-secs 120] [--sample-secs 10] (--spawn [--pin] | --target …)
 //! loadtest --churn --calls 200 --total-calls 100000 [--call-secs 1] (--spawn [--pin] | --target …)
@@ -268,9 +268,13 @@ struct RunArgs {
     /// carries both loads.
     #[arg(long, conflicts_with_all = ["no_floor", "find_capacity"])]
     side_by_side: bool,
-    /// Raise the call count (×1.5 per step, from --calls) until the SLO breaks.
+    /// Raise the call count (×1.5 per step, or by --capacity-step, from --calls) until the
+    /// SLO breaks.
     #[arg(long)]
     find_capacity: bool,
+    /// Calls added per --find-capacity step; 0 multiplies by 1.5 instead (coarse: 450 → 680).
+    #[arg(long, default_value_t = 0, requires = "find_capacity")]
+    capacity_step: usize,
     /// SLO for --find-capacity: relay-added one-way p99 limit, µs.
     #[arg(long, default_value_t = 2000.0)]
     slo_p99_us: f64,
@@ -763,7 +767,12 @@ async fn run(a: RunArgs, pin: Option<Pinning>) -> anyhow::Result<()> {
             if calls >= a.max_calls {
                 break;
             }
-            calls = (((calls as f64 * 1.5) / 10.0).ceil() as usize * 10).min(a.max_calls);
+            calls = if a.capacity_step > 0 {
+                calls + a.capacity_step
+            } else {
+                ((calls as f64 * 1.5) / 10.0).ceil() as usize * 10
+            }
+            .min(a.max_calls);
             // Let the previous calls' sockets drain.
             tokio::time::sleep(Duration::from_secs(2)).await;
         }

@@ -215,6 +215,8 @@ pub const PERF_EVENTS: &[&str] = &[
     "syscalls:sys_enter_epoll_wait",
     "syscalls:sys_enter_epoll_pwait",
     "syscalls:sys_enter_futex",
+    // `--runtime uring`: one submission (and wait) for many operations.
+    "syscalls:sys_enter_io_uring_enter",
 ];
 
 /// Latency percentiles of one series, microseconds.

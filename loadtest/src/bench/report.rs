@@ -379,6 +379,12 @@ pub fn summarize_report(rep: &Report) -> String {
         };
         let when = rep.floor_schedule.as_deref().unwrap_or("-");
         let _ = writeln!(o, "== {what} (floor {when}): {ratio:.2}× (target ≤ 1.25×)");
+    } else if rep.floor.is_some() && rep.relay.is_some() {
+        // /proc counts CPU in 10 ms ticks: a short, light window can show the floor none.
+        let _ = writeln!(
+            o,
+            "== relay ÷ floor CPU per frame: not measurable (a side used no CPU /proc could count in the window; use more calls or a longer window)"
+        );
     }
     if let Some(cap) = &rep.capacity {
         let _ = writeln!(

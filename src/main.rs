@@ -33,10 +33,24 @@ fn main() {
         Ok(n) => tracing::debug!(limit = n, "open-files limit raised"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
-    // The per-core layout's first worker is this thread; `Relay::bind` builds the others.
-    let built = match settings.http.runtime {
+    // The per-core layouts' first worker is this thread; `Relay::bind` builds the others.
+    let layout = settings.http.runtime;
+    let threads = settings.http.worker_threads;
+    let serve = async move {
+        let relay = Relay::bind(settings).await?;
+        relay.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    };
+    let built = match layout {
+        RuntimeLayout::Uring => {
+            if let Err(e) = run_on_uring(serve) {
+                eprintln!("media-relay: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         RuntimeLayout::MultiThread => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(settings.http.worker_threads)
+            .worker_threads(threads)
             .enable_all()
             .build(),
         RuntimeLayout::PerCore => tokio::runtime::Builder::new_current_thread()
@@ -51,15 +65,25 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = rt.block_on(async move {
-        let relay = Relay::bind(settings).await?;
-        relay.run(shutdown_signal()).await;
-        anyhow::Ok(())
-    });
-    if let Err(e) = result {
+    if let Err(e) = rt.block_on(serve) {
         eprintln!("media-relay: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `--runtime uring`: this thread is the first worker, on a tokio-uring runtime.
+#[cfg(feature = "uring")]
+fn run_on_uring(
+    serve: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    media_relay::wire::uring::block_on(serve)
+        .map_err(|e| anyhow::anyhow!("cannot start the io_uring runtime: {e}"))?
+}
+
+/// Without the `uring` feature the configuration refuses `--runtime uring` before this.
+#[cfg(not(feature = "uring"))]
+fn run_on_uring(_: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    anyhow::bail!("--runtime uring needs a binary built with `--features uring`")
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`): plain text (colours only when

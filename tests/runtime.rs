@@ -1,6 +1,8 @@
-//! The thread layouts (`--runtime multi-thread|per-core`, `--worker-threads`): the per-core
-//! layout's workers, each a single-thread runtime with its own `SO_REUSEPORT` listener, serve
-//! calls byte-exact, and the binary runs exactly the threads the layout names.
+//! The thread layouts (`--runtime multi-thread|per-core|uring`, `--worker-threads`): the
+//! per-core layout's workers, each a single-thread runtime with its own `SO_REUSEPORT`
+//! listener, serve calls byte-exact, the binary runs exactly the threads the layout names,
+//! and (built with `--features uring`) the uring layout carries the calls' sockets on one
+//! io_uring per worker.
 
 mod common;
 
@@ -226,6 +228,222 @@ async fn the_binary_runs_the_threads_its_layout_names() {
     assert!(!names.iter().any(|n| n.starts_with("relay-worker")));
     tagged_calls(format!("ws://{addr}/media"), 8, 600).await;
     sigterm_and_wait(child).await;
+}
+
+/// The io_uring rings of a process: per `anon_inode:[io_uring]` descriptor, the submission
+/// queue's tail from its `/proc/<pid>/fdinfo` (the count of entries ever submitted, mod 2³²).
+#[cfg(feature = "uring")]
+fn ring_submissions(pid: u32) -> Vec<u32> {
+    let mut rings = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:[io_uring]" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let tail = info
+            .lines()
+            .find_map(|l| l.strip_prefix("SqTail:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        rings.push(tail);
+    }
+    rings
+}
+
+/// The relay's established TCP sockets by role, as descriptor numbers: carrier sockets
+/// (local port `relay_port`) and agent sockets (peer port `agent_port`), from
+/// `/proc/<pid>/fd` and `/proc/<pid>/net/tcp`.
+#[cfg(feature = "uring")]
+fn call_sockets(pid: u32, relay_port: u16, agent_port: u16) -> (Vec<u64>, Vec<u64>) {
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let (mut carrier_inodes, mut agent_inodes) = (Vec::new(), Vec::new());
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local, remote, state (01 = established), ..., inode (field 9)
+        if f.len() < 10 || f[3] != "01" {
+            continue;
+        }
+        if port(f[1]) == Some(relay_port) {
+            carrier_inodes.push(f[9].to_owned());
+        } else if port(f[2]) == Some(agent_port) {
+            agent_inodes.push(f[9].to_owned());
+        }
+    }
+    let (mut carrier, mut agent) = (Vec::new(), Vec::new());
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let Ok(n) = fd.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        if carrier_inodes.iter().any(|i| i == inode) {
+            carrier.push(n);
+        } else if agent_inodes.iter().any(|i| i == inode) {
+            agent.push(n);
+        }
+    }
+    (carrier, agent)
+}
+
+/// Every descriptor registered with one of the process's epoll instances (the `tfd:` lines
+/// of their `/proc/<pid>/fdinfo`).
+#[cfg(feature = "uring")]
+fn epoll_registered(pid: u32) -> Vec<u64> {
+    let mut fds = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let is_epoll = std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]");
+        if !is_epoll {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        fds.extend(info.lines().filter_map(|l| {
+            l.trim_start()
+                .strip_prefix("tfd:")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        }));
+    }
+    fds
+}
+
+/// The binary with `--runtime uring --worker-threads 2` and an ElevenLabs agent (the
+/// harness's mock, over loopback): one io_uring per worker thread; while the calls run, both
+/// of each call's sockets (carrier and agent) exist and none is registered with epoll; the
+/// rings' submissions grow by at least two per caller frame (each frame is read from the
+/// carrier socket and written to the agent's as ring operations, and its echo read and
+/// written back the same way); every call comes back byte-exact. SIGTERM exits cleanly.
+#[cfg(feature = "uring")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uring_layout_carries_both_call_sockets_on_one_ring_per_worker() {
+    let mut cfg = MockAgentConfig::new("agent_echo");
+    cfg.behavior = AgentBehavior::Echo;
+    let mock = agent_sim::start(cfg).await.unwrap();
+    let agent_port = mock.addr().port();
+    let addr = free_addr();
+    let child = relay_command(
+        &[
+            "--runtime",
+            "uring",
+            "--worker-threads",
+            "2",
+            "--agent",
+            "elevenlabs",
+            "--elevenlabs-agent-id",
+            "agent_echo",
+            "--elevenlabs-api-base",
+            &mock.api_base(),
+            "--insecure-skip-twilio-signature",
+        ],
+        addr,
+    )
+    .spawn()
+    .unwrap();
+    wait_healthy(addr).await;
+    let pid = child.id();
+    let before = ring_submissions(pid);
+    assert_eq!(before.len(), 2, "one ring per worker: {before:?}");
+    let names = thread_names(&pid.to_string());
+    assert_eq!(
+        names.iter().filter(|n| *n == "relay-worker-1").count(),
+        1,
+        "{names:?}"
+    );
+
+    let calls = 24u8;
+    let run = tokio::spawn(tagged_calls(format!("ws://{addr}/media"), calls, 700));
+    // While every call is up: its two sockets exist, and epoll watches neither.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (carrier, agent) = call_sockets(pid, addr.port(), agent_port);
+        if carrier.len() == usize::from(calls) && agent.len() == usize::from(calls) {
+            let watched = epoll_registered(pid);
+            let on_epoll: Vec<_> = carrier
+                .iter()
+                .chain(&agent)
+                .filter(|fd| watched.contains(fd))
+                .collect();
+            assert!(
+                on_epoll.is_empty(),
+                "call sockets registered with epoll: {on_epoll:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw all {calls} calls up: {} carrier, {} agent sockets",
+            carrier.len(),
+            agent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.await.unwrap();
+    assert_eq!(mock.conversations_started(), usize::from(calls));
+
+    let after = ring_submissions(pid);
+    // `tagged_calls` plays 40 frames per call.
+    let submitted: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| u64::from(a.wrapping_sub(*b)))
+        .sum();
+    let frames = u64::from(calls) * 40;
+    eprintln!("ring submissions {before:?} -> {after:?}: {submitted} for {frames} caller frames");
+    assert!(
+        submitted >= 2 * frames,
+        "{submitted} ring submissions for {frames} caller frames: the sockets are not on io_uring"
+    );
+    // Both rings took calls: the kernel spread the connections over both listeners.
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a != b),
+        "{before:?} -> {after:?}"
+    );
+    sigterm_and_wait(child).await;
+}
+
+/// Without the `uring` feature, `--runtime uring` is a configuration error (exit 64).
+#[cfg(not(feature = "uring"))]
+#[test]
+fn the_uring_layout_needs_the_uring_feature() {
+    let out = relay_binary()
+        .args(["serve", "--runtime", "uring"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features uring"));
 }
 
 /// `--worker-threads` has an upper bound, and the layout's name is checked.

@@ -23,6 +23,7 @@ use super::EndReason;
 use crate::agent::AgentKind;
 use crate::carrier::{CarrierKind, Decoded};
 use crate::obs::labels::{ErrorKind, Leg};
+use crate::wire::net::{TcpRead, TcpWrite};
 use crate::wire::ws::{Message, Prefixed, ReadError, WsReader, WsWriter};
 use futures_util::FutureExt;
 use std::future::Future;
@@ -30,14 +31,13 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 /// Read half of the carrier socket (hyper's leftover bytes chained in front).
-pub type CallerRead = WsReader<Prefixed<OwnedReadHalf>>;
+pub type CallerRead = WsReader<Prefixed<TcpRead>>;
 /// Write half of the carrier socket.
-pub type CallerWrite = WsWriter<OwnedWriteHalf>;
+pub type CallerWrite = WsWriter<TcpWrite>;
 
 /// Most messages taken from one socket per turn before writing (batching: one write per
 /// socket per burst).
@@ -961,7 +961,7 @@ mod size_tests {
         let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
             .unwrap();
-        let (r, w) = c.into_split();
+        let (r, w) = crate::wire::net::split_accepted(c).unwrap();
         let reader = WsReader::new(
             Prefixed::new(bytes::Bytes::new(), r),
             crate::wire::ws::Role::Server,

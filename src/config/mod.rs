@@ -69,7 +69,8 @@ pub struct HttpArgs {
 
     /// Thread layout: `per-core` (one single-thread runtime per worker thread, each with its
     /// own `SO_REUSEPORT` listener; a call and both of its sockets stay on the thread that
-    /// accepted it) or `multi-thread` (one work-stealing tokio runtime, one listener).
+    /// accepted it), `multi-thread` (one work-stealing tokio runtime, one listener) or
+    /// `uring` (per-core with the call sockets on io_uring; needs the `uring` build feature).
     #[arg(
         long,
         env = "RELAY_RUNTIME",
@@ -523,6 +524,11 @@ impl ServeArgs {
                     MAX_SECS * 1000
                 )));
             }
+        }
+        if h.runtime == RuntimeLayout::Uring && !cfg!(feature = "uring") {
+            return Err(ConfigError(
+                "--runtime uring needs a binary built with `--features uring`".into(),
+            ));
         }
         if h.worker_threads > MAX_WORKER_THREADS {
             return Err(ConfigError(format!(

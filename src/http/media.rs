@@ -99,7 +99,14 @@ pub fn upgrade(
             warn!("upgraded connection is not a TCP stream");
             return;
         };
-        let (r, w) = parts.io.into_inner().into_split();
+        let (r, w) = match crate::wire::net::split_accepted(parts.io.into_inner()) {
+            Ok(halves) => halves,
+            Err(e) => {
+                ctx.metrics.internal_error(ErrorKind::UringSocket);
+                warn!(error = %e, "cannot move the call socket to io_uring");
+                return;
+            }
+        };
         let reader = WsReader::new(
             Prefixed::new(parts.read_buf, r),
             Role::Server,

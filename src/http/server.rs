@@ -91,17 +91,54 @@ pub struct Relay {
 struct Worker {
     runtime: Option<tokio::runtime::Runtime>,
     listener: Option<TcpListener>,
+    /// `--runtime uring`: the bound listener only. A tokio-uring runtime cannot move
+    /// between threads, so the worker's thread builds its own and registers this there.
+    std_listener: Option<std::net::TcpListener>,
 }
+
+/// The runtimes whose live tasks `relay_tasks_alive` sums (uring workers add theirs when
+/// their thread starts).
+type RuntimeHandles = Arc<std::sync::Mutex<Vec<tokio::runtime::Handle>>>;
 
 impl Worker {
     /// Serves the listener on this (the worker's own) thread until `stop`; the runtime ends
     /// with the call, and with it what is left on it (idle HTTP connections, pooled client
     /// connections).
-    fn serve(mut self, state: Arc<State>, stop: CancellationToken) {
+    fn serve(mut self, state: Arc<State>, stop: CancellationToken, handles: RuntimeHandles) {
         if let (Some(runtime), Some(listener)) = (self.runtime.take(), self.listener.take()) {
             runtime.block_on(accept_loop(listener, state, stop));
+        } else if let Some(listener) = self.std_listener.take() {
+            serve_uring(listener, state, stop, handles);
         }
     }
+}
+
+/// A uring worker's thread: its own tokio-uring runtime, its listener registered there.
+#[cfg(feature = "uring")]
+fn serve_uring(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    stop: CancellationToken,
+    handles: RuntimeHandles,
+) {
+    let served = crate::wire::uring::block_on(async move {
+        if let Ok(mut h) = handles.lock() {
+            h.push(tokio::runtime::Handle::current());
+        }
+        match TcpListener::from_std(listener) {
+            Ok(l) => accept_loop(l, state, stop).await,
+            Err(e) => warn!(error = %e, "a uring worker cannot register its listener"),
+        }
+    });
+    if let Err(e) = served {
+        warn!(error = %e, "a uring worker cannot start io_uring; its listener is closed");
+    }
+}
+
+#[cfg(not(feature = "uring"))]
+fn serve_uring(_: std::net::TcpListener, _: Arc<State>, _: CancellationToken, _: RuntimeHandles) {
+    // Unreachable: the configuration refuses `--runtime uring` without the feature, so no
+    // such worker is built.
 }
 
 impl Drop for Worker {
@@ -217,6 +254,20 @@ impl Relay {
                     workers.push(Worker {
                         runtime: Some(runtime),
                         listener: Some(listener),
+                        std_listener: None,
+                    });
+                }
+                (TcpListener::from_std(first)?, workers)
+            }
+            RuntimeLayout::Uring => {
+                let first = listen(http_settings.listen, http_settings.listen_backlog, true)?;
+                let addr = first.local_addr()?;
+                let mut workers = Vec::new();
+                for _ in 1..http_settings.worker_threads.max(1) {
+                    workers.push(Worker {
+                        runtime: None,
+                        listener: None,
+                        std_listener: Some(listen(addr, http_settings.listen_backlog, true)?),
                     });
                 }
                 (TcpListener::from_std(first)?, workers)
@@ -272,12 +323,14 @@ impl Relay {
             workers,
             state,
         } = self;
-        let mut runtimes = vec![tokio::runtime::Handle::current()];
-        runtimes.extend(
+        let mut handles = vec![tokio::runtime::Handle::current()];
+        handles.extend(
             workers
                 .iter()
                 .filter_map(|w| w.runtime.as_ref().map(|r| r.handle().clone())),
         );
+        let runtimes: RuntimeHandles = Arc::new(std::sync::Mutex::new(handles));
+        let worker_handles = runtimes.clone();
         let upkeep_state = state.clone();
         let upkeep = tokio::spawn(async move {
             // Histogram observations wait in the exporter until upkeep: keep that short.
@@ -285,7 +338,9 @@ impl Relay {
             loop {
                 tick.tick().await;
                 upkeep_state.ctx.metrics.run_upkeep();
-                let alive: usize = runtimes.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+                let alive: usize = runtimes.lock().map_or(0, |hs| {
+                    hs.iter().map(|h| h.metrics().num_alive_tasks()).sum()
+                });
                 upkeep_state.ctx.metrics.tasks_alive.set(alive as f64);
                 upkeep_state.outbound.upkeep();
             }
@@ -302,12 +357,13 @@ impl Relay {
         let mut threads = Vec::new();
         for (i, w) in workers.into_iter().enumerate() {
             let (state, stop) = (state.clone(), stop_accepting.clone());
+            let handles = worker_handles.clone();
             // The worker moves into the thread: if the thread cannot start, it is dropped
             // here, its listener closed, and the kernel stops handing that socket
             // connections.
             let spawned = std::thread::Builder::new()
                 .name(format!("relay-worker-{}", i + 1))
-                .spawn(move || w.serve(state, stop));
+                .spawn(move || w.serve(state, stop, handles));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => warn!(error = %e, worker = i + 1, "cannot start a worker thread"),

@@ -36,6 +36,11 @@ pub enum RuntimeLayout {
     /// and its agent socket (connected from that thread) stay on the thread that accepted
     /// the call for its whole life: no wake-up crosses threads on the data path.
     PerCore,
+    /// The per-core layout on io_uring (cargo feature `uring`, an experiment): each worker
+    /// thread runs a tokio-uring runtime, and a call's carrier and agent sockets move to
+    /// io_uring after their handshakes (`wire::uring`). Without the feature, choosing it is a
+    /// configuration error.
+    Uring,
 }
 
 impl RuntimeLayout {
@@ -44,6 +49,7 @@ impl RuntimeLayout {
         match self {
             RuntimeLayout::MultiThread => "multi-thread",
             RuntimeLayout::PerCore => "per-core",
+            RuntimeLayout::Uring => "uring",
         }
     }
 }

@@ -505,6 +505,8 @@ error_kinds! {
     // the relay itself
     /// An upgraded connection was not the TCP stream expected.
     UpgradeDowncast = "upgrade_downcast" [Internal],
+    /// A call socket could not be moved to io_uring (`--runtime uring`).
+    UringSocket = "uring_socket" [Internal],
 }
 
 label_enum! {

@@ -1,5 +1,7 @@
 //! Outbound connections: TCP or TLS streams to `ws(s)://` URLs (agent WebSockets) and the
-//! shared rustls client configuration. HTTP requests go through `http_client`.
+//! shared rustls client configuration; the owned halves of an accepted call socket
+//! ([`split_accepted`]). On a `--runtime uring` thread both move to io_uring. HTTP requests
+//! go through `http_client`.
 //!
 //! Owns: name resolution + connect, TLS (one `Arc<ClientConfig>` for the process, so
 //! session resumption works across calls, TLS session resumption), body size limits. Does not own
@@ -7,8 +9,11 @@
 
 use crate::obs::labels::ErrorKind;
 use hyper::Uri;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// A bidirectional byte stream (plain TCP or TLS over TCP).
@@ -99,16 +104,129 @@ pub async fn open_stream(uri: &Uri, tls: &Arc<rustls::ClientConfig>) -> Result<B
         .await
         .map_err(NetError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    if !is_tls {
-        return Ok(Box::new(tcp));
+    #[cfg(feature = "uring")]
+    if super::uring::active() {
+        let tcp = super::uring::Stream::from_tokio(tcp).map_err(NetError::Connect)?;
+        return match is_tls {
+            false => Ok(Box::new(tcp)),
+            true => Ok(Box::new(tls_over(tcp, host_for_connect, tls).await?)),
+        };
     }
-    let name = rustls::pki_types::ServerName::try_from(host_for_connect.to_owned())
+    match is_tls {
+        false => Ok(Box::new(tcp)),
+        true => Ok(Box::new(tls_over(tcp, host_for_connect, tls).await?)),
+    }
+}
+
+/// The TLS client handshake with `host` over `io`.
+async fn tls_over<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    host: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<T>, NetError> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| NetError::Tls(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(tls.clone())
-        .connect(name, tcp)
+    tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, io)
         .await
-        .map_err(|e| NetError::Tls(e.to_string()))?;
-    Ok(Box::new(stream))
+        .map_err(|e| NetError::Tls(e.to_string()))
+}
+
+/// Splits an accepted connection (a carrier's media socket after its upgrade) into owned
+/// halves: tokio's epoll halves, or on a `--runtime uring` thread io_uring halves.
+///
+/// # Errors
+/// Only on a uring thread: the socket could not be moved to io_uring.
+pub fn split_accepted(tcp: TcpStream) -> std::io::Result<(TcpRead, TcpWrite)> {
+    #[cfg(feature = "uring")]
+    if super::uring::active() {
+        let (r, w) = super::uring::Stream::from_tokio(tcp)?.into_split();
+        return Ok((TcpRead::Uring(r), TcpWrite::Uring(w)));
+    }
+    let (r, w) = tcp.into_split();
+    Ok((TcpRead::Epoll(r), TcpWrite::Epoll(w)))
+}
+
+/// The read half of an accepted TCP connection ([`split_accepted`]).
+pub enum TcpRead {
+    /// tokio's socket (epoll readiness, one `recvfrom` per read).
+    Epoll(OwnedReadHalf),
+    /// An io_uring socket (`--runtime uring`).
+    #[cfg(feature = "uring")]
+    Uring(super::uring::ReadHalf),
+}
+
+/// The write half of an accepted TCP connection ([`split_accepted`]).
+pub enum TcpWrite {
+    /// tokio's socket (one `sendto` per write).
+    Epoll(OwnedWriteHalf),
+    /// An io_uring socket (`--runtime uring`).
+    #[cfg(feature = "uring")]
+    Uring(super::uring::WriteHalf),
+}
+
+impl AsyncRead for TcpRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TcpRead::Epoll(r) => Pin::new(r).poll_read(cx, buf),
+            #[cfg(feature = "uring")]
+            TcpRead::Uring(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TcpWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TcpWrite::Epoll(w) => Pin::new(w).poll_write(cx, buf),
+            #[cfg(feature = "uring")]
+            TcpWrite::Uring(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TcpWrite::Epoll(w) => Pin::new(w).poll_flush(cx),
+            #[cfg(feature = "uring")]
+            TcpWrite::Uring(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TcpWrite::Epoll(w) => Pin::new(w).poll_shutdown(cx),
+            #[cfg(feature = "uring")]
+            TcpWrite::Uring(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TcpWrite::Epoll(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "uring")]
+            TcpWrite::Uring(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TcpWrite::Epoll(w) => w.is_write_vectored(),
+            #[cfg(feature = "uring")]
+            TcpWrite::Uring(w) => w.is_write_vectored(),
+        }
+    }
 }
 
 /// `host[:port]` of a URL, for the `Host` header.

@@ -123,6 +123,9 @@ struct WriteState {
     /// The idle buffer (while no write is in flight).
     buf: Vec<u8>,
     op: Option<Op>,
+    /// The write in flight was polled with a task's waker (a `poll_write` or shutdown is
+    /// waiting for it): a flush must not replace that waker with a no-op one.
+    waited: bool,
 }
 
 /// The read half of an io_uring socket: one read operation in flight at a time, its bytes
@@ -236,8 +239,11 @@ impl WriteState {
     /// Waits until no write is in flight (re-submitting the rest of a partial write).
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(op) = self.op.as_mut() {
-            let (res, mut buf) = ready!(op.as_mut().poll(cx));
+            let Poll::Ready((res, mut buf)) = op.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
             self.op = None;
+            self.waited = false;
             match res {
                 Ok(n) if n >= buf.len() => {}
                 Ok(0) => {
@@ -263,10 +269,23 @@ impl WriteState {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes a completed write's result without waiting for one in flight: polled with a
-    /// no-op waker, so a later completion wakes nobody.
-    fn handed(&mut self) -> io::Result<()> {
-        match self.poll_idle(&mut Context::from_waker(std::task::Waker::noop())) {
+    /// Waits until no write is in flight, as the task `cx` wakes.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = self.poll_idle(cx);
+        self.waited = polled.is_pending();
+        polled
+    }
+
+    /// Takes a completed write's result without waiting for one in flight. Polled with a
+    /// no-op waker, so a later completion wakes nobody, unless a task already waits for
+    /// that write: then with `cx`, so its waker stays registered.
+    fn handed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let polled = if self.waited {
+            self.poll_idle(cx)
+        } else {
+            self.poll_idle(&mut Context::from_waker(std::task::Waker::noop()))
+        };
+        match polled {
             Poll::Ready(r) => r,
             Poll::Pending => Ok(()),
         }
@@ -286,7 +305,7 @@ impl WriteState {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        ready!(self.poll_idle(cx))?;
+        ready!(self.poll_wait(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -323,9 +342,9 @@ impl AsyncWrite for WriteHalf {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().state() {
-            Ok(s) => Poll::Ready(s.handed()),
+            Ok(s) => Poll::Ready(s.handed(cx)),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
@@ -335,7 +354,7 @@ impl AsyncWrite for WriteHalf {
             Ok(s) => s,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        ready!(s.poll_idle(cx))?;
+        ready!(s.poll_wait(cx))?;
         match s.stream.shutdown(std::net::Shutdown::Write) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(())),
@@ -382,6 +401,7 @@ impl Stream {
                     stream,
                     buf: Vec::new(),
                     op: None,
+                    waited: false,
                 }),
             },
         })
@@ -538,6 +558,74 @@ mod tests {
                 assert!(blocked, "the socket never filled ({sent} bytes taken)");
                 assert!(flushed, "poll_flush waited for the write in flight");
                 assert!(same, "the peer did not get the {sent} bytes in order");
+            }
+            Ok(Err(e)) => panic!("setup failed: {e}"),
+            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
+        }
+    }
+
+    /// A task waiting for a write in flight (its `poll_write` was `Pending`) is still woken
+    /// when the write completes, even if a flush was polled in between: the flush does not
+    /// replace the waiting task's waker with its no-op one.
+    #[test]
+    fn a_flush_keeps_the_waker_of_a_pending_write() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let out = block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut peer, _) = listener.accept().await?;
+            let (_r, mut w) = Stream::from_tokio(tcp)?.into_split();
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = std::task::Waker::from(count.clone());
+            let mut cx = Context::from_waker(&waker);
+            let chunk = vec![5u8; WRITE_OP_BYTES];
+            let mut pending = false;
+            for _ in 0..4096 {
+                match Pin::new(&mut w).poll_write(&mut cx, &chunk) {
+                    Poll::Ready(n) => {
+                        n?;
+                    }
+                    Poll::Pending => {
+                        pending = true;
+                        break;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            let woken_before = count.0.load(Ordering::SeqCst);
+            let flushed = Pin::new(&mut w).poll_flush(&mut cx).is_ready();
+            let drain = tokio::spawn(async move {
+                let mut sink = vec![0u8; 1 << 16];
+                while peer.read(&mut sink).await? > 0 {}
+                io::Result::Ok(())
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while count.0.load(Ordering::SeqCst) == woken_before
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let woken = count.0.load(Ordering::SeqCst) > woken_before;
+            drop(w);
+            drain.abort();
+            io::Result::Ok((pending, flushed, woken))
+        });
+        match out {
+            Ok(Ok((pending, flushed, woken))) => {
+                assert!(pending, "the socket never filled");
+                assert!(flushed);
+                assert!(
+                    woken,
+                    "the writing task was never woken after its write completed"
+                );
             }
             Ok(Err(e)) => panic!("setup failed: {e}"),
             Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),

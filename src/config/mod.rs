@@ -71,12 +71,7 @@ pub struct HttpArgs {
     /// own `SO_REUSEPORT` listener; a call and both of its sockets stay on the thread that
     /// accepted it), `multi-thread` (one work-stealing tokio runtime, one listener) or
     /// `uring` (per-core with the call sockets on io_uring; needs the `uring` build feature).
-    #[arg(
-        long,
-        env = "RELAY_RUNTIME",
-        value_enum,
-        default_value = "multi-thread"
-    )]
+    #[arg(long, env = "RELAY_RUNTIME", value_enum, default_value = "per-core")]
     pub runtime: RuntimeLayout,
 
     /// Worker threads; 0 = one per CPU the process may run on (its affinity mask).

@@ -129,8 +129,9 @@ struct WriteState {
 }
 
 /// The read half of an io_uring socket: one read operation in flight at a time, its bytes
-/// handed out through [`AsyncRead`]. Dropping it with a read in flight loses nothing the
-/// peer is owed (the bytes were not taken).
+/// handed out through [`AsyncRead`]. Dropping it with a read in flight discards what that
+/// read brings (tokio-uring keeps the buffer until the kernel is done with it); the socket
+/// is being closed then anyway.
 pub struct ReadHalf {
     owner: u64,
     /// `None` only once dropped.
@@ -281,7 +282,7 @@ impl WriteState {
     /// that write: then with `cx`, so its waker stays registered.
     fn handed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let polled = if self.waited {
-            self.poll_idle(cx)
+            self.poll_wait(cx)
         } else {
             self.poll_idle(&mut Context::from_waker(std::task::Waker::noop()))
         };

@@ -21,8 +21,8 @@
 //! - [`obs`] (bottom): the label vocabulary, metric families and registry, per-call
 //!   accumulators, call figures.
 
-// The default build has no unsafe code. The `uring` experiment needs one `unsafe impl Send`
-// for its two socket halves, allowed in `wire::uring` alone (its module docs argue why).
+// The default build has no unsafe code. The `uring` experiment needs an `unsafe impl Send`
+// for each of its two socket halves, allowed in `wire::uring` alone (its module docs argue why).
 #![cfg_attr(not(feature = "uring"), forbid(unsafe_code))]
 #![cfg_attr(feature = "uring", deny(unsafe_code))]
 #![warn(missing_docs)]

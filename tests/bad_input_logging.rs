@@ -36,7 +36,11 @@ async fn bad_input_logging_is_rate_limited_per_call() {
         .with_writer(move || sink.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let relay = start_relay(args()).await;
+    // The subscriber above is this thread's only: keep the call on this thread (with more
+    // per-core workers the kernel may hand the connection to another thread's listener).
+    let mut a = args();
+    a.http.worker_threads = 1;
+    let relay = start_relay(a).await;
     let mut ws = RawWs::connect(relay.addr, "/media").await;
     ws.send(&raw::connected_and_start(
         "CA00000000000000000000000000000012",

@@ -234,30 +234,32 @@ async fn the_binary_runs_the_threads_its_layout_names() {
 /// queue's tail from its `/proc/<pid>/fdinfo` (the count of entries ever submitted, mod 2³²).
 #[cfg(feature = "uring")]
 fn ring_submissions(pid: u32) -> Vec<u32> {
-    let mut rings = Vec::new();
+    fdinfo_of(pid, "anon_inode:[io_uring]")
+        .iter()
+        .map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("SqTail:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The `/proc/<pid>/fdinfo` text of each of the process's descriptors whose link reads
+/// `target` (e.g. `anon_inode:[eventpoll]`).
+#[cfg(feature = "uring")]
+fn fdinfo_of(pid: u32, target: &str) -> Vec<String> {
+    let mut infos = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
     {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        if target.to_string_lossy() != "anon_inode:[io_uring]" {
-            continue;
+        if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == target) {
+            let path = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            infos.push(std::fs::read_to_string(path).unwrap_or_default());
         }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let tail = info
-            .lines()
-            .find_map(|l| l.strip_prefix("SqTail:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        rings.push(tail);
     }
-    rings
+    infos
 }
 
 /// The relay's established TCP sockets by role, as descriptor numbers: carrier sockets
@@ -316,20 +318,7 @@ fn call_sockets(pid: u32, relay_port: u16, agent_port: u16) -> (Vec<u64>, Vec<u6
 #[cfg(feature = "uring")]
 fn epoll_registered(pid: u32) -> Vec<u64> {
     let mut fds = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let is_epoll = std::fs::read_link(fd.path())
-            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]");
-        if !is_epoll {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
+    for info in fdinfo_of(pid, "anon_inode:[eventpoll]") {
         fds.extend(info.lines().filter_map(|l| {
             l.trim_start()
                 .strip_prefix("tfd:")

@@ -447,22 +447,36 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Runs a test body on a uring runtime; the `uring` tests need io_uring and fail without.
+    fn on_uring<T>(body: impl Future<Output = io::Result<T>>) -> T {
+        match block_on(body) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => panic!("test I/O failed: {e}"),
+            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
+        }
+    }
+
+    /// A loopback connection: our end on io_uring, the peer's a tokio socket.
+    async fn loopback() -> io::Result<(Stream, tokio::net::TcpStream)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (peer, _) = listener.accept().await?;
+        Ok((Stream::from_tokio(tcp)?, peer))
+    }
+
     /// A loopback echo through io_uring halves: bytes arrive in order and complete, and the
     /// write half's shutdown reaches the peer as end of stream.
     #[test]
     fn loopback_round_trip_and_shutdown() {
-        let out = block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
+        let (n, same) = on_uring(async {
+            let (ours, mut s) = loopback().await?;
             let peer = tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await?;
                 let mut got = Vec::new();
                 s.read_to_end(&mut got).await?;
                 s.write_all(&got).await?;
                 io::Result::Ok(got.len())
             });
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let (mut r, mut w) = Stream::from_tokio(tcp)?.into_split();
+            let (mut r, mut w) = ours.into_split();
             let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
             w.write_all(&data).await?;
             w.shutdown().await?;
@@ -471,26 +485,17 @@ mod tests {
             let echoed = peer.await.map_err(io::Error::other)??;
             io::Result::Ok((echoed, back == data))
         });
-        match out {
-            Ok(Ok((n, same))) => {
-                assert_eq!(n, 200_000);
-                assert!(same, "echoed bytes differ");
-            }
-            Ok(Err(e)) => panic!("round trip failed: {e}"),
-            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
-        }
+        assert_eq!(n, 200_000);
+        assert!(same, "echoed bytes differ");
     }
 
     /// Polling a half on another thread is an error, not a use of its `Rc`s, and dropping
     /// it there leaks instead of touching them.
     #[test]
     fn off_thread_use_is_refused() {
-        let out = block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let _peer = listener.accept().await?;
-            let (r, w) = Stream::from_tokio(tcp)?.into_split();
+        let both = on_uring(async {
+            let (ours, _peer) = loopback().await?;
+            let (r, w) = ours.into_split();
             let res = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -504,11 +509,7 @@ mod tests {
             .map_err(|_| io::Error::other("thread panicked"))??;
             io::Result::Ok(res)
         });
-        match out {
-            Ok(Ok(both)) => assert_eq!(both, (true, true)),
-            Ok(Err(e)) => panic!("setup failed: {e}"),
-            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
-        }
+        assert_eq!(both, (true, true));
     }
 
     /// With the peer not reading, writes fill the socket until a write stays in flight and
@@ -517,12 +518,9 @@ mod tests {
     /// write and every byte arrives, in order.
     #[test]
     fn flush_hands_off_and_shutdown_completes_under_back_pressure() {
-        let out = block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let (mut peer, _) = listener.accept().await?;
-            let (_r, mut w) = Stream::from_tokio(tcp)?.into_split();
+        let (blocked, flushed, same, sent) = on_uring(async {
+            let (ours, mut peer) = loopback().await?;
+            let (_r, mut w) = ours.into_split();
             let chunk: Vec<u8> = (0..WRITE_OP_BYTES as u32)
                 .map(|i| (i % 253) as u8)
                 .collect();
@@ -554,15 +552,9 @@ mod tests {
             let expected: Vec<u8> = chunk.iter().copied().cycle().take(sent).collect();
             io::Result::Ok((blocked, flushed.is_ready(), got == expected, sent))
         });
-        match out {
-            Ok(Ok((blocked, flushed, same, sent))) => {
-                assert!(blocked, "the socket never filled ({sent} bytes taken)");
-                assert!(flushed, "poll_flush waited for the write in flight");
-                assert!(same, "the peer did not get the {sent} bytes in order");
-            }
-            Ok(Err(e)) => panic!("setup failed: {e}"),
-            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
-        }
+        assert!(blocked, "the socket never filled ({sent} bytes taken)");
+        assert!(flushed, "poll_flush waited for the write in flight");
+        assert!(same, "the peer did not get the {sent} bytes in order");
     }
 
     /// A task waiting for a write in flight (its `poll_write` was `Pending`) is still woken
@@ -578,12 +570,9 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let out = block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let (mut peer, _) = listener.accept().await?;
-            let (_r, mut w) = Stream::from_tokio(tcp)?.into_split();
+        let (pending, flushed, woken) = on_uring(async {
+            let (ours, mut peer) = loopback().await?;
+            let (_r, mut w) = ours.into_split();
             let count = Arc::new(Count(AtomicUsize::new(0)));
             let waker = std::task::Waker::from(count.clone());
             let mut cx = Context::from_waker(&waker);
@@ -619,17 +608,11 @@ mod tests {
             drain.abort();
             io::Result::Ok((pending, flushed, woken))
         });
-        match out {
-            Ok(Ok((pending, flushed, woken))) => {
-                assert!(pending, "the socket never filled");
-                assert!(flushed);
-                assert!(
-                    woken,
-                    "the writing task was never woken after its write completed"
-                );
-            }
-            Ok(Err(e)) => panic!("setup failed: {e}"),
-            Err(e) => panic!("io_uring unavailable (the `uring` tests need it): {e}"),
-        }
+        assert!(pending, "the socket never filled");
+        assert!(flushed);
+        assert!(
+            woken,
+            "the writing task was never woken after its write completed"
+        );
     }
 }
